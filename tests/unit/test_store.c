@@ -1,0 +1,1625 @@
+/* Unit tests of store/: the 36 vectors of the protocol document's section 10,
+ * tether's additions of section 11 (position, bounds, reset audit), the
+ * file's life (migrations, damage, locking, permissions) and the group
+ * commit on the thread pool. */
+#include "store/store.h"
+
+#include <fcntl.h>
+#include <ftw.h>
+#include <sys/mount.h>
+#include <time.h>
+
+#include <sqlite3.h>
+
+#include "tests/unit/test.h"
+
+#define SEC    INT64_C(1000000000)
+#define MINUTE (60 * SEC)
+#define HOUR   (60 * MINUTE)
+/* 2026-05-05T15:00:00Z, the T0 of the vector table. */
+#define T0 (INT64_C(1777993200) * SEC)
+
+static char err[1024];
+
+/* Asserts that a store call returns the expected code, printing the store's
+ * message when it does not. */
+#define ASSERT_RC(expected, call)                                              \
+  do {                                                                         \
+    int rc_ = (call);                                                          \
+    test__assertions++;                                                        \
+    if (rc_ != (expected))                                                     \
+      test__fail(__FILE__, __LINE__, "%s: expected %d, got %d (%s)", #call,    \
+                 (int)(expected), rc_, err);                                   \
+  } while (0)
+
+/* Paths are built from a temporary directory of up to PATH_MAX bytes, so
+ * buffers that extend it are larger, and -Wformat-truncation stays quiet. */
+#define PATH_BUF (PATH_MAX + 64)
+
+typedef struct fixture {
+  char dir[PATH_MAX];
+  char path[PATH_BUF];
+  store *s;
+} fixture;
+
+static int rm_entry(const char *path, const struct stat *st, int flag,
+                    struct FTW *ftw) {
+  (void)st;
+  (void)flag;
+  (void)ftw;
+  remove(path);
+  return 0;
+}
+
+/* test_rmtree with nftw: test.h's recursive version trips gcc's
+ * -Wformat-truncation when it is inlined into this file alone. */
+static void rmtree(const char *path) {
+  nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static void fx_open(fixture *f) {
+  snprintf(f->dir, sizeof f->dir, "%s", test_tmpdir());
+  snprintf(f->path, sizeof f->path, "%s/state.db", f->dir);
+  f->s = NULL;
+  ASSERT_RC(0, store_open(f->path, &f->s, err, sizeof err));
+}
+
+static void fx_close(fixture *f) {
+  store_close(f->s);
+  f->s = NULL;
+  rmtree(f->dir);
+}
+
+static store_key key3(const char *consumer, const char *stream,
+                      const char *subject) {
+  store_key k = { consumer, stream, subject };
+  return k;
+}
+
+/* The key most vectors use. */
+static const store_key K = { "c", "s", "" };
+
+static int advance(store *s, store_key k, int64_t seq, const char *id,
+                   int64_t at, int64_t now, const char *position,
+                   store_cursor *out) {
+  store_advance r = { k, seq, id, position, at, now };
+  return store_advance_cursor(s, &r, out, err, sizeof err);
+}
+
+static int reset(store *s, store_key k, int64_t seq, const char *id, int64_t at,
+                 const char *position, const char *reason, int64_t now,
+                 store_cursor *out) {
+  store_reset r = { k, seq, id, position, at, reason, now };
+  return store_reset_cursor(s, &r, out, err, sizeof err);
+}
+
+static int record(store *s, store_key k, const char *msg, int64_t now,
+                  store_cursor *out) {
+  store_error r = { k, msg, now };
+  return store_record_error(s, &r, out, err, sizeof err);
+}
+
+/* Asserts every stored field but the key. */
+static void expect_row(const store_cursor *c, int64_t seq, const char *id,
+                       int64_t at, const char *error, int64_t updated,
+                       const char *position) {
+  ASSERT_EQ(seq, c->last_sequence);
+  ASSERT_STR_EQ(id, c->last_delivery_id);
+  ASSERT_EQ(at, c->last_delivered_at);
+  ASSERT_STR_EQ(error, c->last_error);
+  ASSERT_EQ(updated, c->updated_at);
+  ASSERT_STR_EQ(position, c->position);
+}
+
+/* Reads the stored row of k back and checks it as expect_row does. */
+static void expect_stored(store *s, store_key k, int64_t seq, const char *id,
+                          int64_t at, const char *error, int64_t updated,
+                          const char *position) {
+  store_cursor c;
+
+  ASSERT_RC(0, store_get(s, &k, &c, err, sizeof err));
+  expect_row(&c, seq, id, at, error, updated, position);
+  store_cursor_free(&c);
+}
+
+static void expect_missing(store *s, store_key k) {
+  ASSERT_RC(STORE_ENOTFOUND, store_get(s, &k, NULL, err, sizeof err));
+}
+
+/* ---- Section 10: the vector table -------------------------------------- */
+
+static void test_vector_01_get_trims_key(void) {
+  fixture f;
+  store_cursor c;
+
+  fx_open(&f);
+  ASSERT_RC(STORE_ENOTFOUND, store_get(f.s, &(store_key){ " c1 ", " s ", "" },
+                                       &c, err, sizeof err));
+  ASSERT_STR_EQ("cursor not found", err);
+  /* The lookup used the trimmed key: a row stored under it is found. */
+  ASSERT_RC(0, advance(f.s, key3("c1", "s", ""), 1, "d1", T0, T0, NULL, NULL));
+  ASSERT_RC(0, store_get(f.s, &(store_key){ " c1 ", " s ", "" }, &c, err,
+                         sizeof err));
+  ASSERT_STR_EQ("c1", c.consumer_id);
+  ASSERT_STR_EQ("s", c.stream_name);
+  ASSERT_STR_EQ("", c.subject_id);
+  store_cursor_free(&c);
+  fx_close(&f);
+}
+
+static void test_vector_02_get_blank_consumer(void) {
+  fixture f;
+
+  fx_open(&f);
+  ASSERT_RC(STORE_EINVAL, store_get(f.s, &(store_key){ "   ", "s", "" }, NULL,
+                                    err, sizeof err));
+  ASSERT_STR_EQ("invalid cursor: consumer id is required", err);
+  fx_close(&f);
+}
+
+static void test_vector_03_get_consumer_checked_first(void) {
+  fixture f;
+
+  fx_open(&f);
+  ASSERT_RC(STORE_EINVAL,
+            store_get(f.s, &(store_key){ "", "", "" }, NULL, err, sizeof err));
+  ASSERT_STR_EQ("invalid cursor: consumer id is required", err);
+  fx_close(&f);
+}
+
+static void test_vector_04_get_blank_stream(void) {
+  fixture f;
+
+  fx_open(&f);
+  ASSERT_RC(STORE_EINVAL, store_get(f.s, &(store_key){ "c", "\t", "" }, NULL,
+                                    err, sizeof err));
+  ASSERT_STR_EQ("invalid cursor: stream name is required", err);
+  fx_close(&f);
+}
+
+static void test_vector_05_advance_sequence_zero(void) {
+  fixture f;
+
+  fx_open(&f);
+  ASSERT_RC(STORE_EINVAL, advance(f.s, K, 0, "d", 0, T0, NULL, NULL));
+  ASSERT_STR_EQ("invalid cursor: last sequence must be greater than zero", err);
+  ASSERT_RC(STORE_EINVAL, advance(f.s, K, -1, "d", 0, T0, NULL, NULL));
+  ASSERT_STR_EQ("invalid cursor: last sequence must be greater than zero", err);
+  expect_missing(f.s, K);
+  fx_close(&f);
+}
+
+static void test_vector_06_advance_key_checked_first(void) {
+  fixture f;
+
+  fx_open(&f);
+  ASSERT_RC(STORE_EINVAL,
+            advance(f.s, key3(" ", "s", ""), 0, "d", 0, T0, NULL, NULL));
+  ASSERT_STR_EQ("invalid cursor: consumer id is required", err);
+  ASSERT_RC(STORE_EINVAL,
+            advance(f.s, key3("c", "", ""), 0, "d", 0, T0, NULL, NULL));
+  ASSERT_STR_EQ("invalid cursor: stream name is required", err);
+  fx_close(&f);
+}
+
+static void test_vector_07_advance_create(void) {
+  fixture f;
+  store_cursor c;
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, K, 7, "delivery-7", T0 - MINUTE, T0, NULL, &c));
+  expect_row(&c, 7, "delivery-7", T0 - MINUTE, "", T0, "");
+  ASSERT_STR_EQ("c", c.consumer_id);
+  store_cursor_free(&c);
+  expect_stored(f.s, K, 7, "delivery-7", T0 - MINUTE, "", T0, "");
+  fx_close(&f);
+}
+
+static void test_vector_08_advance_trims_id_and_fills_at(void) {
+  fixture f;
+  store_cursor c;
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, K, 11, " d-11 ", 0, T0, NULL, &c));
+  expect_row(&c, 11, "d-11", T0, "", T0, "");
+  store_cursor_free(&c);
+  fx_close(&f);
+}
+
+static void test_vector_09_advance_replay_clears_error(void) {
+  fixture f;
+  store_cursor c;
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, K, 11, "d-11", T0, T0, NULL, NULL));
+  ASSERT_RC(0, record(f.s, K, "bridge delivery failed", T0, NULL));
+  expect_stored(f.s, K, 11, "d-11", T0, "bridge delivery failed", T0, "");
+  ASSERT_RC(0, advance(f.s, K, 11, "d-11", 0, T0 + HOUR, NULL, &c));
+  expect_row(&c, 11, "d-11", T0, "", T0 + HOUR, "");
+  store_cursor_free(&c);
+  fx_close(&f);
+}
+
+static void test_vector_10_advance_fork(void) {
+  fixture f;
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, K, 15, "delivery-15", T0, T0, NULL, NULL));
+  ASSERT_RC(STORE_ENONMONO,
+            advance(f.s, K, 15, "delivery-15b", 0, T0 + MINUTE, NULL, NULL));
+  ASSERT_STR_EQ("non-monotonic cursor advance: stored seq 15 delivery "
+                "\"delivery-15\", requested seq 15 delivery \"delivery-15b\" "
+                "(fork)",
+                err);
+  expect_stored(f.s, K, 15, "delivery-15", T0, "", T0, "");
+  fx_close(&f);
+}
+
+static void test_vector_11_advance_backward(void) {
+  fixture f;
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, K, 15, "delivery-15", T0, T0, NULL, NULL));
+  ASSERT_RC(STORE_ENONMONO,
+            advance(f.s, K, 14, "delivery-14", 0, T0 + MINUTE, NULL, NULL));
+  ASSERT_STR_EQ("non-monotonic cursor advance: stored seq 15 delivery "
+                "\"delivery-15\", requested seq 14 delivery \"delivery-14\" "
+                "(backward)",
+                err);
+  expect_stored(f.s, K, 15, "delivery-15", T0, "", T0, "");
+  fx_close(&f);
+}
+
+static void test_vector_12_advance_set_id_then_empty(void) {
+  fixture f;
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, K, 15, "d-15", T0, T0, NULL, NULL));
+  ASSERT_RC(STORE_ENONMONO, advance(f.s, K, 15, "", 0, T0, NULL, NULL));
+  ASSERT_STR_EQ("non-monotonic cursor advance: stored seq 15 delivery "
+                "\"d-15\", requested seq 15 delivery \"\" (fork)",
+                err);
+  expect_stored(f.s, K, 15, "d-15", T0, "", T0, "");
+  fx_close(&f);
+}
+
+static void test_vector_13_advance_empty_id_refresh(void) {
+  fixture f;
+  store_cursor c;
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, K, 15, "", T0, T0, NULL, NULL));
+  ASSERT_RC(0, advance(f.s, K, 15, "", T0 + HOUR, T0 + MINUTE, NULL, &c));
+  /* A refresh keeps the stored delivered_at. */
+  expect_row(&c, 15, "", T0, "", T0 + MINUTE, "");
+  store_cursor_free(&c);
+  fx_close(&f);
+}
+
+static void test_vector_14_advance_empty_id_then_set(void) {
+  fixture f;
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, K, 15, "", T0, T0, NULL, NULL));
+  ASSERT_RC(STORE_ENONMONO, advance(f.s, K, 15, "x", 0, T0, NULL, NULL));
+  ASSERT_STR_EQ("non-monotonic cursor advance: stored seq 15 delivery \"\", "
+                "requested seq 15 delivery \"x\" (fork)",
+                err);
+  expect_stored(f.s, K, 15, "", T0, "", T0, "");
+  fx_close(&f);
+}
+
+static void test_vector_15_advance_forward_empty_id(void) {
+  fixture f;
+  store_cursor c;
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, K, 15, "d-15", T0, T0, NULL, NULL));
+  ASSERT_RC(0, advance(f.s, K, 16, "", 0, T0 + MINUTE, NULL, &c));
+  expect_row(&c, 16, "", T0 + MINUTE, "", T0 + MINUTE, "");
+  store_cursor_free(&c);
+  fx_close(&f);
+}
+
+static void test_vector_16_advance_forward_reused_id(void) {
+  fixture f;
+  store_cursor c;
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, K, 15, "d-15", T0, T0, NULL, NULL));
+  ASSERT_RC(0, advance(f.s, K, 16, "d-15", 0, T0 + MINUTE, NULL, &c));
+  expect_row(&c, 16, "d-15", T0 + MINUTE, "", T0 + MINUTE, "");
+  store_cursor_free(&c);
+  fx_close(&f);
+}
+
+static void test_vector_17_advance_no_time_check(void) {
+  fixture f;
+  store_cursor c;
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, K, 15, "d-15", T0, T0, NULL, NULL));
+  ASSERT_RC(0, advance(f.s, K, 16, "d-16", T0 - HOUR, T0 - 2 * HOUR, NULL, &c));
+  expect_row(&c, 16, "d-16", T0 - HOUR, "", T0 - 2 * HOUR, "");
+  store_cursor_free(&c);
+  fx_close(&f);
+}
+
+static void test_vector_18_advance_after_record_error(void) {
+  fixture f;
+  store_cursor c;
+
+  fx_open(&f);
+  ASSERT_RC(0, record(f.s, K, "e", T0, NULL));
+  expect_stored(f.s, K, 0, "", 0, "e", T0, "");
+  ASSERT_RC(0, advance(f.s, K, 1, "d1", 0, T0 + MINUTE, NULL, &c));
+  expect_row(&c, 1, "d1", T0 + MINUTE, "", T0 + MINUTE, "");
+  store_cursor_free(&c);
+  fx_close(&f);
+}
+
+static void test_vector_19_advance_refresh_fills_null_at(void) {
+  fixture f;
+  store_cursor c;
+  int64_t t1 = T0 + HOUR;
+
+  fx_open(&f);
+  ASSERT_RC(0, reset(f.s, K, 2, "", 0, NULL, "replay", T0, NULL));
+  expect_stored(f.s, K, 2, "", 0, "", T0, "");
+  ASSERT_RC(0, advance(f.s, K, 2, "", 0, t1, NULL, &c));
+  expect_row(&c, 2, "", t1, "", t1, "");
+  store_cursor_free(&c);
+  fx_close(&f);
+}
+
+static void test_vector_20_reset_backward(void) {
+  fixture f;
+  store_cursor c;
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, K, 21, "delivery-21", T0, T0, "pos-21", NULL));
+  ASSERT_RC(0, record(f.s, K, "late failure", T0, NULL));
+  ASSERT_RC(0, reset(f.s, K, 2, NULL, 0, NULL,
+                     "operator replay after bridge repair", T0 + MINUTE, &c));
+  expect_row(&c, 2, "", 0, "", T0 + MINUTE, "");
+  store_cursor_free(&c);
+  fx_close(&f);
+}
+
+static void test_vector_21_reset_reason_required(void) {
+  fixture f;
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, K, 3, "d3", T0, T0, NULL, NULL));
+  ASSERT_RC(STORE_EREASON, reset(f.s, K, 0, NULL, 0, NULL, NULL, T0, NULL));
+  ASSERT_STR_EQ("reset reason required", err);
+  ASSERT_RC(STORE_EREASON, reset(f.s, K, 0, NULL, 0, NULL, "", T0, NULL));
+  ASSERT_STR_EQ("reset reason required", err);
+  expect_stored(f.s, K, 3, "d3", T0, "", T0, "");
+  fx_close(&f);
+}
+
+static void test_vector_22_reset_blank_reason(void) {
+  fixture f;
+
+  fx_open(&f);
+  ASSERT_RC(STORE_EREASON, reset(f.s, K, 4, NULL, 0, NULL, "  \n ", T0, NULL));
+  ASSERT_STR_EQ("reset reason required", err);
+  expect_missing(f.s, K);
+  fx_close(&f);
+}
+
+static void test_vector_23_reset_sequence_before_reason(void) {
+  fixture f;
+
+  fx_open(&f);
+  ASSERT_RC(STORE_EINVAL, reset(f.s, K, -1, NULL, 0, NULL, NULL, T0, NULL));
+  ASSERT_STR_EQ("invalid cursor: reset sequence must be zero or greater", err);
+  fx_close(&f);
+}
+
+static void test_vector_24_reset_creates(void) {
+  fixture f;
+  store_cursor c;
+
+  fx_open(&f);
+  ASSERT_RC(0, reset(f.s, K, 5, NULL, 0, NULL, "r", T0, &c));
+  expect_row(&c, 5, "", 0, "", T0, "");
+  store_cursor_free(&c);
+  expect_stored(f.s, K, 5, "", 0, "", T0, "");
+  fx_close(&f);
+}
+
+static void test_vector_25_reset_forward_clears_error(void) {
+  fixture f;
+  store_cursor c;
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, K, 5, "d5", T0, T0, NULL, NULL));
+  ASSERT_RC(0, record(f.s, K, "e", T0, NULL));
+  expect_stored(f.s, K, 5, "d5", T0, "e", T0, "");
+  ASSERT_RC(0, reset(f.s, K, 9, "d9", T0, NULL, "r", T0 + MINUTE, &c));
+  expect_row(&c, 9, "d9", T0, "", T0 + MINUTE, "");
+  store_cursor_free(&c);
+  fx_close(&f);
+}
+
+static void test_vector_26_reset_reason_not_in_row(void) {
+  fixture f;
+  store_cursor c;
+  const char *reason = "reason-7f3a9 operator replay";
+
+  fx_open(&f);
+  ASSERT_RC(0, reset(f.s, K, 5, NULL, 0, NULL, reason, T0, NULL));
+  ASSERT_RC(0, store_get(f.s, &K, &c, err, sizeof err));
+  ASSERT(strstr(c.consumer_id, "7f3a9") == NULL);
+  ASSERT(strstr(c.stream_name, "7f3a9") == NULL);
+  ASSERT(strstr(c.subject_id, "7f3a9") == NULL);
+  ASSERT(strstr(c.position, "7f3a9") == NULL);
+  ASSERT(strstr(c.last_delivery_id, "7f3a9") == NULL);
+  ASSERT(strstr(c.last_error, "7f3a9") == NULL);
+  expect_row(&c, 5, "", 0, "", T0, "");
+  store_cursor_free(&c);
+  fx_close(&f);
+}
+
+static void test_vector_27_record_error_keeps_position(void) {
+  fixture f;
+  store_cursor c;
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, K, 31, "delivery-31", T0, T0, "p31", NULL));
+  ASSERT_RC(0, record(f.s, K, "bridge delivery failed", T0 + MINUTE, &c));
+  expect_row(&c, 31, "delivery-31", T0, "bridge delivery failed", T0 + MINUTE,
+             "p31");
+  store_cursor_free(&c);
+  fx_close(&f);
+}
+
+static void test_vector_28_record_error_creates(void) {
+  fixture f;
+  store_cursor c;
+
+  fx_open(&f);
+  ASSERT_RC(0, record(f.s, K, "bridge delivery failed", T0, &c));
+  expect_row(&c, 0, "", 0, "bridge delivery failed", T0, "");
+  store_cursor_free(&c);
+  fx_close(&f);
+}
+
+static void test_vector_29_record_error_blank(void) {
+  fixture f;
+
+  fx_open(&f);
+  ASSERT_RC(STORE_EINVAL, record(f.s, K, "   ", T0, NULL));
+  ASSERT_STR_EQ("invalid cursor: last error is required", err);
+  ASSERT_RC(STORE_EINVAL, record(f.s, K, NULL, T0, NULL));
+  ASSERT_STR_EQ("invalid cursor: last error is required", err);
+  expect_missing(f.s, K);
+  fx_close(&f);
+}
+
+static void test_vector_30_record_error_trimmed(void) {
+  fixture f;
+  store_cursor c;
+
+  fx_open(&f);
+  ASSERT_RC(0, record(f.s, K, "  boom  ", T0, &c));
+  ASSERT_STR_EQ("boom", c.last_error);
+  store_cursor_free(&c);
+  fx_close(&f);
+}
+
+static void test_vector_31_list_stream_limit(void) {
+  fixture f;
+  store_query q = { NULL, "task_events", NULL, 1 };
+  store_cursor *v;
+  size_t n;
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, key3("consumer-a", "task_events", "task-a"), 1,
+                       "d1", T0, T0, NULL, NULL));
+  ASSERT_RC(0, advance(f.s, key3("consumer-b", "task_events", "task-b"), 2,
+                       "d2", T0, T0, NULL, NULL));
+  ASSERT_RC(0, store_list(f.s, &q, &v, &n, err, sizeof err));
+  ASSERT_UEQ(1, n);
+  ASSERT_STR_EQ("consumer-a", v[0].consumer_id);
+  ASSERT_STR_EQ("task-a", v[0].subject_id);
+  ASSERT_EQ(1, v[0].last_sequence);
+  store_cursors_free(v, n);
+  fx_close(&f);
+}
+
+/* Rows for the ordering and limit vectors, inserted out of order. */
+static void seed_list(store *s) {
+  static const char *const rows[][3] = {
+    { "c2", "b", "" }, { "c1", "b", "x" }, { "c1", "a", "x" },
+    { "c2", "a", "" }, { "c1", "a", "" },  { "C9", "a", "" },
+  };
+  size_t i;
+
+  for (i = 0; i < sizeof rows / sizeof rows[0]; i++)
+    ASSERT_RC(0, advance(s, key3(rows[i][0], rows[i][1], rows[i][2]),
+                         (int64_t)i + 1, "d", T0, T0, NULL, NULL));
+}
+
+static void test_vector_32_list_order(void) {
+  /* Stream, then subject ("" before "x"), then consumer, bytewise ("C9"
+   * before "c1"). */
+  static const char *const want[][3] = {
+    { "C9", "a", "" },  { "c1", "a", "" }, { "c2", "a", "" },
+    { "c1", "a", "x" }, { "c2", "b", "" }, { "c1", "b", "x" },
+  };
+  fixture f;
+  store_cursor *v;
+  size_t n, i;
+
+  fx_open(&f);
+  seed_list(f.s);
+  ASSERT_RC(0, store_list(f.s, NULL, &v, &n, err, sizeof err));
+  ASSERT_UEQ(6, n);
+  for (i = 0; i < n; i++) {
+    ASSERT_STR_EQ(want[i][0], v[i].consumer_id);
+    ASSERT_STR_EQ(want[i][1], v[i].stream_name);
+    ASSERT_STR_EQ(want[i][2], v[i].subject_id);
+  }
+  store_cursors_free(v, n);
+  fx_close(&f);
+}
+
+static void test_vector_33_list_limit_unlimited(void) {
+  fixture f;
+  store_query q = { NULL, NULL, NULL, 0 };
+  store_cursor *v;
+  size_t n;
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, key3("a", "s", ""), 1, "d", T0, T0, NULL, NULL));
+  ASSERT_RC(0, advance(f.s, key3("b", "s", ""), 1, "d", T0, T0, NULL, NULL));
+  ASSERT_RC(0, advance(f.s, key3("c", "s", ""), 1, "d", T0, T0, NULL, NULL));
+  ASSERT_RC(0, store_list(f.s, &q, &v, &n, err, sizeof err));
+  ASSERT_UEQ(3, n);
+  store_cursors_free(v, n);
+  q.limit = -5;
+  ASSERT_RC(0, store_list(f.s, &q, &v, &n, err, sizeof err));
+  ASSERT_UEQ(3, n);
+  store_cursors_free(v, n);
+  q.limit = 2;
+  ASSERT_RC(0, store_list(f.s, &q, &v, &n, err, sizeof err));
+  ASSERT_UEQ(2, n);
+  store_cursors_free(v, n);
+  fx_close(&f);
+}
+
+static void test_vector_34_list_blank_filter_ignored(void) {
+  fixture f;
+  store_query q = { "\t", " ", "\xe3\x80\x80", 0 };
+  store_cursor *v;
+  size_t n;
+
+  fx_open(&f);
+  seed_list(f.s);
+  ASSERT_RC(0, store_list(f.s, &q, &v, &n, err, sizeof err));
+  ASSERT_UEQ(6, n);
+  store_cursors_free(v, n);
+  /* A non-blank filter is exact and trimmed. */
+  q.consumer_id = " c1 ";
+  q.stream_name = "a";
+  q.subject_id = NULL;
+  ASSERT_RC(0, store_list(f.s, &q, &v, &n, err, sizeof err));
+  ASSERT_UEQ(2, n);
+  ASSERT_STR_EQ("", v[0].subject_id);
+  ASSERT_STR_EQ("x", v[1].subject_id);
+  store_cursors_free(v, n);
+  fx_close(&f);
+}
+
+static void test_vector_35_list_no_match(void) {
+  fixture f;
+  store_query q = { "nobody", NULL, NULL, 0 };
+  store_cursor sentinel, *v = &sentinel;
+  size_t n = 99;
+
+  fx_open(&f);
+  seed_list(f.s);
+  ASSERT_RC(0, store_list(f.s, &q, &v, &n, err, sizeof err));
+  ASSERT_UEQ(0, n);
+  ASSERT(v == NULL);
+  /* A prefix is not a match. */
+  q.consumer_id = "c";
+  ASSERT_RC(0, store_list(f.s, &q, &v, &n, err, sizeof err));
+  ASSERT_UEQ(0, n);
+  fx_close(&f);
+}
+
+static void test_vector_36_truncate_error(void) {
+  fixture f;
+  store_cursor c;
+  char msg[2048 + 32];
+
+  memset(msg, 'a', 2047);
+  snprintf(msg + 2047, sizeof msg - 2047, "\xe7\x95\x8c trailing");
+  fx_open(&f);
+  ASSERT_RC(0, record(f.s, K, msg, T0, &c));
+  ASSERT_UEQ(2047, strlen(c.last_error));
+  ASSERT_MEM_EQ(msg, 2047, c.last_error, strlen(c.last_error));
+  store_cursor_free(&c);
+  /* Exactly 2048 bytes are kept as they are. */
+  memset(msg, 'b', 2048);
+  msg[2048] = '\0';
+  ASSERT_RC(0, record(f.s, K, msg, T0, &c));
+  ASSERT_UEQ(2048, strlen(c.last_error));
+  store_cursor_free(&c);
+  fx_close(&f);
+}
+
+/* ---- Position (section 11) --------------------------------------------- */
+
+static void test_position_update_replaces(void) {
+  fixture f;
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, K, 1, "d1", T0, T0, "p1", NULL));
+  expect_stored(f.s, K, 1, "d1", T0, "", T0, "p1");
+  ASSERT_RC(0, advance(f.s, K, 2, "d2", T0, T0, "p2", NULL));
+  expect_stored(f.s, K, 2, "d2", T0, "", T0, "p2");
+  /* The update path replaces the position even with none. */
+  ASSERT_RC(0, advance(f.s, K, 3, "d3", T0, T0, NULL, NULL));
+  expect_stored(f.s, K, 3, "d3", T0, "", T0, "");
+  fx_close(&f);
+}
+
+static void test_position_refresh_keeps_stored(void) {
+  fixture f;
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, K, 1, "d1", T0, T0, "p1", NULL));
+  ASSERT_RC(0, advance(f.s, K, 1, "d1", T0, T0 + MINUTE, "other", NULL));
+  expect_stored(f.s, K, 1, "d1", T0, "", T0 + MINUTE, "p1");
+  ASSERT_RC(0, advance(f.s, K, 1, "d1", T0, T0 + MINUTE, "", NULL));
+  expect_stored(f.s, K, 1, "d1", T0, "", T0 + MINUTE, "p1");
+  fx_close(&f);
+}
+
+static void test_position_refresh_fills_empty(void) {
+  fixture f;
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, K, 1, "d1", T0, T0, NULL, NULL));
+  ASSERT_RC(0, advance(f.s, K, 1, "d1", T0, T0, "p1", NULL));
+  expect_stored(f.s, K, 1, "d1", T0, "", T0, "p1");
+  fx_close(&f);
+}
+
+static void test_position_reset_sets(void) {
+  fixture f;
+  store_cursor c;
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, K, 9, "d9", T0, T0, "p9", NULL));
+  ASSERT_RC(0, reset(f.s, K, 4, NULL, 0, "p4", "rewind", T0, &c));
+  expect_row(&c, 4, "", 0, "", T0, "p4");
+  store_cursor_free(&c);
+  /* NULL is "". */
+  ASSERT_RC(0, reset(f.s, K, 4, NULL, 0, NULL, "rewind", T0, &c));
+  expect_row(&c, 4, "", 0, "", T0, "");
+  store_cursor_free(&c);
+  fx_close(&f);
+}
+
+static void test_position_record_error_never_moves(void) {
+  fixture f;
+  store_cursor c;
+
+  fx_open(&f);
+  ASSERT_RC(0, record(f.s, K, "first", T0, &c));
+  ASSERT_STR_EQ("", c.position);
+  store_cursor_free(&c);
+  ASSERT_RC(0, advance(f.s, K, 2, "d2", T0, T0, "p2", NULL));
+  ASSERT_RC(0, record(f.s, K, "second", T0 + MINUTE, NULL));
+  expect_stored(f.s, K, 2, "d2", T0, "second", T0 + MINUTE, "p2");
+  fx_close(&f);
+}
+
+static void test_position_stored_verbatim(void) {
+  fixture f;
+  const char *pos = "  2026-01-02 10:00:00.000Z|r1a2b3c4d5e6f7g \t";
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, K, 1, "d1", T0, T0, pos, NULL));
+  expect_stored(f.s, K, 1, "d1", T0, "", T0, pos);
+  fx_close(&f);
+}
+
+/* ---- Bounds and trimming (section 11) ---------------------------------- */
+
+static void test_bounds_key_fields(void) {
+  char big[STORE_MAX_KEY_FIELD + 2];
+  fixture f;
+
+  memset(big, 'k', sizeof big - 1);
+  big[sizeof big - 1] = '\0'; /* 257 bytes */
+  fx_open(&f);
+  ASSERT_RC(STORE_EINVAL,
+            advance(f.s, key3(big, "s", ""), 1, "d", T0, T0, NULL, NULL));
+  ASSERT_STR_EQ("invalid cursor: consumer id is longer than 256 bytes", err);
+  ASSERT_RC(STORE_EINVAL,
+            advance(f.s, key3("c", big, ""), 1, "d", T0, T0, NULL, NULL));
+  ASSERT_STR_EQ("invalid cursor: stream name is longer than 256 bytes", err);
+  ASSERT_RC(STORE_EINVAL,
+            advance(f.s, key3("c", "s", big), 1, "d", T0, T0, NULL, NULL));
+  ASSERT_STR_EQ("invalid cursor: subject id is longer than 256 bytes", err);
+  /* The key is checked before the sequence. */
+  ASSERT_RC(STORE_EINVAL,
+            advance(f.s, key3(big, "s", ""), 0, "d", T0, T0, NULL, NULL));
+  ASSERT_STR_EQ("invalid cursor: consumer id is longer than 256 bytes", err);
+  ASSERT_RC(STORE_EINVAL, store_get(f.s, &(store_key){ big, "s", "" }, NULL,
+                                    err, sizeof err));
+  /* 256 bytes fit, and so do surrounding spaces, which are trimmed first. */
+  big[STORE_MAX_KEY_FIELD] = '\0';
+  ASSERT_RC(0, advance(f.s, key3(big, big, big), 1, "d", T0, T0, NULL, NULL));
+  fx_close(&f);
+}
+
+static void test_bounds_key_utf8(void) {
+  static const char *const bad[] = {
+    "c\xff",            /* not UTF-8 at all */
+    "\xc3\x28",         /* a lead byte without its continuation */
+    "\xc0\xaf",         /* overlong "/" */
+    "\xed\xa0\x80",     /* a UTF-16 surrogate */
+    "\xf4\x90\x80\x80", /* past U+10FFFF */
+    "ab\xe7\x95",       /* cut short */
+  };
+  fixture f;
+  size_t i;
+
+  fx_open(&f);
+  for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    ASSERT_RC(STORE_EINVAL,
+              advance(f.s, key3(bad[i], "s", ""), 1, "d", T0, T0, NULL, NULL));
+    ASSERT_STR_EQ("invalid cursor: consumer id is not valid UTF-8", err);
+  }
+  ASSERT_RC(STORE_EINVAL,
+            advance(f.s, key3("c", "s", "\xff"), 1, "d", T0, T0, NULL, NULL));
+  ASSERT_STR_EQ("invalid cursor: subject id is not valid UTF-8", err);
+  /* Valid multi-byte text is fine. */
+  ASSERT_RC(0, advance(f.s, key3("\xe7\x95\x8c-\xf0\x9f\x98\x80", "s", ""), 1,
+                       "d", T0, T0, NULL, NULL));
+  fx_close(&f);
+}
+
+static void test_bounds_position(void) {
+  char pos[STORE_MAX_POSITION + 2];
+  fixture f;
+
+  memset(pos, 'p', sizeof pos - 1);
+  pos[sizeof pos - 1] = '\0'; /* 4097 bytes */
+  fx_open(&f);
+  ASSERT_RC(STORE_EINVAL, advance(f.s, K, 1, "d", T0, T0, pos, NULL));
+  ASSERT_STR_EQ("invalid cursor: position is longer than 4096 bytes", err);
+  ASSERT_RC(STORE_EINVAL, reset(f.s, K, 1, NULL, 0, pos, "r", T0, NULL));
+  ASSERT_STR_EQ("invalid cursor: position is longer than 4096 bytes", err);
+  expect_missing(f.s, K);
+  pos[STORE_MAX_POSITION] = '\0';
+  ASSERT_RC(0, advance(f.s, K, 1, "d", T0, T0, pos, NULL));
+  fx_close(&f);
+}
+
+static void test_bounds_reason(void) {
+  char reason[STORE_MAX_REASON + 2];
+  fixture f;
+
+  memset(reason, 'r', sizeof reason - 1);
+  reason[sizeof reason - 1] = '\0'; /* 1025 bytes */
+  fx_open(&f);
+  ASSERT_RC(STORE_EINVAL, reset(f.s, K, 1, NULL, 0, NULL, reason, T0, NULL));
+  ASSERT_STR_EQ("invalid cursor: reset reason is longer than 1024 bytes", err);
+  expect_missing(f.s, K);
+  reason[STORE_MAX_REASON] = '\0';
+  ASSERT_RC(0, reset(f.s, K, 1, NULL, 0, NULL, reason, T0, NULL));
+  fx_close(&f);
+}
+
+static void test_trim_go_parity(void) {
+  fixture f;
+  store_cursor c;
+
+  fx_open(&f);
+  /* U+3000, U+2028, \v, U+0085 before; U+00A0, U+1680, U+2029, U+202F,
+   * U+205F, \f, U+2000 and U+200A after. */
+  ASSERT_RC(0, advance(f.s,
+                       key3("\xe3\x80\x80\xe2\x80\xa8\v\xc2\x85"
+                            "c"
+                            "\xc2\xa0\xe1\x9a\x80\xe2\x80\xa9\xe2\x80\xaf"
+                            "\xe2\x81\x9f\f\xe2\x80\x80\xe2\x80\x8a",
+                            "s", ""),
+                       1, "d", T0, T0, NULL, &c));
+  ASSERT_STR_EQ("c", c.consumer_id);
+  store_cursor_free(&c);
+  /* Not spaces for Go: U+200B (zero width space), U+180E (Mongolian vowel
+   * separator) and U+FEFF (byte order mark). */
+  ASSERT_RC(0, advance(f.s,
+                       key3("\xe2\x80\x8b"
+                            "c2",
+                            "\xe1\xa0\x8e"
+                            "s",
+                            "x\xef\xbb\xbf"),
+                       1, "d", T0, T0, NULL, &c));
+  ASSERT_STR_EQ("\xe2\x80\x8b"
+                "c2",
+                c.consumer_id);
+  ASSERT_STR_EQ("\xe1\xa0\x8e"
+                "s",
+                c.stream_name);
+  ASSERT_STR_EQ("x\xef\xbb\xbf", c.subject_id);
+  store_cursor_free(&c);
+  /* Inner spaces stay; an invalid byte stops the trim. */
+  ASSERT_RC(0, advance(f.s, key3("a b", "s", " \t"), 1, "\x85 d \xc2\x85", T0,
+                       T0, NULL, &c));
+  ASSERT_STR_EQ("a b", c.consumer_id);
+  ASSERT_STR_EQ("", c.subject_id);
+  ASSERT_STR_EQ("\x85 d", c.last_delivery_id);
+  store_cursor_free(&c);
+  fx_close(&f);
+}
+
+/* ---- Reset audit -------------------------------------------------------- */
+
+static void test_reset_audit_recorded(void) {
+  fixture f;
+  store_reset_record *v;
+  size_t n;
+
+  fx_open(&f);
+  ASSERT_RC(0, reset(f.s, K, 5, NULL, 0, "p5", " first reason ", T0, NULL));
+  ASSERT_RC(0, advance(f.s, K, 9, "d9", T0, T0, "p9", NULL));
+  ASSERT_RC(
+      0, reset(f.s, K, 2, NULL, 0, "p2", "operator replay", T0 + MINUTE, NULL));
+  ASSERT_RC(
+      0, reset(f.s, key3("other", "s", ""), 1, NULL, 0, NULL, "o", T0, NULL));
+
+  ASSERT_RC(0, store_list_resets(f.s, &K, 0, &v, &n, err, sizeof err));
+  ASSERT_UEQ(2, n);
+  /* Newest first. */
+  ASSERT_STR_EQ("c", v[0].consumer_id);
+  ASSERT_STR_EQ("s", v[0].stream_name);
+  ASSERT_STR_EQ("", v[0].subject_id);
+  ASSERT_EQ(9, v[0].old_sequence);
+  ASSERT_EQ(2, v[0].new_sequence);
+  ASSERT_STR_EQ("p9", v[0].old_position);
+  ASSERT_STR_EQ("p2", v[0].new_position);
+  ASSERT_STR_EQ("operator replay", v[0].reason);
+  ASSERT_EQ(T0 + MINUTE, v[0].at);
+  /* The reset that created the cursor starts from nothing. */
+  ASSERT_EQ(0, v[1].old_sequence);
+  ASSERT_EQ(5, v[1].new_sequence);
+  ASSERT_STR_EQ("", v[1].old_position);
+  ASSERT_STR_EQ("p5", v[1].new_position);
+  ASSERT_STR_EQ("first reason", v[1].reason);
+  ASSERT_EQ(T0, v[1].at);
+  store_reset_records_free(v, n);
+
+  ASSERT_RC(0, store_list_resets(f.s, NULL, 0, &v, &n, err, sizeof err));
+  ASSERT_UEQ(3, n);
+  ASSERT_STR_EQ("other", v[0].consumer_id);
+  store_reset_records_free(v, n);
+  ASSERT_RC(0, store_list_resets(f.s, NULL, 1, &v, &n, err, sizeof err));
+  ASSERT_UEQ(1, n);
+  store_reset_records_free(v, n);
+  ASSERT_RC(0, store_list_resets(f.s, &(store_key){ "none", "s", NULL }, 0, &v,
+                                 &n, err, sizeof err));
+  ASSERT_UEQ(0, n);
+  ASSERT(v == NULL);
+  /* A refused reset records nothing. */
+  ASSERT_RC(STORE_EREASON, reset(f.s, K, 1, NULL, 0, NULL, " ", T0, NULL));
+  ASSERT_RC(0, store_list_resets(f.s, &K, 0, &v, &n, err, sizeof err));
+  ASSERT_UEQ(2, n);
+  store_reset_records_free(v, n);
+  fx_close(&f);
+}
+
+/* ---- Times -------------------------------------------------------------- */
+
+static void expect_time(int64_t ns, const char *text) {
+  char buf[64];
+  int64_t back = 0;
+
+  store_format_time(ns, buf, sizeof buf);
+  ASSERT_STR_EQ(text, buf);
+  ASSERT_EQ(0, store_parse_time(text, &back));
+  ASSERT_EQ(ns, back);
+}
+
+static void test_time_format_round_trip(void) {
+  static const char *const bad[] = {
+    "2026-05-05T15:00:00Z",
+    "2026-05-05T15:00:00.00000000Z",
+    "2026-05-05T15:00:00.0000000000Z",
+    "2026-05-05T15:00:00.000000000+01:00",
+    "2026-05-05 15:00:00.000000000Z",
+    "2026-02-29T00:00:00.000000000Z",
+    "2026-13-01T00:00:00.000000000Z",
+    "2026-00-01T00:00:00.000000000Z",
+    "2026-05-05T24:00:00.000000000Z",
+    "2026-05-05T15:60:00.000000000Z",
+    "2026-05-05T15:00:60.000000000Z",
+    "2026-05-05T15:00:00.00000000aZ",
+    "9999-12-31T23:59:59.999999999Z", /* past int64 nanoseconds */
+    "",
+  };
+  int64_t ns;
+  size_t i;
+
+  expect_time(T0, "2026-05-05T15:00:00.000000000Z");
+  expect_time(T0 + 1, "2026-05-05T15:00:00.000000001Z");
+  expect_time(T0 - MINUTE + 123456789, "2026-05-05T14:59:00.123456789Z");
+  expect_time(0, "1970-01-01T00:00:00.000000000Z");
+  expect_time(-1, "1969-12-31T23:59:59.999999999Z");
+  expect_time(INT64_C(1709164800) * SEC, "2024-02-29T00:00:00.000000000Z");
+  expect_time(INT64_MAX, "2262-04-11T23:47:16.854775807Z");
+  expect_time(INT64_MIN, "1677-09-21T00:12:43.145224192Z");
+  for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    ns = 42;
+    ASSERT_EQ(STORE_EINVAL, store_parse_time(bad[i], &ns));
+    ASSERT_EQ(42, ns);
+  }
+  ASSERT_EQ(STORE_EINVAL, store_parse_time(NULL, &ns));
+}
+
+/* The stored text is the 9-digit layout, so text order is time order. */
+static void test_time_stored_as_text(void) {
+  fixture f;
+  sqlite3 *db;
+  sqlite3_stmt *st;
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, K, 1, "d", T0 + 5, T0, NULL, NULL));
+  ASSERT_EQ(SQLITE_OK,
+            sqlite3_open_v2(f.path, &db, SQLITE_OPEN_READONLY, NULL));
+  ASSERT_EQ(SQLITE_OK,
+            sqlite3_prepare_v2(db,
+                               "SELECT last_delivered_at, updated_at, "
+                               "typeof(last_delivered_at) FROM cursors",
+                               -1, &st, NULL));
+  ASSERT_EQ(SQLITE_ROW, sqlite3_step(st));
+  ASSERT_STR_EQ("2026-05-05T15:00:00.000000005Z",
+                (const char *)sqlite3_column_text(st, 0));
+  ASSERT_STR_EQ("2026-05-05T15:00:00.000000000Z",
+                (const char *)sqlite3_column_text(st, 1));
+  ASSERT_STR_EQ("text", (const char *)sqlite3_column_text(st, 2));
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  fx_close(&f);
+}
+
+static int64_t wall_ns(void) {
+  struct timespec ts;
+
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * SEC + ts.tv_nsec;
+}
+
+static void test_time_zero_now_is_clock(void) {
+  fixture f;
+  store_cursor c;
+  int64_t before, after;
+
+  fx_open(&f);
+  before = wall_ns();
+  ASSERT_RC(0, advance(f.s, K, 1, "d", 0, 0, NULL, &c));
+  after = wall_ns();
+  ASSERT(c.updated_at >= before && c.updated_at <= after);
+  ASSERT_EQ(c.updated_at, c.last_delivered_at);
+  store_cursor_free(&c);
+  ASSERT_RC(0, record(f.s, K, "e", 0, &c));
+  ASSERT(c.updated_at >= after);
+  store_cursor_free(&c);
+  fx_close(&f);
+}
+
+/* ---- The file ----------------------------------------------------------- */
+
+static void test_persists_across_reopen(void) {
+  fixture f;
+  store_reset_record *v;
+  size_t n;
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, K, 3, "d3", T0, T0, "p3", NULL));
+  ASSERT_RC(0, record(f.s, K, "flaky", T0 + MINUTE, NULL));
+  ASSERT_RC(0, reset(f.s, key3("r", "s", "x"), 8, "d8", T0, "p8", "why",
+                     T0 + HOUR, NULL));
+  store_close(f.s);
+  f.s = NULL;
+  ASSERT_RC(0, store_open(f.path, &f.s, err, sizeof err));
+  expect_stored(f.s, K, 3, "d3", T0, "flaky", T0 + MINUTE, "p3");
+  expect_stored(f.s, key3("r", "s", "x"), 8, "d8", T0, "", T0 + HOUR, "p8");
+  ASSERT_RC(0, store_list_resets(f.s, NULL, 0, &v, &n, err, sizeof err));
+  ASSERT_UEQ(1, n);
+  ASSERT_STR_EQ("why", v[0].reason);
+  store_reset_records_free(v, n);
+  fx_close(&f);
+}
+
+static void test_open_creates_dirs_owner_only(void) {
+  char dir[PATH_MAX], path[PATH_BUF], sub[PATH_BUF + 8];
+  struct stat st;
+  store *s = NULL;
+
+  snprintf(dir, sizeof dir, "%s", test_tmpdir());
+  snprintf(path, sizeof path, "%s/a/b/state.db", dir);
+  ASSERT_RC(0, store_open(path, &s, err, sizeof err));
+  ASSERT_EQ(0, stat(path, &st));
+  ASSERT_EQ(0600, st.st_mode & 0777);
+  snprintf(sub, sizeof sub, "%s/a", dir);
+  ASSERT_EQ(0, stat(sub, &st));
+  ASSERT(S_ISDIR(st.st_mode));
+  ASSERT_EQ(0700, st.st_mode & 0777);
+  snprintf(sub, sizeof sub, "%s/a/b", dir);
+  ASSERT_EQ(0, stat(sub, &st));
+  ASSERT_EQ(0700, st.st_mode & 0777);
+  /* SQLite gives the WAL the main file's mode. */
+  snprintf(sub, sizeof sub, "%s-wal", path);
+  ASSERT_EQ(0, stat(sub, &st));
+  ASSERT_EQ(0600, st.st_mode & 0777);
+  store_close(s);
+  rmtree(dir);
+}
+
+static int64_t pragma_int(sqlite3 *db, const char *sql) {
+  sqlite3_stmt *st;
+  int64_t v;
+
+  ASSERT_EQ(SQLITE_OK, sqlite3_prepare_v2(db, sql, -1, &st, NULL));
+  ASSERT_EQ(SQLITE_ROW, sqlite3_step(st));
+  v = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  return v;
+}
+
+static void test_migrate_empty_file_to_v1(void) {
+  fixture f;
+  sqlite3 *db;
+  char *header;
+  size_t len;
+
+  snprintf(f.dir, sizeof f.dir, "%s", test_tmpdir());
+  snprintf(f.path, sizeof f.path, "%s/state.db", f.dir);
+  test_write_file(f.path, "", 0);
+  ASSERT_RC(0, store_open(f.path, &f.s, err, sizeof err));
+  store_close(f.s);
+  f.s = NULL;
+
+  ASSERT_EQ(SQLITE_OK, sqlite3_open(f.path, &db));
+  ASSERT_EQ(1, pragma_int(db, "PRAGMA user_version"));
+  ASSERT_EQ(1, pragma_int(db, "SELECT count(*) FROM sqlite_master WHERE "
+                              "type = 'table' AND name = 'cursors'"));
+  ASSERT_EQ(1, pragma_int(db, "SELECT count(*) FROM sqlite_master WHERE "
+                              "type = 'table' AND name = 'cursor_resets'"));
+  ASSERT_EQ(1, pragma_int(db, "SELECT count(*) FROM sqlite_master WHERE name "
+                              "= 'cursors_stream_sequence_idx' AND sql LIKE "
+                              "'%WHERE last_sequence > 0'"));
+  ASSERT_EQ(1, pragma_int(db, "SELECT count(*) FROM pragma_table_info("
+                              "'cursors') WHERE name = 'position' AND "
+                              "\"notnull\" = 1 AND dflt_value = ''''''"));
+  ASSERT_EQ(3, pragma_int(db, "SELECT count(*) FROM pragma_table_info("
+                              "'cursors') WHERE pk > 0"));
+  /* The CHECKs of section 7 hold for writers other than the store. */
+  ASSERT_EQ(SQLITE_CONSTRAINT,
+            sqlite3_exec(db,
+                         "INSERT INTO cursors (consumer_id, stream_name, "
+                         "updated_at) VALUES (' ', 's', 'x')",
+                         NULL, NULL, NULL));
+  ASSERT_EQ(SQLITE_CONSTRAINT,
+            sqlite3_exec(db,
+                         "INSERT INTO cursors (consumer_id, stream_name, "
+                         "last_sequence, updated_at) VALUES ('c', 's', -1, "
+                         "'x')",
+                         NULL, NULL, NULL));
+  sqlite3_close(db);
+  /* Bytes 18 and 19 of the header are 2 in WAL mode. */
+  header = test_read_file(f.path, &len);
+  ASSERT(header != NULL && len >= 100);
+  ASSERT_EQ(2, header[18]);
+  ASSERT_EQ(2, header[19]);
+  free(header);
+
+  /* Reopening a current file migrates nothing and keeps its data. */
+  ASSERT_RC(0, store_open(f.path, &f.s, err, sizeof err));
+  ASSERT_RC(0, advance(f.s, K, 1, "d", T0, T0, NULL, NULL));
+  fx_close(&f);
+}
+
+static void make_db(const char *path, const char *sql) {
+  sqlite3 *db;
+
+  ASSERT_EQ(SQLITE_OK, sqlite3_open(path, &db));
+  ASSERT_EQ(SQLITE_OK, sqlite3_exec(db, sql, NULL, NULL, NULL));
+  ASSERT_EQ(SQLITE_OK, sqlite3_close(db));
+}
+
+static void test_migrate_refuses_newer_schema(void) {
+  char want[PATH_BUF + 128];
+  fixture f;
+
+  snprintf(f.dir, sizeof f.dir, "%s", test_tmpdir());
+  snprintf(f.path, sizeof f.path, "%s/state.db", f.dir);
+  make_db(f.path, "CREATE TABLE future (x); PRAGMA user_version = 99");
+  f.s = NULL;
+  ASSERT_RC(STORE_ECORRUPT, store_open(f.path, &f.s, err, sizeof err));
+  ASSERT(f.s == NULL);
+  snprintf(want, sizeof want,
+           "state file %s was written by a newer tether (schema version 99; "
+           "this build knows 1)",
+           f.path);
+  ASSERT_STR_EQ(want, err);
+  fx_close(&f);
+}
+
+static void test_migrate_refuses_foreign_database(void) {
+  fixture f;
+
+  snprintf(f.dir, sizeof f.dir, "%s", test_tmpdir());
+  snprintf(f.path, sizeof f.path, "%s/state.db", f.dir);
+  make_db(f.path, "CREATE TABLE cursors (x)");
+  f.s = NULL;
+  ASSERT_RC(STORE_ECORRUPT, store_open(f.path, &f.s, err, sizeof err));
+  ASSERT_CONTAINS(err, f.path);
+  ASSERT_CONTAINS(err, "tether did not write");
+  fx_close(&f);
+}
+
+static void test_open_garbage_file_untouched(void) {
+  char garbage[8192], wal[PATH_BUF + 8];
+  fixture f;
+  size_t i, len;
+  char *after;
+
+  for (i = 0; i < sizeof garbage; i++)
+    garbage[i] = (char)(i % 64 == 63 ? '\n' : 'a' + (char)(i % 26));
+  snprintf(f.dir, sizeof f.dir, "%s", test_tmpdir());
+  snprintf(f.path, sizeof f.path, "%s/state.db", f.dir);
+  test_write_file(f.path, garbage, sizeof garbage);
+  f.s = NULL;
+  ASSERT_RC(STORE_ECORRUPT, store_open(f.path, &f.s, err, sizeof err));
+  ASSERT_CONTAINS(err, f.path);
+  ASSERT_CONTAINS(err, "not a tether state file");
+  ASSERT_CONTAINS(err,
+                  "move it aside to start from scratch, or restore a backup");
+  after = test_read_file(f.path, &len);
+  ASSERT(after != NULL);
+  ASSERT_MEM_EQ(garbage, sizeof garbage, after, len);
+  free(after);
+  snprintf(wal, sizeof wal, "%s-wal", f.path);
+  ASSERT_EQ(-1, access(wal, F_OK));
+  /* And it stays refused. */
+  ASSERT_RC(STORE_ECORRUPT, store_open(f.path, &f.s, err, sizeof err));
+  fx_close(&f);
+}
+
+static void test_open_truncated_db_detected(void) {
+  char pos[1001], id[32];
+  fixture f;
+  struct stat st;
+  int i;
+
+  memset(pos, 'p', sizeof pos - 1);
+  pos[sizeof pos - 1] = '\0';
+  fx_open(&f);
+  for (i = 0; i < 300; i++) {
+    snprintf(id, sizeof id, "consumer-%d", i);
+    ASSERT_RC(0, advance(f.s, key3(id, "s", ""), 1, "d", T0, T0, pos, NULL));
+  }
+  store_close(f.s);
+  f.s = NULL;
+  ASSERT_EQ(0, stat(f.path, &st));
+  ASSERT(st.st_size > 100 * 1024);
+  ASSERT_EQ(0, truncate(f.path, st.st_size / 2));
+  ASSERT_RC(STORE_ECORRUPT, store_open(f.path, &f.s, err, sizeof err));
+  ASSERT(f.s == NULL);
+  ASSERT_CONTAINS(err, f.path);
+  ASSERT_CONTAINS(err, "damaged");
+  ASSERT_CONTAINS(err, "restore a backup");
+  fx_close(&f);
+}
+
+static void test_open_lock_contention(void) {
+  char want[PATH_BUF + 128];
+  fixture f;
+  store *second = NULL;
+
+  fx_open(&f);
+  ASSERT_RC(STORE_EBUSY, store_open(f.path, &second, err, sizeof err));
+  ASSERT(second == NULL);
+  snprintf(want, sizeof want,
+           "state file %s is in use by another tether (pid %ld)", f.path,
+           (long)getpid());
+  ASSERT_STR_EQ(want, err);
+  /* The failed open did not steal or drop the first one's lock. */
+  ASSERT_RC(0, advance(f.s, K, 1, "d", T0, T0, NULL, NULL));
+  ASSERT_RC(STORE_EBUSY, store_open(f.path, &second, err, sizeof err));
+  store_close(f.s);
+  f.s = NULL;
+  ASSERT_RC(0, store_open(f.path, &f.s, err, sizeof err));
+  expect_stored(f.s, K, 1, "d", T0, "", T0, "");
+  fx_close(&f);
+}
+
+static void test_open_unwritable_location(void) {
+  char dir[PATH_MAX], file[PATH_BUF], path[PATH_BUF + 32];
+  store *s = NULL;
+
+  /* Tests may run as root, where modes do not stop writes; a regular file
+   * where a directory should be, or a directory where the file should be,
+   * stops everyone. */
+  snprintf(dir, sizeof dir, "%s", test_tmpdir());
+  snprintf(file, sizeof file, "%s/plain", dir);
+  test_write_file(file, "x", 1);
+  snprintf(path, sizeof path, "%s/sub/state.db", file);
+  ASSERT_RC(STORE_EIO, store_open(path, &s, err, sizeof err));
+  ASSERT(s == NULL);
+  ASSERT_CONTAINS(err, path);
+  ASSERT_CONTAINS(err, "Not a directory");
+
+  snprintf(path, sizeof path, "%s/state.db", dir);
+  ASSERT_EQ(0, mkdir(path, 0700));
+  ASSERT_RC(STORE_EIO, store_open(path, &s, err, sizeof err));
+  ASSERT(s == NULL);
+  ASSERT_CONTAINS(err, path);
+  ASSERT_CONTAINS(err, "Is a directory");
+  rmtree(dir);
+}
+
+static void test_open_bad_arguments(void) {
+  store *s = NULL;
+
+  ASSERT_RC(UV_EINVAL, store_open("", &s, err, sizeof err));
+  ASSERT_RC(UV_EINVAL, store_open(NULL, &s, err, sizeof err));
+  ASSERT(s == NULL);
+  store_close(NULL);
+}
+
+static void test_strerror_texts(void) {
+  ASSERT_STR_EQ("cursor not found", store_strerror(STORE_ENOTFOUND));
+  ASSERT_STR_EQ("invalid cursor", store_strerror(STORE_EINVAL));
+  ASSERT_STR_EQ("non-monotonic cursor advance", store_strerror(STORE_ENONMONO));
+  ASSERT_STR_EQ("reset reason required", store_strerror(STORE_EREASON));
+  ASSERT(strlen(store_strerror(STORE_EIO)) > 0);
+  ASSERT(strlen(store_strerror(STORE_EFULL)) > 0);
+  ASSERT(strlen(store_strerror(STORE_ECORRUPT)) > 0);
+  ASSERT(strlen(store_strerror(STORE_EBUSY)) > 0);
+  ASSERT_STR_EQ(uv_strerror(UV_EBUSY), store_strerror(UV_EBUSY));
+}
+
+static void test_list_count_only(void) {
+  fixture f;
+  size_t n = 0;
+
+  fx_open(&f);
+  seed_list(f.s);
+  ASSERT_RC(0, store_list(f.s, NULL, NULL, &n, err, sizeof err));
+  ASSERT_UEQ(6, n);
+  fx_close(&f);
+}
+
+/* ---- Group commit ------------------------------------------------------- */
+
+#define MAX_ITEMS 128
+
+typedef struct commit_result {
+  int calls;
+  int status;
+  char msg[512];
+  size_t n;
+  int item_status[MAX_ITEMS];
+  char item_msg[MAX_ITEMS][256];
+  /* Set to start another commit from inside the callback. */
+  store *again;
+  uv_loop_t *loop;
+  int again_rc;
+  uint64_t done_at;
+} commit_result;
+
+static void on_commit(void *data, int status, const char *msg,
+                      const int *item_status, const char *const *item_msg,
+                      size_t n) {
+  commit_result *r = data;
+  size_t i;
+
+  r->calls++;
+  r->status = status;
+  r->done_at = uv_hrtime();
+  snprintf(r->msg, sizeof r->msg, "%s", msg != NULL ? msg : "(null)");
+  r->n = n;
+  for (i = 0; i < n && i < MAX_ITEMS; i++) {
+    r->item_status[i] = item_status[i];
+    snprintf(r->item_msg[i], sizeof r->item_msg[i], "%s", item_msg[i]);
+  }
+  if (r->again != NULL)
+    r->again_rc = store_commit_start(r->again, r->loop, NULL, 0, on_commit, r);
+  r->again = NULL;
+}
+
+static void test_commit_batch_with_nonmonotonic_item(void) {
+  fixture f;
+  uv_loop_t loop;
+  commit_result res;
+  store_advance reqs[3] = {
+    { { "c1", "s", "" }, 1, "d1", "p1", T0, T0 + MINUTE },
+    { { "c2", "s", "" }, 5, "other", "p-other", 0, T0 + MINUTE },
+    { { "c3", "s", "x" }, 3, "d3", NULL, 0, T0 + MINUTE },
+  };
+
+  memset(&res, 0, sizeof res);
+  fx_open(&f);
+  ASSERT_EQ(0, uv_loop_init(&loop));
+  ASSERT_RC(0, advance(f.s, key3("c2", "s", ""), 5, "d5", T0, T0, "p5", NULL));
+  ASSERT_EQ(0, store_commit_start(f.s, &loop, reqs, 3, on_commit, &res));
+  /* One commit at a time. */
+  ASSERT_EQ(UV_EBUSY, store_commit_start(f.s, &loop, reqs, 3, on_commit, &res));
+  ASSERT_EQ(0, res.calls);
+  ASSERT_EQ(0, uv_run(&loop, UV_RUN_DEFAULT));
+  ASSERT_EQ(1, res.calls);
+  ASSERT_EQ(0, res.status);
+  ASSERT_UEQ(3, res.n);
+  ASSERT_EQ(0, res.item_status[0]);
+  ASSERT_EQ(STORE_ENONMONO, res.item_status[1]);
+  ASSERT_EQ(0, res.item_status[2]);
+  ASSERT_STR_EQ("", res.item_msg[0]);
+  ASSERT_STR_EQ("non-monotonic cursor advance: stored seq 5 delivery \"d5\", "
+                "requested seq 5 delivery \"other\" (fork)",
+                res.item_msg[1]);
+  ASSERT_STR_EQ("", res.item_msg[2]);
+  expect_stored(f.s, key3("c1", "s", ""), 1, "d1", T0, "", T0 + MINUTE, "p1");
+  expect_stored(f.s, key3("c2", "s", ""), 5, "d5", T0, "", T0, "p5");
+  expect_stored(f.s, key3("c3", "s", "x"), 3, "d3", T0 + MINUTE, "",
+                T0 + MINUTE, "");
+  /* The next commit may start once the callback ran. */
+  res.again = NULL;
+  ASSERT_EQ(0, store_commit_start(f.s, &loop, NULL, 0, on_commit, &res));
+  ASSERT_EQ(0, uv_run(&loop, UV_RUN_DEFAULT));
+  ASSERT_EQ(2, res.calls);
+  ASSERT_EQ(0, res.status);
+  ASSERT_UEQ(0, res.n);
+  ASSERT_EQ(0, uv_loop_close(&loop));
+  fx_close(&f);
+}
+
+static void test_commit_invalid_item_and_copies(void) {
+  char consumer[16] = "copy-me", position[16] = "pos-1";
+  fixture f;
+  uv_loop_t loop;
+  commit_result res;
+  store_advance reqs[2];
+
+  memset(&res, 0, sizeof res);
+  memset(reqs, 0, sizeof reqs);
+  reqs[0] =
+      (store_advance){ { consumer, "s", NULL }, 1, NULL, position, T0, T0 };
+  reqs[1] = (store_advance){ { " ", "s", NULL }, 1, NULL, NULL, T0, T0 };
+  fx_open(&f);
+  ASSERT_EQ(0, uv_loop_init(&loop));
+  ASSERT_EQ(0, store_commit_start(f.s, &loop, reqs, 2, on_commit, &res));
+  /* The requests were copied: the caller's buffers are free again. */
+  memset(consumer, 'X', sizeof consumer - 1);
+  memset(position, 'Y', sizeof position - 1);
+  reqs[0].last_sequence = 99;
+  /* The callback may start the next commit. */
+  res.again = f.s;
+  res.loop = &loop;
+  res.again_rc = -1;
+  ASSERT_EQ(0, uv_run(&loop, UV_RUN_DEFAULT));
+  ASSERT_EQ(2, res.calls);
+  ASSERT_EQ(0, res.again_rc);
+  expect_stored(f.s, key3("copy-me", "s", ""), 1, "", T0, "", T0, "pos-1");
+  ASSERT_EQ(0, uv_loop_close(&loop));
+  fx_close(&f);
+}
+
+static void test_commit_item_errors_reported(void) {
+  fixture f;
+  uv_loop_t loop;
+  commit_result res;
+  store_advance reqs[2] = {
+    { { " ", "s", NULL }, 1, NULL, NULL, T0, T0 },
+    { { "c", "s", NULL }, 0, NULL, NULL, T0, T0 },
+  };
+
+  memset(&res, 0, sizeof res);
+  fx_open(&f);
+  ASSERT_EQ(0, uv_loop_init(&loop));
+  ASSERT_EQ(0, store_commit_start(f.s, &loop, reqs, 2, on_commit, &res));
+  ASSERT_EQ(0, uv_run(&loop, UV_RUN_DEFAULT));
+  ASSERT_EQ(1, res.calls);
+  ASSERT_EQ(0, res.status);
+  ASSERT_EQ(STORE_EINVAL, res.item_status[0]);
+  ASSERT_STR_EQ("invalid cursor: consumer id is required", res.item_msg[0]);
+  ASSERT_EQ(STORE_EINVAL, res.item_status[1]);
+  ASSERT_STR_EQ("invalid cursor: last sequence must be greater than zero",
+                res.item_msg[1]);
+  ASSERT_EQ(UV_EINVAL,
+            store_commit_start(f.s, &loop, NULL, 1, on_commit, &res));
+  ASSERT_EQ(UV_EINVAL, store_commit_start(f.s, &loop, reqs, 1, NULL, &res));
+  ASSERT_EQ(0, uv_loop_close(&loop));
+  fx_close(&f);
+}
+
+/* A hundred cursors in one transaction, with a synchronous call racing the
+ * worker for the store mutex. */
+static void test_commit_hundred_cursors(void) {
+  char names[100][16];
+  store_advance reqs[100];
+  fixture f;
+  uv_loop_t loop;
+  commit_result res;
+  store_cursor *v;
+  size_t n;
+  uint64_t start;
+  int i;
+
+  memset(&res, 0, sizeof res);
+  for (i = 0; i < 100; i++) {
+    snprintf(names[i], sizeof names[i], "consumer-%03d", i);
+    reqs[i] = (store_advance){
+      { names[i], "events", NULL }, 10 + i, NULL, "position-token", 0, T0
+    };
+  }
+  fx_open(&f);
+  ASSERT_EQ(0, uv_loop_init(&loop));
+  start = uv_hrtime();
+  ASSERT_EQ(0, store_commit_start(f.s, &loop, reqs, 100, on_commit, &res));
+  ASSERT_RC(
+      0, advance(f.s, key3("sync", "events", ""), 1, "d", T0, T0, NULL, NULL));
+  ASSERT_EQ(0, uv_run(&loop, UV_RUN_DEFAULT));
+  ASSERT_EQ(1, res.calls);
+  ASSERT_EQ(0, res.status);
+  printf("# commit of 100 cursors took %.3f ms\n",
+         (double)(res.done_at - start) / 1e6);
+  /* Generous, for sanitizer builds on a slow machine. */
+  ASSERT(res.done_at - start < UINT64_C(2000000000));
+  for (i = 0; i < 100; i++)
+    ASSERT_EQ(0, res.item_status[i]);
+  ASSERT_RC(0, store_list(f.s, &(store_query){ NULL, "events", NULL, 0 }, &v,
+                          &n, err, sizeof err));
+  ASSERT_UEQ(101, n);
+  ASSERT_STR_EQ("consumer-000", v[0].consumer_id);
+  ASSERT_EQ(10, v[0].last_sequence);
+  ASSERT_STR_EQ("position-token", v[0].position);
+  ASSERT_EQ(109, v[99].last_sequence);
+  ASSERT_STR_EQ("sync", v[100].consumer_id);
+  store_cursors_free(v, n);
+  ASSERT_EQ(0, uv_loop_close(&loop));
+  fx_close(&f);
+}
+
+/* A disk that fills up: every write reports STORE_EFULL, the group commit
+ * reports it for the whole batch, and nothing half-written stays. Needs a
+ * small tmpfs, so only as root. */
+static void test_disk_full(void) {
+  char dir[PATH_MAX], mnt[PATH_BUF], path[PATH_BUF + 32], id[32];
+  char pos[STORE_MAX_POSITION + 1];
+  store_advance reqs[10];
+  char names[10][16];
+  commit_result res;
+  uv_loop_t loop;
+  store *s = NULL;
+  int i, rc = 0;
+
+  snprintf(dir, sizeof dir, "%s", test_tmpdir());
+  snprintf(mnt, sizeof mnt, "%s/mnt", dir);
+  ASSERT_EQ(0, mkdir(mnt, 0700));
+  if (geteuid() != 0 || mount("tmpfs", mnt, "tmpfs", 0, "size=192k") != 0) {
+    printf("# skip: cannot mount a small tmpfs (%s)\n",
+           geteuid() != 0 ? "not root" : strerror(errno));
+    ASSERT(1);
+    rmtree(dir);
+    return;
+  }
+  snprintf(path, sizeof path, "%s/state.db", mnt);
+  memset(pos, 'p', sizeof pos - 1);
+  pos[sizeof pos - 1] = '\0';
+  ASSERT_RC(0, store_open(path, &s, err, sizeof err));
+  for (i = 0; i < 1000; i++) {
+    snprintf(id, sizeof id, "consumer-%d", i);
+    if ((rc = advance(s, key3(id, "s", ""), 1, "d", T0, T0, pos, NULL)) != 0)
+      break;
+  }
+  ASSERT_RC(STORE_EFULL, rc);
+  ASSERT_CONTAINS(err, path);
+  /* What committed before is still there and readable. */
+  expect_stored(s, key3("consumer-0", "s", ""), 1, "d", T0, "", T0, pos);
+  expect_missing(s, key3(id, "s", ""));
+
+  memset(&res, 0, sizeof res);
+  for (i = 0; i < 10; i++) {
+    snprintf(names[i], sizeof names[i], "batch-%d", i);
+    reqs[i] = (store_advance){ { names[i], "s", NULL }, 1, NULL, pos, 0, T0 };
+  }
+  ASSERT_EQ(0, uv_loop_init(&loop));
+  ASSERT_EQ(0, store_commit_start(s, &loop, reqs, 10, on_commit, &res));
+  ASSERT_EQ(0, uv_run(&loop, UV_RUN_DEFAULT));
+  ASSERT_EQ(1, res.calls);
+  ASSERT_EQ(STORE_EFULL, res.status);
+  ASSERT_CONTAINS(res.msg, path);
+  ASSERT_EQ(STORE_EFULL, res.item_status[0]);
+  ASSERT_EQ(STORE_EFULL, res.item_status[9]);
+  expect_missing(s, key3("batch-0", "s", ""));
+  ASSERT_EQ(0, uv_loop_close(&loop));
+  store_close(s);
+  ASSERT_EQ(0, umount(mnt));
+  rmtree(dir);
+}
+
+static const test_case tests[] = {
+  TEST(test_vector_01_get_trims_key),
+  TEST(test_vector_02_get_blank_consumer),
+  TEST(test_vector_03_get_consumer_checked_first),
+  TEST(test_vector_04_get_blank_stream),
+  TEST(test_vector_05_advance_sequence_zero),
+  TEST(test_vector_06_advance_key_checked_first),
+  TEST(test_vector_07_advance_create),
+  TEST(test_vector_08_advance_trims_id_and_fills_at),
+  TEST(test_vector_09_advance_replay_clears_error),
+  TEST(test_vector_10_advance_fork),
+  TEST(test_vector_11_advance_backward),
+  TEST(test_vector_12_advance_set_id_then_empty),
+  TEST(test_vector_13_advance_empty_id_refresh),
+  TEST(test_vector_14_advance_empty_id_then_set),
+  TEST(test_vector_15_advance_forward_empty_id),
+  TEST(test_vector_16_advance_forward_reused_id),
+  TEST(test_vector_17_advance_no_time_check),
+  TEST(test_vector_18_advance_after_record_error),
+  TEST(test_vector_19_advance_refresh_fills_null_at),
+  TEST(test_vector_20_reset_backward),
+  TEST(test_vector_21_reset_reason_required),
+  TEST(test_vector_22_reset_blank_reason),
+  TEST(test_vector_23_reset_sequence_before_reason),
+  TEST(test_vector_24_reset_creates),
+  TEST(test_vector_25_reset_forward_clears_error),
+  TEST(test_vector_26_reset_reason_not_in_row),
+  TEST(test_vector_27_record_error_keeps_position),
+  TEST(test_vector_28_record_error_creates),
+  TEST(test_vector_29_record_error_blank),
+  TEST(test_vector_30_record_error_trimmed),
+  TEST(test_vector_31_list_stream_limit),
+  TEST(test_vector_32_list_order),
+  TEST(test_vector_33_list_limit_unlimited),
+  TEST(test_vector_34_list_blank_filter_ignored),
+  TEST(test_vector_35_list_no_match),
+  TEST(test_vector_36_truncate_error),
+  TEST(test_position_update_replaces),
+  TEST(test_position_refresh_keeps_stored),
+  TEST(test_position_refresh_fills_empty),
+  TEST(test_position_reset_sets),
+  TEST(test_position_record_error_never_moves),
+  TEST(test_position_stored_verbatim),
+  TEST(test_bounds_key_fields),
+  TEST(test_bounds_key_utf8),
+  TEST(test_bounds_position),
+  TEST(test_bounds_reason),
+  TEST(test_trim_go_parity),
+  TEST(test_reset_audit_recorded),
+  TEST(test_time_format_round_trip),
+  TEST(test_time_stored_as_text),
+  TEST(test_time_zero_now_is_clock),
+  TEST(test_persists_across_reopen),
+  TEST(test_open_creates_dirs_owner_only),
+  TEST(test_migrate_empty_file_to_v1),
+  TEST(test_migrate_refuses_newer_schema),
+  TEST(test_migrate_refuses_foreign_database),
+  TEST(test_open_garbage_file_untouched),
+  TEST(test_open_truncated_db_detected),
+  TEST(test_open_lock_contention),
+  TEST(test_open_unwritable_location),
+  TEST(test_open_bad_arguments),
+  TEST(test_strerror_texts),
+  TEST(test_list_count_only),
+  TEST(test_commit_batch_with_nonmonotonic_item),
+  TEST(test_commit_invalid_item_and_copies),
+  TEST(test_commit_item_errors_reported),
+  TEST(test_commit_hundred_cursors),
+  TEST(test_disk_full),
+  { NULL, NULL },
+};
+
+TEST_MAIN(tests)
