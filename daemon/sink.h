@@ -1,0 +1,81 @@
+/* Sink types: where a consumer's events go.
+ *
+ * A sink receives batches of NDJSON envelope lines, one batch at a time, and
+ * reports an outcome for each: delivered, retry or fatal. It never retries by
+ * itself; the consumer owns retries and backoff (STYLE rule 13).
+ *
+ * Durability: a sink whose delivery is not yet durable when write() reports
+ * it (a file in the page cache) makes it durable in sync(). The flusher calls
+ * sync() before it commits a cursor that covers the data, so a committed
+ * cursor is never ahead of what the sink holds.
+ */
+#ifndef TETHER_DAEMON_SINK_H
+#define TETHER_DAEMON_SINK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "daemon/options.h"
+
+typedef struct sink sink;
+typedef struct sink_type sink_type;
+
+struct sink {
+  const sink_type *type;
+};
+
+typedef struct sink_batch {
+  const char *data; /* whole lines, each ending in '\n'; borrowed until cb */
+  size_t len;
+  uint64_t first_seq, last_seq;
+} sink_batch;
+
+typedef enum sink_outcome {
+  SINK_DELIVERED, /* every line of the batch is delivered */
+  SINK_RETRY,     /* nothing of the batch is delivered; try again later */
+  SINK_FATAL,     /* the sink cannot go on; the consumer fails */
+} sink_outcome;
+
+/* msg says why for RETRY and FATAL; borrowed for the call. */
+typedef void (*sink_write_cb)(sink *s, sink_outcome outcome, const char *msg,
+                              void *data);
+/* status is 0, or a negative errno with msg saying why. */
+typedef void (*sink_sync_cb)(sink *s, int status, const char *msg, void *data);
+/* The sink is freed when this returns. */
+typedef void (*sink_close_cb)(void *data);
+
+struct sink_type {
+  const char *name;        /* as written before the colon in `sink =` */
+  const char *description; /* one line */
+  const option *options;   /* this type's keys in a [consumer] section */
+  size_t conf_size;
+  const char *arg; /* NULL: takes no argument; else its name ("PATH") */
+
+  /* Cross-option checks; see source_type.check. May be NULL. */
+  int (*check)(void *conf, const char *arg, uint64_t explicit, char *err,
+               size_t errlen);
+
+  /* Opens the sink. arg and conf are borrowed for the sink's life. */
+  int (*open)(uv_loop_t *loop, const char *arg, const void *conf,
+              const char *consumer_name, sink **out, char *err, size_t errlen);
+
+  /* Delivers one batch; cb runs exactly once, on the loop thread. Only one
+   * write is outstanding at a time. */
+  void (*write)(sink *s, const sink_batch *b, sink_write_cb cb, void *data);
+
+  /* Makes everything reported delivered before this call durable; cb runs
+   * exactly once. Only one sync is outstanding at a time. */
+  void (*sync)(sink *s, sink_sync_cb cb, void *data);
+
+  /* Reopens files after they were moved (SIGHUP, for logrotate). May be
+   * NULL. */
+  void (*reopen)(sink *s);
+
+  /* Closes the sink once outstanding work is done; every pending cb runs
+   * first. cb runs exactly once, after which the sink is freed. */
+  void (*close)(sink *s, sink_close_cb cb, void *data);
+};
+
+#endif
