@@ -1,0 +1,566 @@
+/* The consumer: one source, one sink, a bounded window between them and the
+ * cursor of the highest contiguous delivered event.
+ *
+ * Events are encoded into NDJSON lines as they are emitted, into `staged`.
+ * When the sink is idle, the staged lines become one batch (`writing`) and a
+ * new staging buffer starts, so the source keeps producing while the sink
+ * writes. The sink delivers batches in order and wholly or not at all, so
+ * the highest delivered event is always the end of the last delivered batch:
+ * the cursor is contiguous by construction.
+ *
+ * Sequences: every emitted event gets next_seq; seq numbers continue from the
+ * committed cursor across restarts. In flight = emitted, not yet delivered =
+ * next_seq - 1 - delivered_seq, and it never exceeds max_in_flight.
+ */
+#include "daemon/consumer.h"
+
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "daemon/log.h"
+#include "loop/backoff.h"
+#include "protocol/buf.h"
+#include "protocol/envelope.h"
+
+const char *const consumer_state_names[] = {
+  "starting", "connected", "backoff", "paused", "done", "failed", "stopped",
+};
+
+struct consumer {
+  uv_loop_t *loop;
+  const config_consumer *conf;
+  consumer_hooks hooks;
+  consumer_state state;
+  const char *stream_name;
+
+  source *src;
+  bool src_running; /* started and not yet told to stop */
+  bool src_closing; /* stop() called, waiting for consumer_source_closed */
+  bool src_done;    /* a finite source emitted everything */
+  bool failed;      /* the sink or the source failed for good */
+  bool held;        /* consumer_hold: room is 0 */
+  bool abandoned;   /* consumer_abandon: undelivered events dropped */
+
+  sink *snk;
+  bool closing;
+  bool rest_closing; /* timers and sink asked to close */
+  int pending_closes;
+
+  envelope_prefix prefix;
+  uint64_t max_in_flight;
+  uint64_t next_seq;     /* the seq of the next emitted event */
+  buf staged;            /* lines emitted and not yet handed to the sink */
+  buf staged_pos;        /* position of the last staged event */
+  uint64_t staged_first; /* seq of the first staged line */
+  buf writing;           /* the batch the sink holds */
+  buf writing_pos;       /* position of the batch's last event */
+  uint64_t writing_first, writing_last;
+  bool write_outstanding; /* sink->write called, cb not yet run */
+  bool retry_wait;        /* the batch failed; retry_timer runs */
+  uv_timer_t retry_timer;
+  uv_idle_t kick; /* hands staged lines to the sink once per loop turn */
+  backoff retry;
+
+  /* The cursor: the highest contiguous delivered event. */
+  uint64_t delivered_seq;
+  buf delivered_pos;
+  int64_t delivered_at_ns;
+  uint64_t committed_seq;
+
+  /* The snapshot a sync covers; only it may be committed afterwards. */
+  bool syncing;
+  uint64_t snap_seq;
+  buf snap_pos;
+  int64_t snap_at_ns;
+  consumer_sync_cb sync_cb;
+  void *sync_data;
+
+  /* The envelope's time, formatted once per millisecond. */
+  int64_t time_ms;
+  char time_text[32];
+
+  consumer_stats stats;
+};
+
+static int64_t wall_ns(void) {
+  struct timespec ts;
+
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void set_state(consumer *c, consumer_state st) {
+  if (c->state == st)
+    return;
+  c->state = st;
+  if (c->hooks.on_state != NULL)
+    c->hooks.on_state(c, st, c->hooks.data);
+}
+
+/* The state the consumer is in when nothing is going wrong. */
+static consumer_state healthy_state(const consumer *c) {
+  if (c->failed)
+    return CONSUMER_FAILED;
+  if (c->src_done)
+    return CONSUMER_DONE;
+  if (c->src_running)
+    return CONSUMER_CONNECTED;
+  return c->closing || c->src_closing ? CONSUMER_STOPPED : CONSUMER_STARTING;
+}
+
+static uint64_t in_flight(const consumer *c) {
+  return c->next_seq - 1 - c->delivered_seq;
+}
+
+bool consumer_drained(const consumer *c) {
+  return c->staged.len == 0 && !c->write_outstanding && !c->retry_wait;
+}
+
+size_t consumer_room(const consumer *c) {
+  uint64_t used = in_flight(c);
+
+  if (c->held || c->failed || !c->src_running || used >= c->max_in_flight)
+    return 0;
+  return (size_t)(c->max_in_flight - used);
+}
+
+static void on_kick(uv_idle_t *h);
+
+/* The batch starts on the next loop turn, not at once: a source emitting a
+ * burst from one callback then fills one batch instead of sending its first
+ * event alone. */
+static void schedule_kick(consumer *c) {
+  if (!c->write_outstanding && !c->retry_wait && !c->closing &&
+      !uv_is_active((uv_handle_t *)&c->kick))
+    uv_idle_start(&c->kick, on_kick);
+}
+
+static void on_written(sink *s, sink_outcome outcome, const char *msg,
+                       void *data);
+
+static void issue_write(consumer *c) {
+  sink_batch b;
+
+  assert(!c->write_outstanding);
+  b.data = c->writing.data;
+  b.len = c->writing.len;
+  b.first_seq = c->writing_first;
+  b.last_seq = c->writing_last;
+  c->write_outstanding = true;
+  c->snk->type->write(c->snk, &b, on_written, c);
+}
+
+/* Turns the staged lines into the next batch when the sink is idle. */
+static void start_batch(consumer *c) {
+  if (c->write_outstanding || c->retry_wait || c->staged.len == 0 || c->failed)
+    return;
+  assert(c->writing.len == 0);
+  buf_swap(&c->staged, &c->writing);
+  buf_swap(&c->staged_pos, &c->writing_pos);
+  c->writing_first = c->staged_first;
+  c->writing_last = c->next_seq - 1;
+  issue_write(c);
+}
+
+static void on_kick(uv_idle_t *h) {
+  consumer *c = h->data;
+
+  uv_idle_stop(h);
+  start_batch(c);
+}
+
+static void drop_undelivered(consumer *c) {
+  buf_reset(&c->staged);
+  if (!c->write_outstanding) {
+    buf_reset(&c->writing);
+    c->next_seq = c->delivered_seq + 1;
+  } else {
+    c->next_seq = c->writing_last + 1;
+  }
+  if (c->retry_wait) {
+    uv_timer_stop(&c->retry_timer);
+    c->retry_wait = false;
+    buf_reset(&c->writing);
+    c->next_seq = c->delivered_seq + 1;
+  }
+}
+
+static void notify_drained(consumer *c) {
+  if (consumer_drained(c) && c->hooks.on_drained != NULL)
+    c->hooks.on_drained(c, c->hooks.data);
+}
+
+static void on_retry(uv_timer_t *t) {
+  consumer *c = t->data;
+
+  c->retry_wait = false;
+  if (c->closing || c->abandoned)
+    return;
+  issue_write(c);
+}
+
+static void on_written(sink *s, sink_outcome outcome, const char *msg,
+                       void *data) {
+  consumer *c = data;
+  uint64_t delay, n;
+
+  (void)s;
+  c->write_outstanding = false;
+  switch (outcome) {
+  case SINK_DELIVERED:
+    n = c->writing_last - c->delivered_seq;
+    c->delivered_seq = c->writing_last;
+    buf_swap(&c->delivered_pos, &c->writing_pos);
+    buf_reset(&c->writing);
+    c->delivered_at_ns = wall_ns();
+    c->stats.delivered += n;
+    if (backoff_attempt(&c->retry) > 0) {
+      log_info("sink recovered", LS("consumer", c->conf->name),
+               LS("sink", c->snk->type->name),
+               LU("attempts", backoff_attempt(&c->retry)));
+      backoff_reset(&c->retry);
+    }
+    set_state(c, healthy_state(c));
+    if (c->hooks.on_delivered != NULL)
+      c->hooks.on_delivered(c, c->hooks.data);
+    if (c->src_running && c->src->type->on_delivered != NULL)
+      c->src->type->on_delivered(c->src, c->delivered_seq);
+    if (c->src_running && consumer_room(c) > 0)
+      c->src->type->on_room(c->src);
+    start_batch(c);
+    break;
+
+  case SINK_RETRY:
+    c->stats.sink_retries++;
+    if (c->abandoned || c->closing) {
+      /* Shutting down: what is not delivered stays behind the cursor and
+       * comes again after the restart. */
+      buf_reset(&c->writing);
+      c->next_seq = c->delivered_seq + 1;
+      break;
+    }
+    delay = backoff_next(&c->retry);
+    log_warn("sink failed; the batch will be retried",
+             LS("consumer", c->conf->name), LS("sink", c->snk->type->name),
+             LS("err", msg), LU("events", c->writing_last - c->delivered_seq),
+             LU("retry_in_ms", delay),
+             LU("attempt", backoff_attempt(&c->retry)));
+    c->retry_wait = true;
+    uv_timer_start(&c->retry_timer, on_retry, delay, 0);
+    set_state(c, CONSUMER_BACKOFF);
+    break;
+
+  case SINK_FATAL:
+    log_error("sink failed for good; the consumer stops",
+              LS("consumer", c->conf->name), LS("sink", c->snk->type->name),
+              LS("err", msg));
+    c->failed = true;
+    buf_reset(&c->writing);
+    drop_undelivered(c);
+    consumer_stop_source(c);
+    set_state(c, CONSUMER_FAILED);
+    break;
+  }
+  notify_drained(c);
+}
+
+int consumer_emit(consumer *c, const event *ev) {
+  envelope e;
+  size_t before = c->staged.len;
+  int64_t ms;
+  int err;
+
+  assert(consumer_room(c) > 0 && "emit without room");
+  ms = ev->time_ms;
+  if (ms == 0) {
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  }
+  if (ms != c->time_ms) {
+    envelope_format_time(ms, c->time_text);
+    c->time_ms = ms;
+  }
+  e.seq = c->next_seq;
+  e.cursor = ev->position != NULL ? ev->position : "";
+  e.cursor_len = ev->position != NULL ? ev->position_len : 0;
+  e.event = ev->name;
+  e.kind = ev->kind;
+  e.time = c->time_text;
+  e.data = ev->data;
+  e.data_len = ev->data_len;
+  e.data_is_json = ev->data_is_json;
+  if ((err = envelope_append(&c->staged, &c->prefix, &e)) != 0)
+    return err;
+  buf_reset(&c->staged_pos);
+  if ((err = buf_append(&c->staged_pos, e.cursor, e.cursor_len)) != 0) {
+    c->staged.len = before;
+    return err;
+  }
+  if (before == 0)
+    c->staged_first = c->next_seq;
+  c->next_seq++;
+  c->stats.emitted++;
+  schedule_kick(c);
+  return 0;
+}
+
+int consumer_create(uv_loop_t *loop, const config_consumer *conf,
+                    const source_resume *resume, const consumer_hooks *hooks,
+                    consumer **out, char *err, size_t errlen) {
+  consumer *c = calloc(1, sizeof *c);
+  int rc;
+
+  if (c == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return UV_ENOMEM;
+  }
+  c->loop = loop;
+  c->conf = conf;
+  if (hooks != NULL)
+    c->hooks = *hooks;
+  c->state = CONSUMER_STARTING;
+  c->stream_name = conf->source->stream_name(conf->source_conf);
+  c->max_in_flight = (uint64_t)conf->common.max_in_flight;
+  c->delivered_seq = resume->seq;
+  c->committed_seq = resume->seq;
+  c->next_seq = resume->seq + 1;
+  c->time_ms = -1;
+  buf_init(&c->staged, 0);
+  buf_init(&c->staged_pos, 0);
+  buf_init(&c->writing, 0);
+  buf_init(&c->writing_pos, 0);
+  buf_init(&c->delivered_pos, 0);
+  buf_init(&c->snap_pos, 0);
+  backoff_init(&c->retry, conf->common.retry_min, conf->common.retry_max, 0, 0);
+  if ((rc = envelope_prefix_init(&c->prefix, conf->name)) != 0 ||
+      (rc = buf_append_str(&c->delivered_pos, resume->position)) != 0) {
+    snprintf(err, errlen, "out of memory");
+    goto fail;
+  }
+  rc = conf->sink->open(loop, conf->sink_arg, conf->sink_conf, conf->name,
+                        &c->snk, err, errlen);
+  if (rc != 0)
+    goto fail;
+  uv_timer_init(loop, &c->retry_timer);
+  uv_idle_init(loop, &c->kick);
+  c->retry_timer.data = c;
+  c->kick.data = c;
+  *out = c;
+  return 0;
+
+fail:
+  envelope_prefix_free(&c->prefix);
+  buf_free(&c->delivered_pos);
+  free(c);
+  return rc;
+}
+
+int consumer_start(consumer *c, char *err, size_t errlen) {
+  source_resume r;
+  int rc;
+
+  r.seq = c->delivered_seq;
+  r.position = buf_cstr(&c->delivered_pos);
+  if (r.position == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return UV_ENOMEM;
+  }
+  c->src_running = true;
+  rc =
+      c->conf->source->start(c, c->conf->source_conf, &r, &c->src, err, errlen);
+  if (rc != 0) {
+    c->src_running = false;
+    c->src = NULL;
+    c->failed = true;
+    set_state(c, CONSUMER_FAILED);
+    return rc;
+  }
+  return 0;
+}
+
+void consumer_stop_source(consumer *c) {
+  if (!c->src_running)
+    return;
+  c->src_running = false;
+  c->src_closing = true;
+  c->src->type->stop(c->src);
+}
+
+void consumer_abandon(consumer *c) {
+  c->abandoned = true;
+  consumer_stop_source(c);
+  drop_undelivered(c);
+  notify_drained(c);
+}
+
+void consumer_hold(consumer *c, bool hold) {
+  bool was = c->held;
+
+  c->held = hold;
+  if (was && !hold && c->src_running && consumer_room(c) > 0)
+    c->src->type->on_room(c->src);
+}
+
+static void maybe_closed(consumer *c) {
+  if (c->pending_closes > 0 || c->src_closing || c->snk != NULL)
+    return;
+  set_state(c, c->failed ? CONSUMER_FAILED : CONSUMER_STOPPED);
+  if (c->hooks.on_closed != NULL)
+    c->hooks.on_closed(c, c->hooks.data);
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+  consumer *c = h->data;
+
+  c->pending_closes--;
+  maybe_closed(c);
+}
+
+static void on_sink_closed(void *data) {
+  consumer *c = data;
+
+  c->snk = NULL;
+  maybe_closed(c);
+}
+
+/* Closing order: the source first (it may still emit from a callback that
+ * is already queued), then the sink, which finishes its running operation
+ * before it lets go. */
+static void close_rest(consumer *c) {
+  if (c->src_closing || c->rest_closing)
+    return;
+  c->rest_closing = true;
+  c->pending_closes = 2;
+  uv_close((uv_handle_t *)&c->retry_timer, on_handle_closed);
+  uv_close((uv_handle_t *)&c->kick, on_handle_closed);
+  c->snk->type->close(c->snk, on_sink_closed, c);
+}
+
+void consumer_source_closed(consumer *c) {
+  c->src_closing = false;
+  c->src = NULL;
+  if (c->closing)
+    close_rest(c);
+}
+
+void consumer_close(consumer *c) {
+  assert(!c->closing);
+  c->closing = true;
+  consumer_stop_source(c);
+  if (c->retry_wait) {
+    uv_timer_stop(&c->retry_timer);
+    c->retry_wait = false;
+  }
+  close_rest(c);
+}
+
+void consumer_destroy(consumer *c) {
+  if (c == NULL)
+    return;
+  envelope_prefix_free(&c->prefix);
+  buf_free(&c->staged);
+  buf_free(&c->staged_pos);
+  buf_free(&c->writing);
+  buf_free(&c->writing_pos);
+  buf_free(&c->delivered_pos);
+  buf_free(&c->snap_pos);
+  free(c);
+}
+
+void consumer_source_connected(consumer *c) {
+  set_state(c, healthy_state(c));
+}
+
+void consumer_source_done(consumer *c) {
+  c->src_done = true;
+  if (!c->retry_wait)
+    set_state(c, healthy_state(c));
+  log_info("source finished", LS("consumer", c->conf->name),
+           LU("last_seq", c->next_seq - 1));
+}
+
+void consumer_source_failed(consumer *c, const char *why) {
+  log_error("source failed; the consumer stops", LS("consumer", c->conf->name),
+            LS("source", c->conf->source->name), LS("err", why));
+  c->failed = true;
+  consumer_stop_source(c);
+  set_state(c, CONSUMER_FAILED);
+}
+
+uv_loop_t *consumer_loop(const consumer *c) {
+  return c->loop;
+}
+
+const char *consumer_name(const consumer *c) {
+  return c->conf->name;
+}
+
+const char *consumer_stream_name(const consumer *c) {
+  return c->stream_name;
+}
+
+bool consumer_dirty(const consumer *c) {
+  return c->delivered_seq > c->committed_seq && !c->syncing;
+}
+
+static void on_synced(sink *s, int status, const char *msg, void *data) {
+  consumer *c = data;
+  consumer_sync_cb cb = c->sync_cb;
+
+  (void)s;
+  c->syncing = false;
+  c->sync_cb = NULL;
+  cb(c, status, msg, c->sync_data);
+}
+
+void consumer_sync(consumer *c, consumer_sync_cb cb, void *data) {
+  assert(!c->syncing);
+  assert(c->snk != NULL);
+  c->syncing = true;
+  c->sync_cb = cb;
+  c->sync_data = data;
+  c->snap_seq = c->delivered_seq;
+  c->snap_at_ns = c->delivered_at_ns;
+  buf_reset(&c->snap_pos);
+  if (buf_append(&c->snap_pos, c->delivered_pos.data, c->delivered_pos.len) !=
+          0 ||
+      buf_cstr(&c->snap_pos) == NULL) {
+    c->syncing = false;
+    c->sync_cb = NULL;
+    cb(c, UV_ENOMEM, "out of memory", data);
+    return;
+  }
+  c->snk->type->sync(c->snk, on_synced, c);
+}
+
+void consumer_snapshot(const consumer *c, uint64_t *seq, const char **position,
+                       int64_t *delivered_at_ns) {
+  *seq = c->snap_seq;
+  *position = c->snap_pos.data != NULL ? c->snap_pos.data : "";
+  *delivered_at_ns = c->snap_at_ns;
+}
+
+void consumer_committed(consumer *c, uint64_t seq) {
+  if (seq > c->committed_seq)
+    c->committed_seq = seq;
+}
+
+void consumer_reopen(consumer *c) {
+  if (c->snk != NULL && !c->closing && c->snk->type->reopen != NULL)
+    c->snk->type->reopen(c->snk);
+}
+
+consumer_state consumer_get_state(const consumer *c) {
+  return c->state;
+}
+
+void consumer_get_stats(const consumer *c, consumer_stats *out) {
+  *out = c->stats;
+  out->delivered_seq = c->delivered_seq;
+  out->committed_seq = c->committed_seq;
+  out->in_flight = (size_t)in_flight(c);
+}

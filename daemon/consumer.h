@@ -1,0 +1,135 @@
+/* A consumer joins one source to one sink through a bounded delivery window
+ * and keeps the cursor of the highest contiguous delivered event.
+ *
+ * The flow of one event (DESIGN §3):
+ *   source --consumer_emit--> window (encoded as an NDJSON envelope line)
+ *   --> sink write --> delivered --> cursor advances --> the flusher syncs
+ *   the sink and commits the cursor --> (upstream ack, later sources).
+ *
+ * Backpressure, not buffering: at most max_in_flight events are between
+ * emit and delivery. consumer_room() says how many more may be emitted now;
+ * a source with no room stops reading and waits for its on_room().
+ */
+#ifndef TETHER_DAEMON_CONSUMER_H
+#define TETHER_DAEMON_CONSUMER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "daemon/config.h"
+#include "daemon/sink.h"
+#include "daemon/source.h"
+
+typedef struct consumer consumer;
+
+typedef enum consumer_state {
+  CONSUMER_STARTING,
+  CONSUMER_CONNECTED, /* the source is reading */
+  CONSUMER_BACKOFF,   /* waiting to retry the source or the sink */
+  CONSUMER_PAUSED,    /* paused by an operator */
+  CONSUMER_DONE,      /* a finite source emitted everything */
+  CONSUMER_FAILED,    /* stopped on an error that retrying cannot fix */
+  CONSUMER_STOPPED,
+} consumer_state;
+
+extern const char *const consumer_state_names[];
+
+/* One event as a source hands it over. Every pointer is borrowed for the
+ * call: the consumer copies what it keeps. */
+typedef struct event {
+  const char *name;     /* "create", "tick", ...; NUL-terminated */
+  const char *kind;     /* e.g. the collection; NUL-terminated */
+  const char *position; /* the upstream cursor after this event */
+  size_t position_len;
+  const char *data; /* the payload */
+  size_t data_len;
+  bool data_is_json; /* embed as it is; false: encode as a JSON string */
+  int64_t time_ms;   /* event time in Unix ms; 0 = now */
+} event;
+
+/* What the flusher needs of a consumer, and what the status shows. */
+typedef struct consumer_stats {
+  uint64_t emitted;       /* events taken from the source since start */
+  uint64_t delivered;     /* events the sink reported delivered */
+  uint64_t delivered_seq; /* cursor: highest contiguous delivered seq */
+  uint64_t committed_seq; /* the cursor as last committed */
+  size_t in_flight;       /* emitted, not yet delivered */
+  uint64_t sink_retries;
+} consumer_stats;
+
+/* Called on the loop thread. Any may be NULL. */
+typedef struct consumer_hooks {
+  /* The state changed. */
+  void (*on_state)(consumer *c, consumer_state state, void *data);
+  /* The sink delivered a batch: the cursor moved. */
+  void (*on_delivered)(consumer *c, void *data);
+  /* The window emptied: everything emitted is delivered (or abandoned). */
+  void (*on_drained)(consumer *c, void *data);
+  /* consumer_close finished; the consumer may be destroyed now. */
+  void (*on_closed)(consumer *c, void *data);
+  void *data;
+} consumer_hooks;
+
+/* Creates a consumer for conf (borrowed for its life), opens its sink and
+ * positions it after the committed cursor (resume). Returns 0 or a negative
+ * code with the reason in err. */
+int consumer_create(uv_loop_t *loop, const config_consumer *conf,
+                    const source_resume *resume, const consumer_hooks *hooks,
+                    consumer **out, char *err, size_t errlen);
+
+/* Starts the source. */
+int consumer_start(consumer *c, char *err, size_t errlen);
+
+/* Stops taking events: the source is stopped; what is in the window is still
+ * delivered. */
+void consumer_stop_source(consumer *c);
+
+/* True when nothing is in the window and no write is outstanding. */
+bool consumer_drained(const consumer *c);
+
+/* Gives up on what is not yet written (the second signal) so closing does
+ * not wait for it; what is delivered stays delivered. */
+void consumer_abandon(consumer *c);
+
+/* Closes the source and the sink; hooks->on_closed follows, after which the
+ * consumer may be destroyed. */
+void consumer_close(consumer *c);
+void consumer_destroy(consumer *c);
+
+/* For sources. */
+size_t consumer_room(const consumer *c);
+int consumer_emit(consumer *c, const event *ev);
+void consumer_source_connected(consumer *c);
+void consumer_source_done(consumer *c);
+void consumer_source_failed(consumer *c, const char *why);
+void consumer_source_closed(consumer *c);
+uv_loop_t *consumer_loop(const consumer *c);
+const char *consumer_name(const consumer *c);
+
+/* For the flusher. A sync snapshot is the cursor as it stands when the sink
+ * sync starts; only that snapshot may be committed once the sync is done. */
+typedef void (*consumer_sync_cb)(consumer *c, int status, const char *msg,
+                                 void *data);
+bool consumer_dirty(const consumer *c);
+void consumer_sync(consumer *c, consumer_sync_cb cb, void *data);
+/* The snapshot taken by the last consumer_sync. position is borrowed until
+ * the next consumer_sync. */
+void consumer_snapshot(const consumer *c, uint64_t *seq, const char **position,
+                       int64_t *delivered_at_ns);
+void consumer_committed(consumer *c, uint64_t seq);
+const char *consumer_stream_name(const consumer *c);
+
+/* Holds the source back (room 0) while the cursor cannot be committed, so
+ * what a crash would re-deliver stays bounded; release gives room again. */
+void consumer_hold(consumer *c, bool hold);
+
+/* Reopens the sink's files (SIGHUP). */
+void consumer_reopen(consumer *c);
+
+consumer_state consumer_get_state(const consumer *c);
+void consumer_get_stats(const consumer *c, consumer_stats *out);
+
+#endif

@@ -1,0 +1,320 @@
+/* Group commit of cursors.
+ *
+ * The order that keeps the delivery guarantee, and why:
+ *
+ *   1. sink write       the batch is delivered (in the page cache, for files)
+ *   2. sink sync        fdatasync: the delivered bytes are on disk
+ *   3. cursor commit    the store records the cursor of step 2's snapshot
+ *   4. upstream ack     (later sources) the upstream may forget the events
+ *
+ * A cursor committed before its events are durable in the sink could, after
+ * a power cut, point past events that never reached the disk: lost events.
+ * So the snapshot is taken when the sync *starts*, and only that snapshot is
+ * committed once the sync has finished; anything delivered during the sync
+ * waits for the next round. The commit itself runs on the thread pool
+ * (store_commit_start), so the loop never waits for the disk.
+ *
+ * When a commit fails (a full disk, an I/O error), every consumer is held
+ * back until one succeeds, so what a crash would deliver again stays bounded
+ * by one interval and the window, and the commit is retried with backoff.
+ */
+#include "daemon/flusher.h"
+
+#include <assert.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/log.h"
+#include "loop/backoff.h"
+
+struct flusher {
+  uv_loop_t *loop;
+  store *st;
+  uint64_t interval;
+  consumer **consumers;
+  size_t n;
+  uv_timer_t timer;
+
+  bool in_round;
+  bool want_round; /* a flush was asked for during a round */
+  size_t pending_syncs;
+  bool *taking; /* per consumer: part of this round */
+  bool round_failed;
+  store_advance *reqs;
+  char (*delivery_ids)[96];
+  size_t *req_consumer; /* reqs[i] belongs to consumers[req_consumer[i]] */
+
+  flusher_cb round_cb; /* the flusher_flush the running round answers */
+  void *round_cb_data;
+  flusher_cb wait_cb; /* asked for during a round: answered by the next */
+  void *wait_cb_data;
+
+  bool unhealthy;
+  backoff retry;
+
+  bool closing;
+  bool timer_closing;
+  void (*close_cb)(void *data);
+  void *close_data;
+};
+
+static void round_start(flusher *f);
+
+static void on_timer(uv_timer_t *t) {
+  flusher *f = t->data;
+
+  if (f->in_round)
+    f->want_round = true;
+  else
+    round_start(f);
+}
+
+static void arm(flusher *f, uint64_t delay) {
+  if (!f->closing)
+    uv_timer_start(&f->timer, on_timer, delay, 0);
+}
+
+void flusher_poke(flusher *f) {
+  if (!f->unhealthy && !f->in_round && !uv_is_active((uv_handle_t *)&f->timer))
+    arm(f, f->interval);
+}
+
+static void hold_all(flusher *f, bool hold) {
+  size_t i;
+
+  for (i = 0; i < f->n; i++)
+    consumer_hold(f->consumers[i], hold);
+}
+
+static void on_closed(uv_handle_t *h) {
+  flusher *f = h->data;
+  void (*cb)(void *) = f->close_cb;
+  void *data = f->close_data;
+
+  free(f->taking);
+  free(f->reqs);
+  free(f->delivery_ids);
+  free(f->req_consumer);
+  free(f);
+  cb(data);
+}
+
+static void close_timer(flusher *f) {
+  if (f->timer_closing)
+    return;
+  f->timer_closing = true;
+  uv_close((uv_handle_t *)&f->timer, on_closed);
+}
+
+static void round_done(flusher *f, int status) {
+  flusher_cb cb = f->round_cb;
+  void *data = f->round_cb_data;
+  bool dirty = false;
+  size_t i;
+
+  f->in_round = false;
+  f->round_cb = NULL;
+  if (cb != NULL)
+    cb(f, status, data);
+  if (f->closing) {
+    close_timer(f);
+    return;
+  }
+  for (i = 0; i < f->n; i++)
+    dirty |= consumer_dirty(f->consumers[i]);
+  if (f->want_round) {
+    /* A flush asked for during the round needs a round of its own: the one
+     * that just ended took its snapshots before the request. */
+    f->want_round = false;
+    f->round_cb = f->wait_cb;
+    f->round_cb_data = f->wait_cb_data;
+    f->wait_cb = NULL;
+    round_start(f);
+  } else if (dirty && !f->unhealthy) {
+    arm(f, f->interval);
+  }
+}
+
+static void on_commit(void *data, int status, const char *msg,
+                      const int *item_status, const char *const *item_msg,
+                      size_t n) {
+  flusher *f = data;
+  uint64_t delay;
+  size_t i;
+  int result = 0;
+
+  if (status != 0) {
+    delay = backoff_next(&f->retry);
+    if (delay < f->interval)
+      delay = f->interval;
+    log_error("cursor commit failed; consumers wait until it succeeds",
+              LS("err", msg), LU("retry_in_ms", delay),
+              LU("attempt", backoff_attempt(&f->retry)));
+    if (!f->unhealthy)
+      hold_all(f, true);
+    f->unhealthy = true;
+    uv_timer_stop(&f->timer);
+    arm(f, delay);
+    round_done(f, status);
+    return;
+  }
+  if (f->unhealthy) {
+    log_info("cursor commits recovered",
+             LU("attempts", backoff_attempt(&f->retry)));
+    f->unhealthy = false;
+    backoff_reset(&f->retry);
+    hold_all(f, false);
+  }
+  for (i = 0; i < n; i++) {
+    consumer *c = f->consumers[f->req_consumer[i]];
+
+    if (item_status[i] == 0) {
+      consumer_committed(c, (uint64_t)f->reqs[i].last_sequence);
+      continue;
+    }
+    result = item_status[i];
+    /* A refused advance means another writer moved the cursor (an operator
+     * reset, a second tether): stop rather than overwrite it. */
+    log_error("cursor commit refused; the consumer stops",
+              LS("consumer", consumer_name(c)), LS("err", item_msg[i]));
+    consumer_source_failed(c, item_msg[i]);
+  }
+  round_done(f, result != 0 ? result : (f->round_failed ? UV_EIO : 0));
+}
+
+static void round_commit(flusher *f) {
+  size_t i, n = 0;
+  uint64_t seq;
+  const char *pos;
+  int64_t at;
+  int rc;
+
+  for (i = 0; i < f->n; i++) {
+    consumer *c = f->consumers[i];
+    store_advance *r;
+
+    if (!f->taking[i])
+      continue;
+    consumer_snapshot(c, &seq, &pos, &at);
+    r = &f->reqs[n];
+    memset(r, 0, sizeof *r);
+    r->key.consumer_id = consumer_name(c);
+    r->key.stream_name = consumer_stream_name(c);
+    r->key.subject_id = "";
+    r->last_sequence = (int64_t)seq;
+    /* Deterministic, so a replay of the same commit is an idempotent
+     * refresh rather than a fork. */
+    snprintf(f->delivery_ids[n], sizeof f->delivery_ids[n], "%s:%" PRIu64,
+             consumer_name(c), seq);
+    r->delivery_id = f->delivery_ids[n];
+    r->position = pos;
+    r->delivered_at = at;
+    f->req_consumer[n] = i;
+    n++;
+  }
+  if (n == 0) {
+    round_done(f, f->round_failed ? UV_EIO : 0);
+    return;
+  }
+  rc = store_commit_start(f->st, f->loop, f->reqs, n, on_commit, f);
+  if (rc != 0) {
+    log_error("cursor commit could not start", LS("err", uv_strerror(rc)));
+    round_done(f, rc);
+  }
+}
+
+static void on_synced(consumer *c, int status, const char *msg, void *data) {
+  flusher *f = data;
+  size_t i;
+
+  if (status != 0) {
+    for (i = 0; i < f->n; i++)
+      if (f->consumers[i] == c)
+        f->taking[i] = false;
+    f->round_failed = true;
+    log_error("sink sync failed; the cursor stays where it was",
+              LS("consumer", consumer_name(c)), LS("err", msg));
+  }
+  if (--f->pending_syncs == 0)
+    round_commit(f);
+}
+
+static void round_start(flusher *f) {
+  size_t i;
+
+  assert(!f->in_round);
+  uv_timer_stop(&f->timer);
+  f->in_round = true;
+  f->round_failed = false;
+  f->pending_syncs = 1; /* held until every sync is asked for */
+  for (i = 0; i < f->n; i++) {
+    f->taking[i] = consumer_dirty(f->consumers[i]);
+    if (f->taking[i]) {
+      f->pending_syncs++;
+      consumer_sync(f->consumers[i], on_synced, f);
+    }
+  }
+  if (--f->pending_syncs == 0)
+    round_commit(f);
+}
+
+int flusher_create(uv_loop_t *loop, store *st, uint64_t interval_ms,
+                   consumer **consumers, size_t n, flusher **out) {
+  flusher *f = calloc(1, sizeof *f);
+
+  if (f == NULL)
+    return UV_ENOMEM;
+  f->taking = calloc(n ? n : 1, sizeof *f->taking);
+  f->reqs = calloc(n ? n : 1, sizeof *f->reqs);
+  f->delivery_ids = calloc(n ? n : 1, sizeof *f->delivery_ids);
+  f->req_consumer = calloc(n ? n : 1, sizeof *f->req_consumer);
+  if (f->taking == NULL || f->reqs == NULL || f->delivery_ids == NULL ||
+      f->req_consumer == NULL) {
+    free(f->taking);
+    free(f->reqs);
+    free(f->delivery_ids);
+    free(f->req_consumer);
+    free(f);
+    return UV_ENOMEM;
+  }
+  f->loop = loop;
+  f->st = st;
+  f->interval = interval_ms;
+  f->consumers = consumers;
+  f->n = n;
+  backoff_init(&f->retry, interval_ms,
+               30000 > interval_ms ? 30000 : interval_ms, 0, 0);
+  uv_timer_init(loop, &f->timer);
+  f->timer.data = f;
+  *out = f;
+  return 0;
+}
+
+void flusher_flush(flusher *f, flusher_cb cb, void *data) {
+  if (f->in_round) {
+    assert(f->wait_cb == NULL && "one waiting flush at a time");
+    f->wait_cb = cb;
+    f->wait_cb_data = data;
+    f->want_round = true;
+    return;
+  }
+  f->round_cb = cb;
+  f->round_cb_data = data;
+  round_start(f);
+}
+
+bool flusher_healthy(const flusher *f) {
+  return !f->unhealthy;
+}
+
+void flusher_close(flusher *f, void (*cb)(void *data), void *data) {
+  f->closing = true;
+  f->close_cb = cb;
+  f->close_data = data;
+  uv_timer_stop(&f->timer);
+  /* A running round finishes first; round_done closes the timer then. */
+  if (!f->in_round)
+    close_timer(f);
+}

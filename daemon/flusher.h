@@ -1,0 +1,41 @@
+/* The flusher commits every dirty cursor in one transaction (group commit).
+ *
+ * A round: sync each dirty consumer's sink (fdatasync for files), snapshot
+ * its cursor as it stood when the sync began, then commit all snapshots in
+ * one store transaction on the thread pool. The timer is armed only while
+ * some cursor is dirty, so an idle daemon does not wake for it.
+ */
+#ifndef TETHER_DAEMON_FLUSHER_H
+#define TETHER_DAEMON_FLUSHER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "daemon/consumer.h"
+#include "store/store.h"
+
+typedef struct flusher flusher;
+
+/* status: 0 when every cursor that was dirty is committed. */
+typedef void (*flusher_cb)(flusher *f, int status, void *data);
+
+/* consumers (n of them) and st are borrowed for the flusher's life. */
+int flusher_create(uv_loop_t *loop, store *st, uint64_t interval_ms,
+                   consumer **consumers, size_t n, flusher **out);
+
+/* A consumer's cursor moved: commit within one interval. */
+void flusher_poke(flusher *f);
+
+/* Runs a round as soon as the running one (if any) ends; cb follows it.
+ * One waiting cb at a time. */
+void flusher_flush(flusher *f, flusher_cb cb, void *data);
+
+/* False while commits fail (consumers are held back meanwhile). */
+bool flusher_healthy(const flusher *f);
+
+/* Closes the timer once no round runs; cb follows, then f is freed. */
+void flusher_close(flusher *f, void (*cb)(void *data), void *data);
+
+#endif

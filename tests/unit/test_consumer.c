@@ -1,0 +1,491 @@
+/* The consumer core against a counting fake source and a fake sink whose
+ * callbacks the test completes by hand. */
+#include <uv.h>
+
+#include "daemon/consumer.h"
+#include "protocol/buf.h"
+#include "tests/unit/test.h"
+
+/* ---- fake sink ---------------------------------------------------------- */
+
+static struct {
+  int opens, writes, syncs, closes;
+  buf last_batch;
+  uint64_t first_seq, last_seq;
+  sink_write_cb write_cb;
+  void *write_data;
+  sink_sync_cb sync_cb;
+  void *sync_data;
+  sink s;
+} fs;
+
+static const option no_options[] = { { NULL, 0, NULL, 0, NULL, 0, 0, NULL,
+                                       0 } };
+
+static int fake_sink_open(uv_loop_t *loop, const char *arg, const void *conf,
+                          const char *name, sink **out, char *err,
+                          size_t errlen);
+
+static void fake_sink_write(sink *s, const sink_batch *b, sink_write_cb cb,
+                            void *data) {
+  (void)s;
+  ASSERT(fs.write_cb == NULL);
+  fs.writes++;
+  buf_reset(&fs.last_batch);
+  ASSERT_EQ(0, buf_append(&fs.last_batch, b->data, b->len));
+  fs.first_seq = b->first_seq;
+  fs.last_seq = b->last_seq;
+  fs.write_cb = cb;
+  fs.write_data = data;
+}
+
+static void fake_sink_sync(sink *s, sink_sync_cb cb, void *data) {
+  (void)s;
+  fs.syncs++;
+  fs.sync_cb = cb;
+  fs.sync_data = data;
+}
+
+static void fake_sink_close(sink *s, sink_close_cb cb, void *data) {
+  (void)s;
+  fs.closes++;
+  cb(data);
+}
+
+static const sink_type fake_sink = {
+  .name = "fake",
+  .description = "test",
+  .options = no_options,
+  .open = fake_sink_open,
+  .write = fake_sink_write,
+  .sync = fake_sink_sync,
+  .close = fake_sink_close,
+};
+
+static int fake_sink_open(uv_loop_t *loop, const char *arg, const void *conf,
+                          const char *name, sink **out, char *err,
+                          size_t errlen) {
+  (void)loop, (void)arg, (void)conf, (void)name, (void)err, (void)errlen;
+  fs.opens++;
+  fs.s.type = &fake_sink;
+  *out = &fs.s;
+  return 0;
+}
+
+static void complete_write(sink_outcome o, const char *msg) {
+  sink_write_cb cb = fs.write_cb;
+
+  ASSERT(cb != NULL);
+  fs.write_cb = NULL;
+  cb(&fs.s, o, msg, fs.write_data);
+}
+
+/* ---- fake source -------------------------------------------------------- */
+
+static struct {
+  int starts, stops, rooms, delivered_calls;
+  uint64_t resume_seq, last_delivered;
+  char resume_pos[64];
+  consumer *c;
+  source s;
+} src;
+
+static const char *fake_stream(const void *conf) {
+  (void)conf;
+  return "fake-stream";
+}
+
+static int fake_start(consumer *c, const void *conf, const source_resume *r,
+                      source **out, char *err, size_t errlen);
+
+static void fake_stop(source *s) {
+  (void)s;
+  src.stops++;
+  consumer_source_closed(src.c);
+}
+
+static void fake_on_room(source *s) {
+  (void)s;
+  src.rooms++;
+}
+
+static void fake_on_delivered(source *s, uint64_t seq) {
+  (void)s;
+  src.delivered_calls++;
+  src.last_delivered = seq;
+}
+
+static const source_type fake_source = {
+  .name = "fake",
+  .description = "test",
+  .options = no_options,
+  .stream_name = fake_stream,
+  .start = fake_start,
+  .stop = fake_stop,
+  .on_room = fake_on_room,
+  .on_delivered = fake_on_delivered,
+};
+
+static int fake_start(consumer *c, const void *conf, const source_resume *r,
+                      source **out, char *err, size_t errlen) {
+  (void)conf, (void)err, (void)errlen;
+  src.starts++;
+  src.c = c;
+  src.resume_seq = r->seq;
+  snprintf(src.resume_pos, sizeof src.resume_pos, "%s", r->position);
+  src.s.type = &fake_source;
+  src.s.consumer = c;
+  *out = &src.s;
+  consumer_source_connected(c);
+  return 0;
+}
+
+/* ---- fixture ------------------------------------------------------------ */
+
+static struct {
+  int states[8], delivered_hooks, drained_hooks, closed_hooks;
+} hk;
+
+static void on_state(consumer *c, consumer_state s, void *data) {
+  (void)c, (void)data;
+  hk.states[s]++;
+}
+
+static void on_delivered(consumer *c, void *data) {
+  (void)c, (void)data;
+  hk.delivered_hooks++;
+}
+
+static void on_drained(consumer *c, void *data) {
+  (void)c, (void)data;
+  hk.drained_hooks++;
+}
+
+static void on_closed(consumer *c, void *data) {
+  (void)c, (void)data;
+  hk.closed_hooks++;
+}
+
+typedef struct fixture {
+  uv_loop_t loop;
+  config_consumer conf;
+  consumer *c;
+} fixture;
+
+static void setup(fixture *f, int64_t window, uint64_t resume_seq,
+                  const char *resume_pos) {
+  consumer_hooks hooks = { on_state, on_delivered, on_drained, on_closed,
+                           NULL };
+  source_resume r = { resume_seq, resume_pos };
+  char err[256];
+
+  memset(&fs, 0, sizeof fs);
+  memset(&src, 0, sizeof src);
+  memset(&hk, 0, sizeof hk);
+  memset(f, 0, sizeof *f);
+  buf_init(&fs.last_batch, 0);
+  ASSERT_EQ(0, uv_loop_init(&f->loop));
+  f->conf.name = "orders";
+  f->conf.common.max_in_flight = window;
+  f->conf.common.retry_min = 1;
+  f->conf.common.retry_max = 4;
+  f->conf.source = &fake_source;
+  f->conf.sink = &fake_sink;
+  ASSERT_EQ(0, consumer_create(&f->loop, &f->conf, &r, &hooks, &f->c, err,
+                               sizeof err));
+  ASSERT_EQ(1, fs.opens);
+  ASSERT_EQ(0, consumer_start(f->c, err, sizeof err));
+  ASSERT_EQ(1, src.starts);
+}
+
+static void teardown(fixture *f) {
+  consumer_close(f->c);
+  uv_run(&f->loop, UV_RUN_DEFAULT);
+  ASSERT_EQ(1, hk.closed_hooks);
+  ASSERT_EQ(1, fs.closes);
+  consumer_destroy(f->c);
+  ASSERT_EQ(0, uv_loop_close(&f->loop));
+  buf_free(&fs.last_batch);
+}
+
+static void emit(fixture *f, const char *pos, const char *data) {
+  event ev;
+
+  memset(&ev, 0, sizeof ev);
+  ev.name = "create";
+  ev.kind = "orders";
+  ev.position = pos;
+  ev.position_len = strlen(pos);
+  ev.data = data;
+  ev.data_len = strlen(data);
+  ev.data_is_json = true;
+  ev.time_ms = 1767348000000;
+  ASSERT_EQ(0, consumer_emit(f->c, &ev));
+}
+
+/* Runs the loop until the fake sink has seen n writes (bounded). */
+static void run_until_writes(fixture *f, int n) {
+  int turns;
+
+  for (turns = 0; fs.writes < n && turns < 1000; turns++)
+    uv_run(&f->loop, UV_RUN_ONCE);
+  ASSERT_EQ(n, fs.writes);
+}
+
+static void test_resume_and_envelope(void) {
+  fixture f;
+  consumer_stats st;
+
+  setup(&f, 10, 41, "p41");
+  ASSERT_EQ(41, src.resume_seq);
+  ASSERT_STR_EQ("p41", src.resume_pos);
+  emit(&f, "p42", "{\"id\":1}");
+  run_until_writes(&f, 1);
+  ASSERT_EQ(42, fs.first_seq);
+  ASSERT_EQ(42, fs.last_seq);
+  ASSERT_STR_EQ("{\"consumer\":\"orders\",\"seq\":42,\"cursor\":\"p42\","
+                "\"event\":\"create\",\"kind\":\"orders\","
+                "\"time\":\"2026-01-02T10:00:00.000Z\",\"data\":{\"id\":1}}\n",
+                buf_cstr(&fs.last_batch));
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(41, st.delivered_seq);
+  ASSERT_EQ(1, st.in_flight);
+  complete_write(SINK_DELIVERED, NULL);
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(42, st.delivered_seq);
+  ASSERT_EQ(0, st.in_flight);
+  ASSERT_EQ(1, hk.delivered_hooks);
+  ASSERT_EQ(1, src.delivered_calls);
+  ASSERT_EQ(42, src.last_delivered);
+  teardown(&f);
+}
+
+static void test_window_is_backpressure(void) {
+  fixture f;
+  int i;
+
+  setup(&f, 4, 0, "");
+  ASSERT_EQ(4, consumer_room(f.c));
+  for (i = 1; i <= 4; i++)
+    emit(&f, "p", "{}");
+  ASSERT_EQ(0, consumer_room(f.c));
+  run_until_writes(&f, 1);
+  /* Still full while the sink holds the batch. */
+  ASSERT_EQ(0, consumer_room(f.c));
+  ASSERT_EQ(0, src.rooms);
+  complete_write(SINK_DELIVERED, NULL);
+  ASSERT_EQ(4, consumer_room(f.c));
+  ASSERT_EQ(1, src.rooms);
+  teardown(&f);
+}
+
+static void test_batches_form_while_sink_is_busy(void) {
+  fixture f;
+  consumer_stats st;
+
+  setup(&f, 100, 0, "");
+  emit(&f, "a", "1");
+  run_until_writes(&f, 1);
+  emit(&f, "b", "2");
+  emit(&f, "c", "3");
+  uv_run(&f.loop, UV_RUN_NOWAIT);
+  /* One write at a time: the next batch waits for the first. */
+  ASSERT_EQ(1, fs.writes);
+  complete_write(SINK_DELIVERED, NULL);
+  ASSERT_EQ(2, fs.writes);
+  ASSERT_EQ(2, fs.first_seq);
+  ASSERT_EQ(3, fs.last_seq);
+  ASSERT_CONTAINS(buf_cstr(&fs.last_batch), "\"seq\":2,\"cursor\":\"b\"");
+  ASSERT_CONTAINS(buf_cstr(&fs.last_batch), "\"seq\":3,\"cursor\":\"c\"");
+  complete_write(SINK_DELIVERED, NULL);
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(3, st.delivered_seq);
+  ASSERT_EQ(3, st.delivered);
+  ASSERT(hk.drained_hooks >= 1);
+  ASSERT(consumer_drained(f.c));
+  teardown(&f);
+}
+
+static void on_synced(consumer *c, int status, const char *msg, void *data) {
+  int *calls = data;
+
+  (void)c, (void)msg;
+  ASSERT_EQ(0, status);
+  (*calls)++;
+}
+
+static void test_sync_snapshot(void) {
+  fixture f;
+  uint64_t seq;
+  const char *pos;
+  int64_t at;
+  int calls = 0;
+  sink_sync_cb cb;
+
+  setup(&f, 10, 5, "p5");
+  ASSERT(!consumer_dirty(f.c));
+  emit(&f, "p6", "{}");
+  emit(&f, "p7", "{}");
+  run_until_writes(&f, 1);
+  complete_write(SINK_DELIVERED, NULL);
+  ASSERT(consumer_dirty(f.c));
+  consumer_sync(f.c, on_synced, &calls);
+  /* The snapshot is the cursor when the sync began... */
+  emit(&f, "p8", "{}");
+  run_until_writes(&f, 2);
+  complete_write(SINK_DELIVERED, NULL);
+  ASSERT(!consumer_dirty(f.c)); /* while syncing */
+  cb = fs.sync_cb;
+  fs.sync_cb = NULL;
+  cb(&fs.s, 0, NULL, fs.sync_data);
+  ASSERT_EQ(1, calls);
+  /* ...not what was delivered during it. */
+  consumer_snapshot(f.c, &seq, &pos, &at);
+  ASSERT_EQ(7, seq);
+  ASSERT_STR_EQ("p7", pos);
+  ASSERT(at > 0);
+  ASSERT(consumer_dirty(f.c)); /* seq 8 waits for the next round */
+  teardown(&f);
+}
+
+static void test_sync_and_commit(void) {
+  fixture f;
+  int calls = 0;
+  sink_sync_cb cb;
+  consumer_stats st;
+
+  setup(&f, 10, 0, "");
+  emit(&f, "p1", "{}");
+  run_until_writes(&f, 1);
+  complete_write(SINK_DELIVERED, NULL);
+  consumer_sync(f.c, on_synced, &calls);
+  ASSERT_EQ(1, fs.syncs);
+  cb = fs.sync_cb;
+  fs.sync_cb = NULL;
+  cb(&fs.s, 0, NULL, fs.sync_data);
+  ASSERT_EQ(1, calls);
+  consumer_committed(f.c, 1);
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(1, st.committed_seq);
+  ASSERT(!consumer_dirty(f.c));
+  /* Commits never move the cursor backwards. */
+  consumer_committed(f.c, 0);
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(1, st.committed_seq);
+  teardown(&f);
+}
+
+static void test_retry_resends_same_batch(void) {
+  fixture f;
+  consumer_stats st;
+  char first[512];
+
+  setup(&f, 10, 0, "");
+  emit(&f, "p1", "{\"n\":1}");
+  emit(&f, "p2", "{\"n\":2}");
+  run_until_writes(&f, 1);
+  snprintf(first, sizeof first, "%s", buf_cstr(&fs.last_batch));
+  complete_write(SINK_RETRY, "write out: No space left on device");
+  ASSERT_EQ(CONSUMER_BACKOFF, consumer_get_state(f.c));
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(0, st.delivered_seq);
+  ASSERT_EQ(1, st.sink_retries);
+  /* Events emitted meanwhile do not join the failed batch. */
+  emit(&f, "p3", "{\"n\":3}");
+  run_until_writes(&f, 2);
+  ASSERT_STR_EQ(first, buf_cstr(&fs.last_batch));
+  ASSERT_EQ(1, fs.first_seq);
+  ASSERT_EQ(2, fs.last_seq);
+  complete_write(SINK_DELIVERED, NULL);
+  ASSERT_EQ(CONSUMER_CONNECTED, consumer_get_state(f.c));
+  ASSERT_EQ(3, fs.writes);
+  ASSERT_EQ(3, fs.first_seq);
+  complete_write(SINK_DELIVERED, NULL);
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(3, st.delivered_seq);
+  teardown(&f);
+}
+
+static void test_fatal_stops_source(void) {
+  fixture f;
+  consumer_stats st;
+
+  setup(&f, 10, 0, "");
+  emit(&f, "p1", "{}");
+  run_until_writes(&f, 1);
+  complete_write(SINK_FATAL, "write stdout: Broken pipe");
+  ASSERT_EQ(CONSUMER_FAILED, consumer_get_state(f.c));
+  ASSERT_EQ(1, src.stops);
+  ASSERT_EQ(0, consumer_room(f.c));
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(0, st.delivered_seq);
+  teardown(&f);
+}
+
+static void test_hold_blocks_room(void) {
+  fixture f;
+
+  setup(&f, 3, 0, "");
+  consumer_hold(f.c, true);
+  ASSERT_EQ(0, consumer_room(f.c));
+  consumer_hold(f.c, false);
+  ASSERT_EQ(3, consumer_room(f.c));
+  ASSERT_EQ(1, src.rooms);
+  teardown(&f);
+}
+
+static void test_abandon_drops_staged(void) {
+  fixture f;
+  consumer_stats st;
+
+  setup(&f, 10, 0, "");
+  emit(&f, "p1", "{}");
+  run_until_writes(&f, 1);
+  emit(&f, "p2", "{}");
+  emit(&f, "p3", "{}");
+  consumer_abandon(f.c);
+  ASSERT_EQ(1, src.stops);
+  ASSERT(!consumer_drained(f.c)); /* the outstanding write */
+  complete_write(SINK_DELIVERED, NULL);
+  ASSERT(consumer_drained(f.c));
+  uv_run(&f.loop, UV_RUN_NOWAIT);
+  ASSERT_EQ(1, fs.writes);
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(1, st.delivered_seq);
+  ASSERT_EQ(0, st.in_flight);
+  teardown(&f);
+}
+
+static void test_stop_source_still_delivers(void) {
+  fixture f;
+  consumer_stats st;
+
+  setup(&f, 10, 0, "");
+  emit(&f, "p1", "{}");
+  emit(&f, "p2", "{}");
+  consumer_stop_source(f.c);
+  ASSERT_EQ(1, src.stops);
+  ASSERT_EQ(0, consumer_room(f.c));
+  run_until_writes(&f, 1);
+  complete_write(SINK_DELIVERED, NULL);
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(2, st.delivered_seq);
+  ASSERT(consumer_drained(f.c));
+  teardown(&f);
+}
+
+static const test_case tests[] = {
+  TEST(test_resume_and_envelope),
+  TEST(test_window_is_backpressure),
+  TEST(test_batches_form_while_sink_is_busy),
+  TEST(test_sync_snapshot),
+  TEST(test_sync_and_commit),
+  TEST(test_retry_resends_same_batch),
+  TEST(test_fatal_stops_source),
+  TEST(test_hold_blocks_room),
+  TEST(test_abandon_drops_staged),
+  TEST(test_stop_source_still_delivers),
+  { NULL, NULL },
+};
+
+TEST_MAIN(tests)
