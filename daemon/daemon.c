@@ -1,0 +1,393 @@
+/* The daemon's life on one loop:
+ *
+ *   start     open the store, read each cursor, open each sink, start each
+ *             source after its committed cursor
+ *   run       deliver; the flusher commits cursors; a status line now and
+ *             then when something moved; SIGHUP reopens files
+ *   drain     SIGTERM/SIGINT: sources stop, what is in flight is delivered
+ *             (up to shutdown_timeout)
+ *   flush     one last group commit of what is delivered
+ *   close     every handle closed, the store closed, exit
+ *
+ * A second signal while draining gives up on what is not yet written and
+ * goes straight to the last commit.
+ */
+#include "daemon/daemon.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <uv.h>
+
+#include "daemon/consumer.h"
+#include "daemon/flusher.h"
+#include "daemon/log.h"
+#include "store/store.h"
+
+typedef enum phase { RUNNING, DRAINING, FLUSHING, CLOSING } phase;
+
+typedef struct daemon_ctx {
+  uv_loop_t loop;
+  const config *cfg;
+  store *st;
+  consumer **consumers;
+  size_t n;
+  size_t created;
+  flusher *fl;
+  uv_signal_t sigterm, sigint, sighup;
+  uv_timer_t shutdown_timer, status_timer;
+  phase phase;
+  int exit_code;
+  size_t open_consumers;
+  uint64_t *status_seq; /* delivered_seq at the last status line */
+  consumer_state *status_state;
+  uint64_t status_at;
+} daemon_ctx;
+
+static void begin_shutdown(daemon_ctx *d, const char *why);
+
+static bool terminal(consumer_state s) {
+  return s == CONSUMER_DONE || s == CONSUMER_FAILED;
+}
+
+static void on_closed_handle(uv_handle_t *h) {
+  (void)h;
+}
+
+static void on_consumer_closed(consumer *c, void *data) {
+  daemon_ctx *d = data;
+
+  (void)c;
+  d->open_consumers--;
+}
+
+static void on_flusher_closed(void *data) {
+  daemon_ctx *d = data;
+
+  d->fl = NULL;
+}
+
+static void close_all(daemon_ctx *d) {
+  size_t i;
+
+  d->phase = CLOSING;
+  uv_close((uv_handle_t *)&d->sigterm, on_closed_handle);
+  uv_close((uv_handle_t *)&d->sigint, on_closed_handle);
+  uv_close((uv_handle_t *)&d->sighup, on_closed_handle);
+  uv_close((uv_handle_t *)&d->shutdown_timer, on_closed_handle);
+  uv_close((uv_handle_t *)&d->status_timer, on_closed_handle);
+  for (i = 0; i < d->created; i++)
+    consumer_close(d->consumers[i]);
+  if (d->fl != NULL)
+    flusher_close(d->fl, on_flusher_closed, d);
+}
+
+static void on_final_flush(flusher *f, int status, void *data) {
+  daemon_ctx *d = data;
+  consumer_stats st;
+  size_t i;
+
+  (void)f;
+  if (status != 0) {
+    log_error("last cursor commit failed; events delivered since the last "
+              "good commit will be delivered again after a restart",
+              LS("err", status < -30000 ? store_strerror(status)
+                                        : uv_strerror(status)));
+    d->exit_code = TETHER_EXIT_RUNTIME;
+  }
+  for (i = 0; i < d->created; i++) {
+    consumer_get_stats(d->consumers[i], &st);
+    log_info("consumer stopped", LS("consumer", consumer_name(d->consumers[i])),
+             LU("delivered", st.delivered), LU("cursor", st.committed_seq));
+  }
+  close_all(d);
+}
+
+static void begin_flush(daemon_ctx *d) {
+  if (d->phase == FLUSHING || d->phase == CLOSING)
+    return;
+  d->phase = FLUSHING;
+  uv_timer_stop(&d->shutdown_timer);
+  flusher_flush(d->fl, on_final_flush, d);
+}
+
+static bool all_drained(const daemon_ctx *d) {
+  size_t i;
+
+  for (i = 0; i < d->created; i++)
+    if (!consumer_drained(d->consumers[i]))
+      return false;
+  return true;
+}
+
+/* With every consumer done or failed, there is nothing left to run: exit
+ * (1 when one failed), or with nothing failed, when exit_when_done says so. */
+static void check_finished(daemon_ctx *d) {
+  bool failed = false;
+  size_t i;
+
+  if (d->phase != RUNNING)
+    return;
+  for (i = 0; i < d->created; i++) {
+    consumer_state s = consumer_get_state(d->consumers[i]);
+
+    if (!terminal(s))
+      return;
+    failed |= s == CONSUMER_FAILED;
+  }
+  if (failed) {
+    d->exit_code = TETHER_EXIT_RUNTIME;
+    begin_shutdown(d, "every consumer has stopped, at least one failed");
+  } else if (d->cfg->daemon.exit_when_done && all_drained(d)) {
+    begin_shutdown(d, "every source is done (exit_when_done)");
+  }
+}
+
+static void on_state(consumer *c, consumer_state s, void *data) {
+  daemon_ctx *d = data;
+
+  (void)c;
+  if (terminal(s))
+    check_finished(d);
+}
+
+static void on_delivered(consumer *c, void *data) {
+  daemon_ctx *d = data;
+
+  (void)c;
+  flusher_poke(d->fl);
+}
+
+static void on_drained(consumer *c, void *data) {
+  daemon_ctx *d = data;
+
+  (void)c;
+  if (d->phase == DRAINING && all_drained(d))
+    begin_flush(d);
+  else if (d->phase == RUNNING)
+    check_finished(d);
+}
+
+static void on_shutdown_timeout(uv_timer_t *t) {
+  daemon_ctx *d = t->data;
+  size_t i;
+
+  log_warn("shutdown timeout: giving up on events not yet delivered; they "
+           "come again after a restart",
+           LU("timeout_ms", d->cfg->daemon.shutdown_timeout));
+  for (i = 0; i < d->created; i++)
+    consumer_abandon(d->consumers[i]);
+  begin_flush(d);
+}
+
+static void begin_shutdown(daemon_ctx *d, const char *why) {
+  size_t i;
+
+  if (d->phase != RUNNING)
+    return;
+  d->phase = DRAINING;
+  log_info("shutting down", LS("reason", why),
+           LU("timeout_ms", d->cfg->daemon.shutdown_timeout));
+  uv_timer_stop(&d->status_timer);
+  for (i = 0; i < d->created; i++)
+    consumer_stop_source(d->consumers[i]);
+  if (all_drained(d)) {
+    begin_flush(d);
+    return;
+  }
+  uv_timer_start(&d->shutdown_timer, on_shutdown_timeout,
+                 d->cfg->daemon.shutdown_timeout, 0);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+  daemon_ctx *d = h->data;
+  size_t i;
+
+  if (signum == SIGHUP) {
+    int err = log_reopen();
+
+    if (err != 0)
+      log_error("reopening the log file failed", LS("err", strerror(-err)));
+    for (i = 0; i < d->created; i++)
+      consumer_reopen(d->consumers[i]);
+    return;
+  }
+  if (d->phase == RUNNING) {
+    begin_shutdown(d, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+  } else if (d->phase == DRAINING) {
+    log_warn("second signal: stopping now; events not yet delivered come "
+             "again after a restart");
+    for (i = 0; i < d->created; i++)
+      consumer_abandon(d->consumers[i]);
+    begin_flush(d);
+  }
+}
+
+/* One line per consumer whose cursor or state moved since the last line:
+ * informative while events flow, silent when idle. */
+static void on_status(uv_timer_t *t) {
+  daemon_ctx *d = t->data;
+  uint64_t now = uv_now(&d->loop), secs;
+  consumer_stats st;
+  consumer_state s;
+  size_t i;
+
+  secs = now > d->status_at ? now - d->status_at : 1;
+  for (i = 0; i < d->created; i++) {
+    consumer_get_stats(d->consumers[i], &st);
+    s = consumer_get_state(d->consumers[i]);
+    if (st.delivered_seq == d->status_seq[i] && s == d->status_state[i])
+      continue;
+    log_info("status", LS("consumer", consumer_name(d->consumers[i])),
+             LS("state", consumer_state_names[s]),
+             LU("cursor", st.delivered_seq), LU("committed", st.committed_seq),
+             LU("in_flight", st.in_flight),
+             LD("events_per_s", (double)(st.delivered_seq - d->status_seq[i]) *
+                                    1000.0 / (double)secs));
+    d->status_seq[i] = st.delivered_seq;
+    d->status_state[i] = s;
+  }
+  d->status_at = now;
+}
+
+/* Reads each consumer's committed cursor and creates it after that point. */
+static int create_consumers(daemon_ctx *d) {
+  static const consumer_hooks hooks_template = {
+    .on_state = on_state,
+    .on_delivered = on_delivered,
+    .on_drained = on_drained,
+    .on_closed = on_consumer_closed,
+  };
+  consumer_hooks hooks = hooks_template;
+  char err[512];
+  size_t i;
+  int rc;
+
+  hooks.data = d;
+  for (i = 0; i < d->n; i++) {
+    const config_consumer *cc = &d->cfg->consumers[i];
+    store_cursor cur;
+    store_key key;
+    source_resume r = { 0, "" };
+
+    memset(&cur, 0, sizeof cur);
+    key.consumer_id = cc->name;
+    key.stream_name = cc->source->stream_name(cc->source_conf);
+    key.subject_id = "";
+    rc = store_get(d->st, &key, &cur, err, sizeof err);
+    if (rc == 0) {
+      r.seq = (uint64_t)cur.last_sequence;
+      r.position = cur.position;
+    } else if (rc != STORE_ENOTFOUND) {
+      log_error("cannot read the cursor", LS("consumer", cc->name),
+                LS("err", err));
+      return rc;
+    }
+    rc = consumer_create(&d->loop, cc, &r, &hooks, &d->consumers[i], err,
+                         sizeof err);
+    if (rc == 0)
+      log_info("consumer ready", LS("consumer", cc->name),
+               LS("source", cc->source->name), LS("sink", cc->common.sink),
+               LU("resume_after", r.seq));
+    store_cursor_free(&cur);
+    if (rc != 0) {
+      log_error("cannot start the consumer", LS("consumer", cc->name),
+                LS("sink", cc->common.sink), LS("err", err));
+      return rc;
+    }
+    d->created++;
+    d->open_consumers++;
+    d->status_seq[i] = r.seq;
+  }
+  return 0;
+}
+
+int daemon_run(const config *cfg) {
+  daemon_ctx d;
+  char err[512];
+  size_t i;
+  int rc;
+
+  memset(&d, 0, sizeof d);
+  d.cfg = cfg;
+  d.n = cfg->n_consumers;
+  d.exit_code = TETHER_EXIT_OK;
+  /* A closed reader must be an EPIPE the sink reports, not a silent death;
+   * a file over RLIMIT_FSIZE must be an EFBIG, not a core dump. */
+  signal(SIGPIPE, SIG_IGN);
+  signal(SIGXFSZ, SIG_IGN);
+
+  rc = store_open(cfg->daemon.state, &d.st, err, sizeof err);
+  if (rc != 0) {
+    log_error("cannot open the state file", LS("path", cfg->daemon.state),
+              LS("err", err));
+    return TETHER_EXIT_RUNTIME;
+  }
+  d.consumers = calloc(d.n, sizeof *d.consumers);
+  d.status_seq = calloc(d.n, sizeof *d.status_seq);
+  d.status_state = calloc(d.n, sizeof *d.status_state);
+  if (d.consumers == NULL || d.status_seq == NULL || d.status_state == NULL ||
+      uv_loop_init(&d.loop) != 0) {
+    log_error("out of memory");
+    free(d.consumers);
+    free(d.status_seq);
+    free(d.status_state);
+    store_close(d.st);
+    return TETHER_EXIT_RUNTIME;
+  }
+
+  rc = create_consumers(&d);
+  if (rc == 0)
+    rc = flusher_create(&d.loop, d.st, cfg->daemon.checkpoint_interval,
+                        d.consumers, d.created, &d.fl);
+  uv_signal_init(&d.loop, &d.sigterm);
+  uv_signal_init(&d.loop, &d.sigint);
+  uv_signal_init(&d.loop, &d.sighup);
+  uv_timer_init(&d.loop, &d.shutdown_timer);
+  uv_timer_init(&d.loop, &d.status_timer);
+  d.sigterm.data = d.sigint.data = d.sighup.data = &d;
+  d.shutdown_timer.data = d.status_timer.data = &d;
+
+  if (rc != 0) {
+    d.exit_code = TETHER_EXIT_RUNTIME;
+    close_all(&d);
+  } else {
+    uv_signal_start(&d.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&d.sigint, on_signal, SIGINT);
+    uv_signal_start(&d.sighup, on_signal, SIGHUP);
+    if (cfg->daemon.status_interval > 0) {
+      d.status_at = uv_now(&d.loop);
+      uv_timer_start(&d.status_timer, on_status, cfg->daemon.status_interval,
+                     cfg->daemon.status_interval);
+    }
+    log_info("tether started", LS("version", TETHER_VERSION),
+             LU("consumers", d.n), LS("state", cfg->daemon.state),
+             LS("config", cfg->path));
+    for (i = 0; i < d.created; i++) {
+      if (consumer_start(d.consumers[i], err, sizeof err) != 0)
+        log_error("cannot start the source",
+                  LS("consumer", consumer_name(d.consumers[i])),
+                  LS("err", err));
+    }
+    check_finished(&d);
+  }
+
+  uv_run(&d.loop, UV_RUN_DEFAULT);
+
+  for (i = 0; i < d.created; i++)
+    consumer_destroy(d.consumers[i]);
+  rc = uv_loop_close(&d.loop);
+  if (rc != 0)
+    log_error("handles left open at exit", LS("err", uv_strerror(rc)));
+  store_close(d.st);
+  free(d.consumers);
+  free(d.status_seq);
+  free(d.status_state);
+  if (d.exit_code == TETHER_EXIT_OK)
+    log_info("tether stopped");
+  return d.exit_code;
+}
