@@ -205,20 +205,24 @@ def committed_seq(db, consumer, stream="generate"):
     return row["last_sequence"] if row else 0
 
 
-def read_lines(path):
+def read_lines(path, running=False):
     """Parses an NDJSON file; returns (records, torn) where torn counts lines
-    that are not valid JSON."""
+    that are not valid JSON. With running=True the file is being written:
+    a last line without its newline is a write in progress, not torn."""
     records, torn = [], 0
     if not os.path.exists(path):
         return records, torn
     with open(path, "rb") as f:
-        for line in f.read().split(b"\n"):
-            if not line:
-                continue
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                torn += 1
+        lines = f.read().split(b"\n")
+    if running:
+        lines = lines[:-1]
+    for line in lines:
+        if not line:
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            torn += 1
     return records, torn
 
 
