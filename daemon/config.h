@@ -20,14 +20,14 @@ enum { LOG_FORMAT_TEXT, LOG_FORMAT_JSON };
 
 /* [daemon], filled by config_daemon_options. */
 typedef struct daemon_conf {
-  char *state;                   /* path of the cursor store */
-  uint64_t checkpoint_interval;  /* ms between group commits */
-  uint64_t shutdown_timeout;     /* ms to drain in-flight work on SIGTERM */
-  int log_level;                 /* log_level enum of daemon/log.h */
-  int log_format;                /* LOG_FORMAT_* */
-  char *log_file;                /* "" = stderr */
-  uint64_t status_interval;      /* ms between status lines; 0 = never */
-  bool exit_when_done;           /* exit once every finite source is done */
+  char *state;                  /* path of the cursor store */
+  uint64_t checkpoint_interval; /* ms between group commits */
+  uint64_t shutdown_timeout;    /* ms to drain in-flight work on SIGTERM */
+  int log_level;                /* log_level enum of daemon/log.h */
+  int log_format;               /* LOG_FORMAT_* */
+  char *log_file;               /* "" = stderr */
+  uint64_t status_interval;     /* ms between status lines; 0 = never */
+  bool exit_when_done;          /* exit once every finite source is done */
 } daemon_conf;
 
 /* The keys every [consumer] section has, whatever its source and sink. */
@@ -61,7 +61,7 @@ typedef struct config_consumer {
   const source_type *source;
   void *source_conf; /* filled by source->options */
   const sink_type *sink;
-  char *sink_arg; /* the part after "file:"; NULL when the type takes none */
+  char *sink_arg;  /* the part after "file:"; NULL when the type takes none */
   void *sink_conf; /* filled by sink->options */
 } config_consumer;
 

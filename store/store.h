@@ -32,10 +32,10 @@
 #define STORE_EBUSY     (-30008) /* in use by another process */
 
 /* Bounds (stricter than the upstream rules; see the protocol document). */
-#define STORE_MAX_KEY_FIELD 256   /* bytes of valid UTF-8 per key field */
-#define STORE_MAX_POSITION  4096  /* bytes */
-#define STORE_MAX_REASON    1024  /* bytes */
-#define STORE_MAX_ERROR     2048  /* last_error is cut to this, on UTF-8 */
+#define STORE_MAX_KEY_FIELD 256  /* bytes of valid UTF-8 per key field */
+#define STORE_MAX_POSITION  4096 /* bytes */
+#define STORE_MAX_REASON    1024 /* bytes */
+#define STORE_MAX_ERROR     2048 /* last_error is cut to this, on UTF-8 */
 
 typedef struct store store;
 
@@ -50,8 +50,8 @@ typedef struct store_key {
 typedef struct store_cursor {
   char *consumer_id, *stream_name, *subject_id;
   int64_t last_sequence;
-  char *position;         /* opaque upstream cursor; "" when none */
-  char *last_delivery_id; /* "" when none */
+  char *position;            /* opaque upstream cursor; "" when none */
+  char *last_delivery_id;    /* "" when none */
   int64_t last_delivered_at; /* 0 = never (NULL in the table) */
   char *last_error;          /* "" when none */
   int64_t updated_at;
@@ -59,7 +59,7 @@ typedef struct store_cursor {
 
 typedef struct store_advance {
   store_key key;
-  int64_t last_sequence; /* must be > 0 */
+  int64_t last_sequence;   /* must be > 0 */
   const char *delivery_id; /* trimmed; NULL = "" */
   const char *position;    /* NULL = "" */
   int64_t delivered_at;    /* 0 = now */
@@ -68,7 +68,7 @@ typedef struct store_advance {
 
 typedef struct store_reset {
   store_key key;
-  int64_t last_sequence; /* must be >= 0 */
+  int64_t last_sequence;        /* must be >= 0 */
   const char *last_delivery_id; /* NULL = "" */
   const char *position;         /* NULL = "" */
   int64_t delivered_at;         /* 0 = NULL in the table (not "now") */
@@ -83,9 +83,10 @@ typedef struct store_error {
 } store_error;
 
 typedef struct store_query {
-  const char *consumer_id, *stream_name, *subject_id; /* exact; NULL or
-                                                         blank = any */
-  int64_t limit; /* <= 0 = unlimited */
+  /* Exact filters; NULL or blank matches any. */
+  const char *consumer_id, *stream_name, *subject_id;
+  /* At most this many rows; <= 0 = unlimited. */
+  int64_t limit;
 } store_query;
 
 /* One row of the reset audit table. */
@@ -111,8 +112,8 @@ void store_close(store *s);
  * reason in err; out (may be NULL) receives the stored row after the call. */
 int store_get(store *s, const store_key *key, store_cursor *out, char *err,
               size_t errlen);
-int store_list(store *s, const store_query *q, store_cursor **out,
-               size_t *n, char *err, size_t errlen);
+int store_list(store *s, const store_query *q, store_cursor **out, size_t *n,
+               char *err, size_t errlen);
 int store_advance_cursor(store *s, const store_advance *r, store_cursor *out,
                          char *err, size_t errlen);
 int store_reset_cursor(store *s, const store_reset *r, store_cursor *out,
