@@ -38,6 +38,7 @@ struct consumer {
   source *src;
   bool src_running; /* started and not yet told to stop */
   bool src_closing; /* stop() called, waiting for consumer_source_closed */
+  bool src_stopped; /* told to stop (drain, failure or close) */
   bool src_done;    /* a finite source emitted everything */
   bool failed;      /* the sink or the source failed for good */
   bool held;        /* consumer_hold: room is 0 */
@@ -107,7 +108,7 @@ static consumer_state healthy_state(const consumer *c) {
     return CONSUMER_DONE;
   if (c->src_running)
     return CONSUMER_CONNECTED;
-  return c->closing || c->src_closing ? CONSUMER_STOPPED : CONSUMER_STARTING;
+  return c->src_stopped ? CONSUMER_STOPPED : CONSUMER_STARTING;
 }
 
 static uint64_t in_flight(const consumer *c) {
@@ -383,6 +384,7 @@ int consumer_start(consumer *c, char *err, size_t errlen) {
 }
 
 void consumer_stop_source(consumer *c) {
+  c->src_stopped = true;
   if (!c->src_running)
     return;
   c->src_running = false;

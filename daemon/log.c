@@ -20,8 +20,9 @@ static int log_format = LOG_FORMAT_TEXT;
 static int log_fd = STDERR_FILENO;
 static char *log_path;
 
-/* A record longer than this is cut, with "..." at the end: logs are for
- * people, and one runaway value must not cost a large allocation. */
+/* A record longer than this is cut (its last fields dropped, cut=true
+ * added): logs are for people, and one runaway value must not cost a large
+ * allocation. */
 #define LOG_LINE_MAX 4096
 
 typedef struct line {

@@ -468,6 +468,7 @@ static void test_stop_source_still_delivers(void) {
   ASSERT_EQ(0, consumer_room(f.c));
   run_until_writes(&f, 1);
   complete_write(SINK_DELIVERED, NULL);
+  ASSERT_EQ(CONSUMER_STOPPED, consumer_get_state(f.c));
   consumer_get_stats(f.c, &st);
   ASSERT_EQ(2, st.delivered_seq);
   ASSERT(consumer_drained(f.c));
