@@ -25,10 +25,9 @@ def lift_fsize(pid):
     resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))
 
 
-def test_file_sink_efbig_backs_off_and_recovers(tether, tmp_path):
-    out = tmp_path / "out.ndjson"
-    count = 8000
-    t = tether(f"""
+def file_sink_config(out, count):
+    """generate -> file with quick commits and quick sink retries."""
+    return f"""
 [daemon]
 state = state.db
 checkpoint_interval = 100ms
@@ -42,7 +41,13 @@ count = {count}
 retry_min = 50ms
 retry_max = 200ms
 sink = file:{out}
-""")
+"""
+
+
+def test_file_sink_efbig_backs_off_and_recovers(tether, tmp_path):
+    out = tmp_path / "out.ndjson"
+    count = 8000
+    t = tether(file_sink_config(out, count))
     t.start(preexec_fn=limit_fsize(1_000_000))
     t.wait_log(r'sink failed; the batch will be retried consumer=gen '
                r'sink=file err="write .*out\.ndjson: File too large"', 30)
@@ -136,21 +141,7 @@ def tiny_tmpfs(tmp_path):
 def test_file_sink_enospc_on_tmpfs(tether, tmp_path, tiny_tmpfs):
     out = tiny_tmpfs / "out.ndjson"
     count = 4000
-    t = tether(f"""
-[daemon]
-state = state.db
-checkpoint_interval = 100ms
-status_interval = 0
-exit_when_done = true
-
-[consumer gen]
-source = generate
-rate = 4000
-count = {count}
-retry_min = 50ms
-retry_max = 200ms
-sink = file:{out}
-""")
+    t = tether(file_sink_config(out, count))
     t.start()
     t.wait_log(r'err="write .*out\.ndjson: No space left on device"', 30)
     records, torn = read_lines(out, running=True)
