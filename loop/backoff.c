@@ -20,7 +20,9 @@ void backoff_init(backoff *b, uint64_t min_ms, uint64_t max_ms,
   b->min_ms = min_ms;
   b->max_ms = max_ms;
   b->immediate = immediate;
+  b->healthy_ms = max_ms > 10000 ? max_ms : 10000;
   b->_attempt = 0;
+  b->_success_at = 0;
   /* Different seeds per object and process keep many consumers that failed
    * together from retrying in lockstep. */
   if (seed == 0)
@@ -54,4 +56,47 @@ uint64_t backoff_next_hinted(backoff *b, uint64_t hint_ms) {
 
 void backoff_reset(backoff *b) {
   b->_attempt = 0;
+}
+
+void backoff_connected(backoff *b, uint64_t now_ms) {
+  b->_success_at = now_ms != 0 ? now_ms : 1;
+}
+
+uint64_t backoff_next_at(backoff *b, uint64_t now_ms) {
+  if (b->_success_at != 0 && now_ms >= b->_success_at &&
+      now_ms - b->_success_at >= b->healthy_ms)
+    b->_attempt = 0;
+  b->_success_at = 0;
+  return backoff_next(b);
+}
+
+void backoff_budget_init(backoff_budget *bb, double rate, double burst) {
+  bb->rate = rate > 0 ? rate : 1;
+  bb->burst = burst >= 1 ? burst : 1;
+  bb->_tokens = bb->burst;
+  bb->_at = 0;
+  bb->_started = false;
+}
+
+uint64_t backoff_budget_take(backoff_budget *bb, uint64_t now_ms,
+                             uint64_t delay_ms) {
+  uint64_t when = now_ms + delay_ms;
+  double wait_s;
+
+  /* Refill up to the moment the reconnect would happen. */
+  if (!bb->_started) {
+    bb->_started = true;
+    bb->_at = when;
+  } else if (when > bb->_at) {
+    bb->_tokens += (double)(when - bb->_at) / 1000.0 * bb->rate;
+    if (bb->_tokens > bb->burst)
+      bb->_tokens = bb->burst;
+    bb->_at = when;
+  }
+  bb->_tokens -= 1;
+  if (bb->_tokens >= 0)
+    return delay_ms;
+  /* In debt: this reconnect waits until the bucket has paid it back. */
+  wait_s = -bb->_tokens / bb->rate;
+  return delay_ms + (uint64_t)(wait_s * 1000.0 + 0.5);
 }

@@ -1,5 +1,6 @@
 #include "protocol/envelope.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -39,6 +40,228 @@ static size_t utf8_seq(const unsigned char *p, size_t n) {
   return 0;
 }
 
+/* Deeper nesting is not JSON to us: the data is then sent as a string,
+ * which is still valid. The bound keeps the validator's stack fixed. */
+#define JSON_MAX_DEPTH 256
+
+static size_t skip_ws(const unsigned char *p, size_t i, size_t n) {
+  while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
+    i++;
+  return i;
+}
+
+static bool is_hex(unsigned char c) {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') ||
+         (c >= 'A' && c <= 'F');
+}
+
+/* A string starting at the quote p[i]; returns the index after its closing
+ * quote, or 0 when it is not one. */
+#define ONES  0x0101010101010101ull
+#define HIGHS 0x8080808080808080ull
+
+/* True when one of the 8 bytes in w needs a closer look inside a JSON
+ * string: a control (< 0x20), '"', '\\', or the high bit (non-ASCII). The
+ * usual word-at-a-time tests for a zero or a small byte. */
+static bool word_special(uint64_t w) {
+  uint64_t quote = w ^ (ONES * '"'), slash = w ^ (ONES * '\\');
+
+  return (((w - ONES * 0x20) | (quote - ONES) | (slash - ONES)) &
+          ~(quote & slash & w) & HIGHS) != 0 ||
+         (w & HIGHS) != 0;
+}
+
+/* Skips the plain bytes of a string from i, 8 at a time where it can. */
+static size_t skip_plain(const unsigned char *p, size_t i, size_t n) {
+  uint64_t w;
+
+  while (n - i >= 8) {
+    memcpy(&w, p + i, 8);
+    if (word_special(w))
+      break;
+    i += 8;
+  }
+  while (i < n && p[i] >= 0x20 && p[i] < 0x80 && p[i] != '"' && p[i] != '\\')
+    i++;
+  return i;
+}
+
+static size_t scan_string(const unsigned char *p, size_t i, size_t n) {
+  size_t k;
+
+  for (i++; i < n;) {
+    unsigned char c;
+
+    if ((i = skip_plain(p, i, n)) >= n)
+      return 0;
+    c = p[i];
+
+    if (c == '"')
+      return i + 1;
+    if (c < 0x20)
+      return 0;
+    if (c == '\\') {
+      if (i + 1 >= n)
+        return 0;
+      c = p[i + 1];
+      if (c == 'u') {
+        if (i + 5 >= n || !is_hex(p[i + 2]) || !is_hex(p[i + 3]) ||
+            !is_hex(p[i + 4]) || !is_hex(p[i + 5]))
+          return 0;
+        i += 6;
+      } else if (c == '"' || c == '\\' || c == '/' || c == 'b' || c == 'f' ||
+                 c == 'n' || c == 'r' || c == 't') {
+        i += 2;
+      } else {
+        return 0;
+      }
+      continue;
+    }
+    if (c >= 0x80) {
+      if ((k = utf8_seq(p + i, n - i)) == 0)
+        return 0;
+      i += k;
+      continue;
+    }
+    i++;
+  }
+  return 0;
+}
+
+/* A number at p[i]; returns the index after it, or 0. */
+static size_t scan_number(const unsigned char *p, size_t i, size_t n) {
+  size_t start;
+
+  if (i < n && p[i] == '-')
+    i++;
+  if (i >= n)
+    return 0;
+  if (p[i] == '0') {
+    i++;
+  } else if (p[i] >= '1' && p[i] <= '9') {
+    while (i < n && p[i] >= '0' && p[i] <= '9')
+      i++;
+  } else {
+    return 0;
+  }
+  if (i < n && p[i] == '.') {
+    start = ++i;
+    while (i < n && p[i] >= '0' && p[i] <= '9')
+      i++;
+    if (i == start)
+      return 0;
+  }
+  if (i < n && (p[i] == 'e' || p[i] == 'E')) {
+    i++;
+    if (i < n && (p[i] == '+' || p[i] == '-'))
+      i++;
+    start = i;
+    while (i < n && p[i] >= '0' && p[i] <= '9')
+      i++;
+    if (i == start)
+      return 0;
+  }
+  return i;
+}
+
+static size_t scan_literal(const unsigned char *p, size_t i, size_t n,
+                           const char *lit, size_t len) {
+  return n - i >= len && memcmp(p + i, lit, len) == 0 ? i + len : 0;
+}
+
+bool envelope_is_json(const char *s, size_t n) {
+  const unsigned char *p = (const unsigned char *)s;
+  /* One bit per level: 1 = inside an object, 0 = inside an array. */
+  unsigned char stack[JSON_MAX_DEPTH / 8];
+  size_t depth = 0, i = 0, next;
+
+  /* The grammar as a small state machine: expect a value; after a value,
+   * expect ',' or the closer of the current level (or the end). */
+  for (;;) {
+    i = skip_ws(p, i, n);
+    if (i >= n)
+      return false;
+    /* A value. */
+    switch (p[i]) {
+    case '{':
+    case '[': {
+      bool object = p[i] == '{';
+
+      if (depth == JSON_MAX_DEPTH)
+        return false;
+      if (object)
+        stack[depth / 8] |= (unsigned char)(1u << (depth % 8));
+      else
+        stack[depth / 8] &= (unsigned char)~(1u << (depth % 8));
+      depth++;
+      i = skip_ws(p, i + 1, n);
+      if (i < n && p[i] == (object ? '}' : ']')) {
+        /* An empty container is a whole value. */
+        depth--;
+        i++;
+        goto after_value;
+      }
+      if (object) {
+        /* The first key. */
+        if (i >= n || p[i] != '"' || (i = scan_string(p, i, n)) == 0)
+          return false;
+        i = skip_ws(p, i, n);
+        if (i >= n || p[i] != ':')
+          return false;
+        i++;
+      }
+      continue;
+    }
+    case '"':
+      next = scan_string(p, i, n);
+      break;
+    case 't':
+      next = scan_literal(p, i, n, "true", 4);
+      break;
+    case 'f':
+      next = scan_literal(p, i, n, "false", 5);
+      break;
+    case 'n':
+      next = scan_literal(p, i, n, "null", 4);
+      break;
+    default:
+      next = scan_number(p, i, n);
+    }
+    if (next == 0)
+      return false;
+    i = next;
+
+  after_value:
+    for (;;) {
+      i = skip_ws(p, i, n);
+      if (depth == 0)
+        return i == n;
+      if (i >= n)
+        return false;
+      if (p[i] == ',') {
+        i++;
+        if (stack[(depth - 1) / 8] & (1u << ((depth - 1) % 8))) {
+          i = skip_ws(p, i, n);
+          if (i >= n || p[i] != '"' || (i = scan_string(p, i, n)) == 0)
+            return false;
+          i = skip_ws(p, i, n);
+          if (i >= n || p[i] != ':')
+            return false;
+          i++;
+        }
+        break; /* expect the next value */
+      }
+      if (p[i] ==
+          ((stack[(depth - 1) / 8] & (1u << ((depth - 1) % 8))) ? '}' : ']')) {
+        depth--;
+        i++;
+        continue;
+      }
+      return false;
+    }
+  }
+}
+
 int envelope_append_json_string(buf *out, const char *s, size_t len) {
   const unsigned char *p = (const unsigned char *)s;
   size_t i = 0, run, k;
@@ -53,9 +276,7 @@ int envelope_append_json_string(buf *out, const char *s, size_t len) {
   out->data[out->len++] = '"';
   while (i < len) {
     /* Copy the longest plain run at once: most text needs no escaping. */
-    for (run = i; run < len; run++)
-      if (p[run] < 0x20 || p[run] == '"' || p[run] == '\\' || p[run] >= 0x80)
-        break;
+    run = skip_plain(p, i, len);
     memcpy(out->data + out->len, p + i, run - i);
     out->len += run - i;
     i = run;

@@ -42,6 +42,11 @@ void envelope_prefix_free(envelope_prefix *p);
  * buffer's cap); on error out is left as it was. */
 int envelope_append(buf *out, const envelope_prefix *p, const envelope *e);
 
+/* True when s[0..n) is one RFC 8259 JSON text (any value, surrounded by
+ * optional whitespace) made of valid UTF-8, nested at most 256 deep: then
+ * it may be embedded as data as it is. Never allocates. */
+bool envelope_is_json(const char *s, size_t n);
+
 /* Appends s as a JSON string, quotes included. */
 int envelope_append_json_string(buf *out, const char *s, size_t len);
 

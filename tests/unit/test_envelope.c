@@ -157,7 +157,118 @@ static void test_time_format(void) {
   ASSERT_STR_EQ("1969-12-31T23:59:59.999Z", out);
 }
 
+static void test_is_json(void) {
+  static const char *const good[] = {
+    "{}",
+    "[]",
+    " { } ",
+    "0",
+    "-0",
+    "1.5e10",
+    "-12.25E-3",
+    "\"\"",
+    "true",
+    "false",
+    "null",
+    "{\"a\":[1,2,{\"b\":null}],\"c\":\"x\\\"y\"}",
+    "[[[[]]]]",
+    "\"\\u00e9\\n\\/\"",
+    "\"\xc3\xa9\xf0\x9f\x98\x80\"",
+    "\t[ 1 , 2 ]\r\n",
+    "{\"a\" : { \"b\" : [ ] } }",
+    NULL,
+  };
+  static const char *const bad[] = {
+    "",
+    " ",
+    "{",
+    "}",
+    "[1,]",
+    "[,1]",
+    "{\"a\"}",
+    "{\"a\":}",
+    "{a:1}",
+    "{\"a\":1,}",
+    "01",
+    "1.",
+    ".5",
+    "1e",
+    "+1",
+    "-",
+    "tru",
+    "nul",
+    "\"abc",
+    "\"a\\x\"",
+    "\"\\u12\"",
+    "\"tab\there\"",
+    "[1 2]",
+    "{} {}",
+    "1 2",
+    "\"\xff\"",
+    "\"\xc0\xaf\"",
+    "[1]]",
+    "{\"a\":1]",
+    "NaN",
+    "Infinity",
+    NULL,
+  };
+  char deep[600];
+  size_t i;
+
+  for (i = 0; good[i] != NULL; i++)
+    if (!envelope_is_json(good[i], strlen(good[i])))
+      test__fail(__FILE__, __LINE__, "rejected valid JSON: %s", good[i]);
+  for (i = 0; bad[i] != NULL; i++)
+    if (envelope_is_json(bad[i], strlen(bad[i])))
+      test__fail(__FILE__, __LINE__, "accepted invalid JSON: %s", bad[i]);
+  /* NUL inside a string must be escaped, and the length is what counts. */
+  ASSERT(!envelope_is_json("\"a\0b\"", 5));
+  ASSERT(envelope_is_json("{}\0", 2));
+  /* 256 levels are fine, 257 are not. */
+  memset(deep, '[', 256);
+  memset(deep + 256, ']', 256);
+  ASSERT(envelope_is_json(deep, 512));
+  memset(deep, '[', 257);
+  memset(deep + 257, ']', 257);
+  ASSERT(!envelope_is_json(deep, 514));
+}
+
+/* Whatever jansson accepts (within the depth bound), the validator accepts:
+ * random JSON-ish text from a small alphabet. */
+static void test_is_json_agrees_with_jansson(void) {
+  static const char alphabet[] = "{}[]:,\"\\ 0123-.eE+truefalsnl\xc3\xa9ux";
+  char text[24];
+  uint64_t x = 1234567;
+  json_error_t jerr;
+  json_t *j;
+  int i, k, n, accepted = 0;
+
+  for (i = 0; i < 200000; i++) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    n = (int)(x % sizeof text);
+    for (k = 0; k < n; k++) {
+      x ^= x << 13;
+      x ^= x >> 7;
+      x ^= x << 17;
+      text[k] = alphabet[x % (sizeof alphabet - 1)];
+    }
+    j = json_loadb(text, (size_t)n, JSON_DECODE_ANY, &jerr);
+    if (j != NULL) {
+      accepted++;
+      if (!envelope_is_json(text, (size_t)n))
+        test__fail(__FILE__, __LINE__, "jansson accepts, we reject: %.*s", n,
+                   text);
+      json_decref(j);
+    }
+  }
+  ASSERT(accepted > 100);
+}
+
 static const test_case tests[] = {
+  TEST(test_is_json),
+  TEST(test_is_json_agrees_with_jansson),
   TEST(test_line_is_exact),
   TEST(test_non_json_data_is_a_string),
   TEST(test_escaping),
