@@ -36,6 +36,7 @@
 
 #include "daemon/log.h"
 #include "daemon/registry.h"
+#include "daemon/upstream.h"
 #include "protocol/buf.h"
 
 /* inih's line buffer is 200 bytes and needs 3 of them for "\r\n\0". */
@@ -1114,69 +1115,191 @@ static void build_daemon(parser *p, const section *s, daemon_conf *d) {
   }
 }
 
-static void build_upstream(parser *p, const section *s, config_upstream *u) {
+static size_t table_len(const option *t) {
+  size_t n = 0;
+
+  while (t != NULL && t[n].name != NULL)
+    n++;
+  return n;
+}
+
+/* One key must mean one option in a consumer section. */
+static void assert_disjoint(const option *a, const option *b) {
+  const option *o;
+
+  for (o = a; o != NULL && o->name != NULL; o++)
+    assert(options_find(b, o->name) == NULL && "option name collision");
+}
+
+/* Allocates a type's conf struct with its defaults; NULL for none. */
+static void *new_conf(parser *p, const option *table, size_t size) {
+  void *conf = calloc(1, size > 0 ? size : 1);
+
+  assert(table_len(table) <= OPTIONS_MAX);
+  if (conf == NULL || options_set_defaults(table, conf) != 0) {
+    if (conf != NULL)
+      options_free(table, conf);
+    free(conf);
+    p->oom = true;
+    return NULL;
+  }
+  return conf;
+}
+
+/* A header name: an RFC 9110 token. */
+static bool valid_header_name(const char *s) {
+  if (*s == '\0')
+    return false;
+  for (; *s != '\0'; s++)
+    if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+          (*s >= '0' && *s <= '9') || strchr("!#$%&'*+-.^_`|~", *s) != NULL))
+      return false;
+  return true;
+}
+
+static void add_kv(parser *p, config_upstream *u, const entry *e, char *v) {
+  config_kv *kv = realloc(u->kv, (u->n_kv + 1) * sizeof *u->kv);
+
+  if (kv == NULL) {
+    free(v);
+    p->oom = true;
+    return;
+  }
+  u->kv = kv;
+  u->kv[u->n_kv].key = strdup(e->key);
+  u->kv[u->n_kv].value = v;
+  u->kv[u->n_kv].line = e->line;
+  if (u->kv[u->n_kv].key == NULL)
+    p->oom = true;
+  u->n_kv++;
+}
+
+/* The type of an [upstream] section, which decides what its other keys
+ * mean. */
+static void upstream_type_of(parser *p, const section *s, const entry *e,
+                             config_upstream *u) {
   const char *const *t;
-  bool have_type = false;
-  config_kv *kv;
+  char *v, *list;
+  sbuf b = { 0 };
+
+  if ((v = expand_entry(p, s, e, false)) == NULL)
+    return;
+  for (t = registry_upstream_types; *t != NULL; t++)
+    if (strcmp(*t, v) == 0)
+      break;
+  if (*t != NULL) {
+    u->type = v;
+    u->type_reg = registry_upstream(v);
+    return;
+  }
+  for (t = registry_upstream_types; *t != NULL; t++)
+    sbuf_printf(&b, "%s%s", t == registry_upstream_types ? "" : ", ", *t);
+  if ((list = sbuf_take(&b)) == NULL)
+    p->oom = true;
+  else
+    key_error(p, s, e, v, "expected one of: %s", list);
+  free(list);
+  free(v);
+}
+
+/* A key of an upstream type this version consumes: an option of its table,
+ * or header.NAME. Returns the explicit bit it sets, or 0. */
+static uint64_t typed_upstream_key(parser *p, const section *s, const entry *e,
+                                   config_upstream *u) {
+  const upstream_type *ut = u->type_reg;
+  const option *o = options_find(ut->options, e->key);
+  const char *hint;
   char *v;
-  size_t i;
+  bool header = ut->takes_headers && strncmp(e->key, "header.", 7) == 0;
+
+  v = expand_entry(p, s, e,
+                   header || (o != NULL && (o->flags & OPT_SECRET) != 0));
+  if (v == NULL)
+    return 0;
+  if (header) {
+    /* Header values often carry credentials: never shown. */
+    if (!valid_header_name(e->key + 7)) {
+      key_error(p, s, e, NULL,
+                "header.NAME needs a header name (letters, digits and "
+                "!#$%%&'*+-.^_`|~)");
+      free(v);
+    } else {
+      add_kv(p, u, e, v);
+    }
+    return 0;
+  }
+  if (o == NULL) {
+    hint = suggest(e->key, ut->options, NULL, NULL);
+    key_error(p, s, e, looks_secret(e->key) ? NULL : v,
+              "unknown key for an upstream of type %s%s%s%s%s", ut->name,
+              ut->takes_headers ? " (request headers are header.NAME)" : "",
+              hint ? "; did you mean " : "", hint ? hint : "", hint ? "?" : "");
+    free(v);
+    return 0;
+  }
+  if (!apply(p, s, e, o, v, u->conf)) {
+    free(v);
+    return 0;
+  }
+  free(v);
+  return (uint64_t)1 << options_index(ut->options, o);
+}
+
+static void build_upstream(parser *p, const section *s, config_upstream *u) {
+  const entry *type_e = find_entry(s, "type");
+  size_t errors_before = p->n_errors, i;
+  uint64_t explicit = 0;
+  const option *o;
+  char msg[512];
+  char *v;
+  int r;
 
   u->line = s->line;
   if ((u->name = strdup(s->name)) == NULL) {
     p->oom = true;
     return;
   }
+  if (type_e == NULL)
+    section_error(p, s, "type is required");
+  else
+    upstream_type_of(p, s, type_e, u);
+  if (u->type_reg != NULL &&
+      (u->conf = new_conf(p, u->type_reg->options, u->type_reg->conf_size)) ==
+          NULL)
+    return;
   for (i = 0; i < s->n_entries; i++) {
     const entry *e = &s->entries[i];
     bool secret = looks_secret(e->key);
 
-    if (strcmp(e->key, "type") == 0) {
-      have_type = true;
-      if ((v = expand_entry(p, s, e, false)) == NULL)
-        continue;
-      for (t = registry_upstream_types; *t != NULL; t++)
-        if (strcmp(*t, v) == 0)
-          break;
-      if (*t == NULL) {
-        sbuf b = { 0 };
-        char *list;
-        for (t = registry_upstream_types; *t != NULL; t++)
-          sbuf_printf(&b, "%s%s", t == registry_upstream_types ? "" : ", ", *t);
-        list = sbuf_take(&b);
-        if (list == NULL)
-          p->oom = true;
-        else
-          key_error(p, s, e, v, "expected one of: %s", list);
-        free(list);
-        free(v);
-        continue;
-      }
-      u->type = v;
+    if (e == type_e)
+      continue;
+    if (u->type_reg != NULL) {
+      explicit |= typed_upstream_key(p, s, e, u);
       continue;
     }
+    /* A type for a later version: keep the keys as they are. */
     if (!valid_name(e->key)) {
       key_error(p, s, e, secret ? NULL : e->raw,
                 "a key is 1 to 64 characters of A-Z, a-z, 0-9, _, . and -");
       continue;
     }
-    if ((v = expand_entry(p, s, e, secret)) == NULL)
-      continue;
-    kv = realloc(u->kv, (u->n_kv + 1) * sizeof *u->kv);
-    if (kv == NULL) {
-      free(v);
-      p->oom = true;
-      continue;
-    }
-    u->kv = kv;
-    u->kv[u->n_kv].key = strdup(e->key);
-    u->kv[u->n_kv].value = v;
-    u->kv[u->n_kv].line = e->line;
-    if (u->kv[u->n_kv].key == NULL)
-      p->oom = true;
-    u->n_kv++;
+    if ((v = expand_entry(p, s, e, secret)) != NULL)
+      add_kv(p, u, e, v);
   }
-  if (!have_type)
-    section_error(p, s, "type is required");
+  if (u->type_reg == NULL)
+    return;
+  for (o = u->type_reg->options; o->name != NULL; o++)
+    if ((o->flags & OPT_REQUIRED) &&
+        !(explicit & ((uint64_t)1 << options_index(u->type_reg->options, o))))
+      section_error(p, s, "%s is required", o->name);
+  if (p->n_errors != errors_before || p->oom || u->type_reg->check == NULL)
+    return;
+  msg[0] = '\0';
+  r = u->type_reg->check(u->conf, explicit, msg, sizeof msg);
+  if (r == UV_ENOMEM)
+    p->oom = true;
+  else if (r != 0)
+    section_error(p, s, "%s", msg);
 }
 
 /* "stdout or file:PATH", from the registry. */
@@ -1239,37 +1362,6 @@ static bool resolve_sink(parser *p, const section *s, const entry *e,
   return true;
 }
 
-static size_t table_len(const option *t) {
-  size_t n = 0;
-
-  while (t != NULL && t[n].name != NULL)
-    n++;
-  return n;
-}
-
-/* One key must mean one option in a consumer section. */
-static void assert_disjoint(const option *a, const option *b) {
-  const option *o;
-
-  for (o = a; o != NULL && o->name != NULL; o++)
-    assert(options_find(b, o->name) == NULL && "option name collision");
-}
-
-/* Allocates a type's conf struct with its defaults; NULL for none. */
-static void *new_conf(parser *p, const option *table, size_t size) {
-  void *conf = calloc(1, size > 0 ? size : 1);
-
-  assert(table_len(table) <= OPTIONS_MAX);
-  if (conf == NULL || options_set_defaults(table, conf) != 0) {
-    if (conf != NULL)
-      options_free(table, conf);
-    free(conf);
-    p->oom = true;
-    return NULL;
-  }
-  return conf;
-}
-
 static uint64_t common_bit(const char *name) {
   const option *o = options_find(config_consumer_options, name);
 
@@ -1328,28 +1420,35 @@ static void build_consumer(parser *p, const section *s, config *c,
       types_known = false;
   }
   if (up_e != NULL) {
+    const config_upstream *u = NULL;
+
     explicit_common |= common_bit("upstream");
-    types_known = false;
     v = expand_entry(p, s, up_e, false);
     if (v != NULL &&
         apply(p, s, up_e, options_find(config_consumer_options, "upstream"), v,
               &cc->common) &&
         src_e == NULL) {
-      const config_upstream *u = NULL;
       for (i = 0; i < c->n_upstreams; i++)
         if (strcmp(c->upstreams[i].name, v) == 0)
           u = &c->upstreams[i];
       if (u == NULL)
         key_error(p, s, up_e, v, "no [upstream %s] section", v);
-      else if (u->type != NULL)
-        /* Every upstream type is consumed by a source type that a later
-         * version adds; until then, say so rather than start nothing. */
+      else if (u->type != NULL && u->type_reg == NULL)
+        /* A type a later version consumes: say so rather than start
+         * nothing. */
         key_error(p, s, up_e, v,
                   "[upstream %s] has type %s, which this version cannot "
                   "consume yet",
                   v, u->type);
     }
     free(v);
+    /* The upstream's type decides the source, and so the section's keys. */
+    if (u != NULL && u->type_reg != NULL) {
+      cc->upstream = u;
+      cc->source = u->type_reg->source;
+    } else {
+      types_known = false;
+    }
   }
 
   if (sink_e != NULL) {
@@ -1624,6 +1723,9 @@ void config_free(config *c) {
     config_upstream *u = &c->upstreams[i];
     free(u->name);
     free(u->type);
+    if (u->type_reg != NULL && u->conf != NULL)
+      options_free(u->type_reg->options, u->conf);
+    free(u->conf);
     for (j = 0; j < u->n_kv; j++) {
       free(u->kv[j].key);
       free(u->kv[j].value);
@@ -1907,8 +2009,12 @@ char *config_dump(const config *c) {
     sbuf_printf(&b, "\n[upstream %s]\n", u->name);
     if (u->type != NULL)
       dump_kv(&b, "type", u->type, false);
+    if (u->type_reg != NULL)
+      dump_type_options(&b, u->type_reg->options, u->conf,
+                        u->type_reg->conf_size, u->type_reg->check, NULL, NULL);
     for (j = 0; j < u->n_kv; j++)
-      dump_kv(&b, u->kv[j].key, u->kv[j].value, looks_secret(u->kv[j].key));
+      dump_kv(&b, u->kv[j].key, u->kv[j].value,
+              u->type_reg != NULL || looks_secret(u->kv[j].key));
   }
   for (i = 0; i < c->n_consumers; i++) {
     const config_consumer *cc = &c->consumers[i];
@@ -2088,13 +2194,27 @@ char *config_docs_markdown(void) {
                 "of:\n");
   for (t = registry_upstream_types; *t != NULL; t++)
     sbuf_printf(&b, "%s`%s`", t == registry_upstream_types ? "" : ", ", *t);
-  sbuf_puts(&b,
-            ".\n\nEvery other key (named like a NAME) is kept for the "
-            "source type that reads\nthe upstream; the values of keys "
-            "whose name contains "
-            "`password`,\n`secret`, `token` or `key` are shown as `***`. This "
-            "version cannot consume\nupstreams yet: a consumer that names "
-            "one is an error.\n");
+  sbuf_puts(&b, ".\n\nA consumer reads an upstream with `upstream = NAME`; "
+                "the upstream's type\ndecides its source. This version "
+                "consumes the types below. For the\nothers, the section's "
+                "keys (named like a NAME) are kept for a later version,\n"
+                "the values of keys whose name contains `password`, `secret`, "
+                "`token` or `key`\nare shown as `***`, and a consumer that "
+                "names such an upstream is an error.\n");
+  for (i = 0; registry_upstreams[i] != NULL; i++) {
+    const upstream_type *ut = registry_upstreams[i];
+
+    sbuf_printf(&b, "\n### Upstream `%s`\n\n`type = %s`: %s.\n\n", ut->name,
+                ut->name, ut->description);
+    md_table(&b, ut->options);
+    if (ut->takes_headers)
+      sbuf_puts(&b, "| `header.NAME` | string | none | a request header "
+                    "sent on every request, e.g. `header.Authorization = "
+                    "Bearer ${TOKEN}`; never shown or logged |\n");
+    sbuf_printf(&b, "\nA consumer with `upstream = NAME` of this type takes "
+                    "these keys:\n\n");
+    md_table(&b, ut->source->options);
+  }
 
   sbuf_puts(&b, "\n## [consumer NAME]\n\n"
                 "A consumer reads one source and delivers every event to one "

@@ -45,12 +45,18 @@ typedef struct config_kv {
   int line;
 } config_kv;
 
-/* [upstream NAME]: kept as key/values until a source type claims it. */
+struct upstream_type;
+
+/* [upstream NAME]. A type this version consumes (sse, http-poll) fills conf
+ * through its option table and keeps its header.NAME keys in kv; any other
+ * type keeps every key but type in kv, for a later version. */
 typedef struct config_upstream {
   char *name;
   char *type;
   int line;
-  config_kv *kv; /* every key but type, in file order */
+  const struct upstream_type *type_reg; /* NULL: not consumed yet */
+  void *conf;                           /* filled by type_reg->options */
+  config_kv *kv;                        /* in file order */
   size_t n_kv;
 } config_upstream;
 
@@ -58,6 +64,7 @@ typedef struct config_consumer {
   char *name;
   int line; /* of the section header */
   consumer_conf common;
+  const config_upstream *upstream; /* the upstream it reads, or NULL */
   const source_type *source;
   void *source_conf; /* filled by source->options */
   const sink_type *sink;

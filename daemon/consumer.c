@@ -15,6 +15,7 @@
 #include "daemon/consumer.h"
 
 #include <assert.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -77,6 +78,13 @@ struct consumer {
   int64_t snap_at_ns;
   consumer_sync_cb sync_cb;
   void *sync_data;
+
+  upstream *up;
+  /* Source health, for the status line and the local API. */
+  char last_error[256];
+  int64_t backoff_until;
+  unsigned attempt;
+  uint64_t reconnects;
 
   /* The envelope's time, formatted once per millisecond. */
   int64_t time_ms;
@@ -474,7 +482,37 @@ void consumer_destroy(consumer *c) {
 }
 
 void consumer_source_connected(consumer *c) {
+  if (c->attempt > 0 || c->last_error[0] != '\0')
+    log_info("source connected again", LS("consumer", c->conf->name),
+             LS("source", c->conf->source->name), LU("attempts", c->attempt));
+  c->attempt = 0;
+  c->backoff_until = 0;
+  c->last_error[0] = '\0';
   set_state(c, healthy_state(c));
+}
+
+void consumer_source_backoff(consumer *c, uint64_t delay_ms, unsigned attempt,
+                             const char *why) {
+  snprintf(c->last_error, sizeof c->last_error, "%s", why);
+  c->attempt = attempt;
+  c->backoff_until = wall_ns() / 1000000 + (int64_t)delay_ms;
+  c->reconnects++;
+  /* The first failure is worth a warning; a failure that keeps recurring
+   * is logged again at each attempt, so the log shows it is still
+   * failing, and the status line carries it too. */
+  log_warn("source failed; retrying", LS("consumer", c->conf->name),
+           LS("source", c->conf->source->name), LS("err", why),
+           LU("retry_in_ms", delay_ms), LU("attempt", attempt));
+  if (!c->failed && c->src_running)
+    set_state(c, CONSUMER_BACKOFF);
+}
+
+void consumer_set_upstream(consumer *c, upstream *up) {
+  c->up = up;
+}
+
+upstream *consumer_upstream(const consumer *c) {
+  return c->up;
 }
 
 void consumer_source_done(consumer *c) {
@@ -486,6 +524,7 @@ void consumer_source_done(consumer *c) {
 }
 
 void consumer_source_failed(consumer *c, const char *why) {
+  snprintf(c->last_error, sizeof c->last_error, "%s", why);
   log_error("source failed; the consumer stops", LS("consumer", c->conf->name),
             LS("source", c->conf->source->name), LS("err", why));
   c->failed = true;
@@ -565,4 +604,8 @@ void consumer_get_stats(const consumer *c, consumer_stats *out) {
   out->delivered_seq = c->delivered_seq;
   out->committed_seq = c->committed_seq;
   out->in_flight = (size_t)in_flight(c);
+  out->reconnects = c->reconnects;
+  out->backoff_until = c->backoff_until;
+  out->attempt = c->attempt;
+  out->last_error = c->last_error;
 }

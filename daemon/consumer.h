@@ -24,6 +24,7 @@
 #include "daemon/source.h"
 
 typedef struct consumer consumer;
+typedef struct upstream upstream;
 
 typedef enum consumer_state {
   CONSUMER_STARTING,
@@ -58,6 +59,10 @@ typedef struct consumer_stats {
   uint64_t committed_seq; /* the cursor as last committed */
   size_t in_flight;       /* emitted, not yet delivered */
   uint64_t sink_retries;
+  uint64_t reconnects;    /* times the source backed off */
+  int64_t backoff_until;  /* Unix ms the source waits until; 0 = none */
+  unsigned attempt;       /* failures since the source last connected */
+  const char *last_error; /* "" when none; borrowed */
 } consumer_stats;
 
 /* Called on the loop thread. Any may be NULL. */
@@ -99,10 +104,19 @@ void consumer_abandon(consumer *c);
 void consumer_close(consumer *c);
 void consumer_destroy(consumer *c);
 
+/* The upstream runtime the source reads (set by the daemon before start);
+ * NULL for built-in sources. */
+void consumer_set_upstream(consumer *c, upstream *up);
+upstream *consumer_upstream(const consumer *c);
+
 /* For sources. */
 size_t consumer_room(const consumer *c);
 int consumer_emit(consumer *c, const event *ev);
 void consumer_source_connected(consumer *c);
+/* The source lost its upstream (why) and tries again in delay_ms; attempt
+ * counts its failures since it last connected. Logged here. */
+void consumer_source_backoff(consumer *c, uint64_t delay_ms, unsigned attempt,
+                             const char *why);
 void consumer_source_done(consumer *c);
 void consumer_source_failed(consumer *c, const char *why);
 void consumer_source_closed(consumer *c);

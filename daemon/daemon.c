@@ -26,6 +26,7 @@
 #include "daemon/consumer.h"
 #include "daemon/flusher.h"
 #include "daemon/log.h"
+#include "daemon/upstream.h"
 #include "store/store.h"
 
 typedef enum phase { RUNNING, DRAINING, FLUSHING, CLOSING } phase;
@@ -38,6 +39,8 @@ typedef struct daemon_ctx {
   size_t n;
   size_t created;
   flusher *fl;
+  upstream **upstreams; /* per config upstream; NULL when none reads it */
+  size_t open_upstreams;
   uv_signal_t sigterm, sigint, sighup;
   uv_timer_t shutdown_timer, status_timer;
   phase phase;
@@ -58,11 +61,31 @@ static void on_closed_handle(uv_handle_t *h) {
   (void)h;
 }
 
+static void on_upstream_closed(void *data) {
+  daemon_ctx *d = data;
+
+  d->open_upstreams--;
+}
+
+/* Upstreams close after every consumer: a source's last request must have
+ * ended before its upstream's client lets go of the connections. */
+static void close_upstreams(daemon_ctx *d) {
+  size_t i;
+
+  for (i = 0; i < d->cfg->n_upstreams; i++) {
+    if (d->upstreams[i] == NULL)
+      continue;
+    upstream_close(d->upstreams[i], on_upstream_closed, d);
+    d->upstreams[i] = NULL;
+  }
+}
+
 static void on_consumer_closed(consumer *c, void *data) {
   daemon_ctx *d = data;
 
   (void)c;
-  d->open_consumers--;
+  if (--d->open_consumers == 0 && d->phase == CLOSING)
+    close_upstreams(d);
 }
 
 static void on_flusher_closed(void *data) {
@@ -82,6 +105,8 @@ static void close_all(daemon_ctx *d) {
   uv_close((uv_handle_t *)&d->status_timer, on_closed_handle);
   for (i = 0; i < d->created; i++)
     consumer_close(d->consumers[i]);
+  if (d->open_consumers == 0)
+    close_upstreams(d);
   if (d->fl != NULL)
     flusher_close(d->fl, on_flusher_closed, d);
 }
@@ -242,16 +267,57 @@ static void on_status(uv_timer_t *t) {
     s = consumer_get_state(d->consumers[i]);
     if (st.delivered_seq == d->status_seq[i] && s == d->status_state[i])
       continue;
-    log_info("status", LS("consumer", consumer_name(d->consumers[i])),
-             LS("state", consumer_state_names[s]),
-             LU("cursor", st.delivered_seq), LU("committed", st.committed_seq),
-             LU("in_flight", st.in_flight),
-             LD("events_per_s", (double)(st.delivered_seq - d->status_seq[i]) *
-                                    1000.0 / (double)secs));
+    if (st.last_error[0] != '\0')
+      log_info("status", LS("consumer", consumer_name(d->consumers[i])),
+               LS("state", consumer_state_names[s]),
+               LU("cursor", st.delivered_seq),
+               LU("committed", st.committed_seq), LU("attempt", st.attempt),
+               LS("last_error", st.last_error));
+    else
+      log_info(
+          "status", LS("consumer", consumer_name(d->consumers[i])),
+          LS("state", consumer_state_names[s]), LU("cursor", st.delivered_seq),
+          LU("committed", st.committed_seq), LU("in_flight", st.in_flight),
+          LD("events_per_s", (double)(st.delivered_seq - d->status_seq[i]) *
+                                 1000.0 / (double)secs));
     d->status_seq[i] = st.delivered_seq;
     d->status_state[i] = s;
   }
   d->status_at = now;
+}
+
+/* One runtime per upstream that some consumer reads. */
+static int open_upstreams(daemon_ctx *d) {
+  char err[512];
+  size_t i, j;
+  int rc;
+
+  for (i = 0; i < d->cfg->n_upstreams; i++) {
+    const config_upstream *u = &d->cfg->upstreams[i];
+    bool used = false;
+
+    for (j = 0; j < d->n; j++)
+      used |= d->cfg->consumers[j].upstream == u;
+    if (!used)
+      continue;
+    rc = upstream_open(&d->loop, u, &d->upstreams[i], err, sizeof err);
+    if (rc != 0) {
+      log_error("cannot set up the upstream", LS("upstream", u->name),
+                LS("err", err));
+      return rc;
+    }
+    d->open_upstreams++;
+  }
+  return 0;
+}
+
+static upstream *upstream_of(daemon_ctx *d, const config_consumer *cc) {
+  size_t i;
+
+  for (i = 0; i < d->cfg->n_upstreams; i++)
+    if (cc->upstream == &d->cfg->upstreams[i])
+      return d->upstreams[i];
+  return NULL;
 }
 
 /* Reads each consumer's committed cursor and creates it after that point. */
@@ -289,6 +355,8 @@ static int create_consumers(daemon_ctx *d) {
     }
     rc = consumer_create(&d->loop, cc, &r, &hooks, &d->consumers[i], err,
                          sizeof err);
+    if (rc == 0)
+      consumer_set_upstream(d->consumers[i], upstream_of(d, cc));
     if (rc == 0)
       log_info("consumer ready", LS("consumer", cc->name),
                LS("source", cc->source->name), LS("sink", cc->common.sink),
@@ -330,9 +398,11 @@ int daemon_run(const config *cfg) {
   d.consumers = calloc(d.n, sizeof *d.consumers);
   d.status_seq = calloc(d.n, sizeof *d.status_seq);
   d.status_state = calloc(d.n, sizeof *d.status_state);
+  d.upstreams = calloc(cfg->n_upstreams + 1, sizeof *d.upstreams);
   if (d.consumers == NULL || d.status_seq == NULL || d.status_state == NULL ||
-      uv_loop_init(&d.loop) != 0) {
+      d.upstreams == NULL || uv_loop_init(&d.loop) != 0) {
     log_error("out of memory");
+    free(d.upstreams);
     free(d.consumers);
     free(d.status_seq);
     free(d.status_state);
@@ -340,7 +410,9 @@ int daemon_run(const config *cfg) {
     return TETHER_EXIT_RUNTIME;
   }
 
-  rc = create_consumers(&d);
+  rc = open_upstreams(&d);
+  if (rc == 0)
+    rc = create_consumers(&d);
   if (rc == 0)
     rc = flusher_create(&d.loop, d.st, cfg->daemon.checkpoint_interval,
                         d.consumers, d.created, &d.fl);
@@ -384,6 +456,7 @@ int daemon_run(const config *cfg) {
   if (rc != 0)
     log_error("handles left open at exit", LS("err", uv_strerror(rc)));
   store_close(d.st);
+  free(d.upstreams);
   free(d.consumers);
   free(d.status_seq);
   free(d.status_state);

@@ -2,9 +2,13 @@
 
 #include <string.h>
 
+#include "daemon/upstream.h"
+
 extern const source_type source_generate;
 extern const sink_type sink_stdout;
 extern const sink_type sink_file;
+extern const upstream_type upstream_sse;
+extern const upstream_type upstream_http_poll;
 
 const source_type *const registry_sources[] = {
   &source_generate,
@@ -14,6 +18,12 @@ const source_type *const registry_sources[] = {
 const sink_type *const registry_sinks[] = {
   &sink_stdout,
   &sink_file,
+  NULL,
+};
+
+const upstream_type *const registry_upstreams[] = {
+  &upstream_sse,
+  &upstream_http_poll,
   NULL,
 };
 
@@ -36,5 +46,14 @@ const sink_type *registry_sink(const char *name) {
   for (i = 0; registry_sinks[i] != NULL; i++)
     if (strcmp(registry_sinks[i]->name, name) == 0)
       return registry_sinks[i];
+  return NULL;
+}
+
+const upstream_type *registry_upstream(const char *name) {
+  size_t i;
+
+  for (i = 0; registry_upstreams[i] != NULL; i++)
+    if (strcmp(registry_upstreams[i]->name, name) == 0)
+      return registry_upstreams[i];
   return NULL;
 }

@@ -9,6 +9,8 @@
 #include "daemon/config.h"
 #include "daemon/log.h"
 #include "daemon/registry.h"
+#include "daemon/sources/sse.h"
+#include "daemon/upstream.h"
 #include "tests/unit/test.h"
 
 #define CONSUMER "[consumer a]\nsource = generate\nsink = stdout\n"
@@ -339,7 +341,7 @@ static void test_continuation_lines(void) {
   const config_upstream *u;
 
   parse_ok("[upstream pb]\n"
-           "type = sse\n"
+           "type = lockd\n"
            "filter = status = \"paid\" ; an inline comment\n"
            "  && total > 10 ; comments end continuation lines too\n"
            "; a comment line between does not end the value\n"
@@ -725,8 +727,9 @@ static void test_out_of_memory(void) {
 #ifndef TEST_NO_ALLOC_HOOK
   static const char *const texts[] = {
     "[daemon]\nstate = ${HOME}/x\nlog_level = debug\n"
-    "[upstream pb]\ntype = sse\nurl = http://u\n  /path\n"
+    "[upstream pb]\ntype = sse\nurl = http://u\n  /path\nheader.X-A = 1\n"
     "[consumer a]\nsource = generate\nsink = file:/tmp/x\nrotate_keep = 3\n"
+    "[consumer s]\nupstream = pb\nsink = stdout\npath = /e\n",
     "[consumer b]\nsource = generate\nsink = stdout\n",
     "[daemon]\nstate = ${TETHER_TEST_UNSET}\nlog_lvl = x\n[foo]\njunk\n"
     "[consumer a]\nsource = generate\nsink = file:\nrotate_sise = 1\n"
@@ -788,7 +791,93 @@ static void test_out_of_memory(void) {
 #endif
 }
 
+/* Upstream types this version consumes: their own option table, header.NAME
+ * keys, and consumers that take their source's keys. */
+static void test_typed_upstreams(void) {
+  const http_upstream_conf *h;
+  const sse_conf *sc;
+  char *d;
+  config c;
+
+  setenv("TETHER_TEST_TOKEN", "s3cret", 1);
+  parse_ok("[upstream live]\n"
+           "type = sse\n"
+           "url = https://events.internal:8443/api/\n"
+           "header.Authorization = Bearer ${TETHER_TEST_TOKEN}\n"
+           "max_connections = 2\n"
+           "[consumer a]\n"
+           "upstream = live\n"
+           "path = stream?x=1\n"
+           "resume = query:last_event_id\n"
+           "idle_timeout = 10s\n"
+           "sink = stdout\n",
+           &c);
+  ASSERT(c.upstreams[0].type_reg == registry_upstream("sse"));
+  h = c.upstreams[0].conf;
+  ASSERT_STR_EQ("https://events.internal:8443/api/", h->url);
+  ASSERT_EQ(2, h->max_connections);
+  ASSERT(h->tls_verify);
+  ASSERT_EQ(1, c.upstreams[0].n_kv);
+  ASSERT_STR_EQ("header.Authorization", c.upstreams[0].kv[0].key);
+  ASSERT_STR_EQ("Bearer s3cret", c.upstreams[0].kv[0].value);
+  ASSERT(c.consumers[0].upstream == &c.upstreams[0]);
+  ASSERT_STR_EQ("sse", c.consumers[0].source->name);
+  sc = c.consumers[0].source_conf;
+  ASSERT_STR_EQ("stream?x=1", sc->path);
+  ASSERT_STR_EQ("query:last_event_id", sc->resume);
+  ASSERT_UEQ(10000, sc->idle_timeout);
+  d = config_dump(&c);
+  ASSERT_CONTAINS(d, "[upstream live]\ntype = sse\nurl = "
+                     "https://events.internal:8443/api/\n");
+  ASSERT_CONTAINS(d, "header.Authorization = ***\n");
+  ASSERT(strstr(d, "s3cret") == NULL);
+  ASSERT_CONTAINS(d, "path = stream?x=1\n");
+  free(d);
+  config_free(&c);
+  unsetenv("TETHER_TEST_TOKEN");
+
+  parse_bad("[upstream live]\ntype = sse\nurl = http://x\nurll = y\n"
+            "header. = z\n[consumer a]\nupstream = live\nsink = stdout\n"
+            "rotate_keep = 2\n",
+            "t.ini:4: [upstream live] urll = \"y\": unknown key for an "
+            "upstream of type sse (request headers are header.NAME); did you "
+            "mean url?\n"
+            "t.ini:5: [upstream live] header. = ***: header.NAME needs a "
+            "header name (letters, digits and !#$%&'*+-.^_`|~)\n"
+            "t.ini:9: [consumer a] rotate_keep = \"2\": unknown key for a "
+            "consumer with source sse and sink stdout\n");
+  parse_bad("[upstream live]\ntype = sse\n[consumer a]\nupstream = live\n"
+            "sink = stdout\n",
+            "t.ini:1: [upstream live]: url is required\n");
+  parse_bad("[upstream live]\ntype = sse\nurl = ftp://x\n[consumer a]\n"
+            "upstream = live\nsink = stdout\n",
+            "t.ini:1: [upstream live]: url = \"ftp://x\": expected "
+            "http://HOST... or https://HOST...\n");
+  parse_bad("[upstream live]\ntype = sse\nurl = http://x\n[consumer a]\n"
+            "upstream = live\nsink = stdout\nresume = cookie\n",
+            "t.ini:4: [consumer a]: resume = \"cookie\": expected header or "
+            "query:NAME (for example query:last_event_id)\n");
+  parse_bad("[upstream p]\ntype = http-poll\nurl = http://x\n"
+            "[consumer a]\nupstream = p\nsink = stdout\n"
+            "path = /c?since={cursor}\nitem_cursor = /seq\n"
+            "page_cursor = /last_seq\n",
+            "t.ini:4: [consumer a]: set exactly one of item_cursor and "
+            "page_cursor\n");
+  parse_bad("[upstream p]\ntype = http-poll\nurl = http://x\n"
+            "[consumer a]\nupstream = p\nsink = stdout\n"
+            "path = /c?since={cursor}\nitems = results\n"
+            "page_cursor = /last_seq\n",
+            "t.ini:4: [consumer a]: items = \"results\": offset 0: a pointer "
+            "is empty or starts with \"/\", not \"r\"\n");
+  parse_bad("[upstream p]\ntype = http-poll\nurl = http://x\n"
+            "[consumer a]\nupstream = p\nsink = stdout\npath = /c\n"
+            "page_cursor = /last_seq\n",
+            "t.ini:4: [consumer a]: path needs {cursor} where the cursor "
+            "goes\n");
+}
+
 static const test_case tests[] = {
+  TEST(test_typed_upstreams),
   TEST(test_bad_configs),
   TEST(test_nul_and_crlf),
   TEST(test_environment),
