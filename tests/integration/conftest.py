@@ -196,6 +196,11 @@ def read_cursor(db, consumer, stream="generate", subject=""):
             "SELECT * FROM cursors WHERE consumer_id=? AND stream_name=? "
             "AND subject_id=?", (consumer, stream, subject)).fetchone()
         return dict(row) if row else None
+    except sqlite3.OperationalError as e:
+        # The file exists but tether has not made its tables yet.
+        if "no such table" in str(e):
+            return None
+        raise
     finally:
         con.close()
 
