@@ -11,6 +11,12 @@ Cases:
                   writes, one fdatasync per second)
   idle            RSS and CPU ticks over 30 s: 1 and 100 consumers at 1
                   event/s, and 1 consumer whose source is done
+  sse_file        SSE -> file: a pre-built text/event-stream of 1,000,000
+                  events served by nginx; baselines: curl -sN -o /dev/null
+                  (the raw read limit) and the eventsource npm client
+                  counting events (what a user would write instead)
+  sse_latency     publish -> sink at 10,000 events/s through a better-sse
+                  server, p50/p99; baseline: curl reading the same stream
   binary          the stripped size of the release binary
 
 Machines here are noisy: each throughput figure is the median of 3 runs and
@@ -21,6 +27,8 @@ import datetime
 import os
 import platform
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -150,6 +158,261 @@ def idle(work, consumers, rate, count, seconds):
     return rss, ticks
 
 
+NGINX_CONF = """
+daemon off;
+user root;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/tmp;
+  proxy_temp_path {dir}/tmp;
+  fastcgi_temp_path {dir}/tmp;
+  uwsgi_temp_path {dir}/tmp;
+  scgi_temp_path {dir}/tmp;
+  server {{
+    listen 127.0.0.1:{port};
+    location /static/ {{ root {dir}; default_type text/event-stream; }}
+  }}
+}}
+"""
+
+
+def free_port():
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        return so.getsockname()[1]
+
+
+def wait_port(port):
+    for _ in range(1000):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.1).close()
+            return
+        except OSError:
+            time.sleep(0.01)
+    sys.exit(f"nothing listens on {port}")
+
+
+def start_nginx(work):
+    d = os.path.join(work, "nginx")
+    os.makedirs(os.path.join(d, "tmp"), exist_ok=True)
+    os.makedirs(os.path.join(d, "static"), exist_ok=True)
+    port = free_port()
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF.format(dir=d, port=port))
+    p = subprocess.Popen(["nginx", "-p", d + "/", "-c", conf, "-e",
+                          os.path.join(d, "error.log")])
+    wait_port(port)
+    return p, port, d
+
+
+def tail_has(path, needle):
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 4096))
+            return needle in f.read()
+    except FileNotFoundError:
+        return False
+
+
+# What a user would write instead: the WHATWG EventSource client counting
+# events, exiting after N.
+NODE_COUNT = """
+const { EventSource } = require("eventsource");
+const want = +process.argv[2];
+let n = 0;
+const es = new EventSource(process.argv[1]);
+es.onmessage = () => { if (++n >= want) { es.close(); process.exit(0); } };
+"""
+
+
+def sse_file(work, events, runs):
+    """tether reading a pre-built stream file into a file sink, against curl
+    and the Node EventSource client on the same URL."""
+    ng, port, d = start_nginx(work)
+    try:
+        path = os.path.join(d, "static", "events.txt")
+        pad = "x" * 80
+        with open(path, "w") as f:
+            for i in range(1, events + 1):
+                f.write(f'id: {i}\ndata: {{"n":{i},"pad":"{pad}"}}\n\n')
+        size = os.path.getsize(path)
+        url = f"http://127.0.0.1:{port}/static/events.txt"
+        results = []
+        for _ in range(runs):
+            out = os.path.join(work, "sse.ndjson")
+            for f in ("sse.ndjson", "sse.db", "sse.db-wal", "sse.db-shm"):
+                if os.path.exists(os.path.join(work, f)):
+                    os.unlink(os.path.join(work, f))
+            with open(os.path.join(work, "sse.ini"), "w") as f:
+                f.write(f"""
+[daemon]
+state = {work}/sse.db
+status_interval = 0
+log_level = error
+[upstream ng]
+type = sse
+url = http://127.0.0.1:{port}
+[consumer bench]
+upstream = ng
+path = /static/events.txt
+max_in_flight = 10000
+sink = file:{out}
+""")
+            # The file ends the body; tether would then reconnect and read it
+            # again. The run ends when the last event is in the sink.
+            needle = f'"seq":{events},'.encode()
+            t0 = time.monotonic()
+            p = subprocess.Popen([TETHER, "run", "-c", "sse.ini"], cwd=work,
+                                 stdout=subprocess.DEVNULL)
+            while not tail_has(out, needle):
+                time.sleep(0.005)
+            wall = time.monotonic() - t0
+            cpu = proc_stat(p.pid) / TICK
+            p.terminate()
+            p.wait()
+            t0 = time.monotonic()
+            subprocess.run(["curl", "-sN", "-o", "/dev/null", url], check=True)
+            curl = time.monotonic() - t0
+            t0 = time.monotonic()
+            subprocess.run(["node", "-e", NODE_COUNT, url, str(events)],
+                           cwd=os.path.join(ROOT, "tests", "peers"),
+                           check=True, stdout=subprocess.DEVNULL)
+            node = time.monotonic() - t0
+            results.append({"eps": events / wall, "eps_cpu": events / cpu,
+                            "mbps": size / wall / 1e6,
+                            "curl_mbps": size / curl / 1e6,
+                            "node_eps": events / node})
+        return {k: statistics.median(r[k] for r in results)
+                for k in results[0]}
+    finally:
+        ng.send_signal(signal.SIGQUIT)
+        ng.wait()
+
+
+# Publishes RATE events/s for SECONDS to PORT/publish, each carrying its
+# CLOCK_MONOTONIC send time: pipelined keep-alive POSTs on 4 connections,
+# paced by the clock so a slow response never lowers the rate.
+PUBLISHER = """
+import asyncio, sys, time
+port, rate, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+
+async def conn(share):
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+
+    async def drain_responses():
+        while True:
+            line = await r.readline()
+            if not line:
+                return
+            length = 0
+            while line not in (b"\\r\\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+                line = await r.readline()
+            await r.readexactly(length)
+
+    responses = asyncio.create_task(drain_responses())
+    start, sent = time.monotonic(), 0
+    while (elapsed := time.monotonic() - start) < seconds:
+        while sent < int(elapsed * share):
+            body = ('{"t":%d}' % time.monotonic_ns()).encode()
+            w.write(b"POST /publish HTTP/1.1\\r\\nHost: x\\r\\n"
+                    b"Content-Length: %d\\r\\n\\r\\n" % len(body) + body)
+            sent += 1
+        await w.drain()
+        await asyncio.sleep(0.0002)
+    responses.cancel()
+    w.close()
+
+async def main():
+    await asyncio.gather(*(conn(rate / 4) for _ in range(4)))
+
+asyncio.run(main())
+"""
+
+
+def percentile(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p))] if xs else float("nan")
+
+
+def sse_latency(work, rate, seconds):
+    """Publish -> sink latency: each event carries its publish time; tether
+    writes to a pipe this process reads, and curl reads the same stream as
+    the baseline, both at once."""
+    import threading
+    peers = os.path.join(ROOT, "tests", "peers")
+    srv = subprocess.Popen(["node", os.path.join(peers, "sse-server.cjs")],
+                           cwd=peers, stdout=subprocess.PIPE,
+                           env=dict(os.environ, PORT="0", TICK="0",
+                                    KEEPALIVE="10000"))
+    port = int(srv.stdout.readline().split(b":")[-1])
+    try:
+        with open(os.path.join(work, "lat.ini"), "w") as f:
+            f.write(f"""
+[daemon]
+state = {work}/lat.db
+status_interval = 0
+log_level = error
+[upstream peer]
+type = sse
+url = http://127.0.0.1:{port}
+[consumer lat]
+upstream = peer
+path = /events
+sink = stdout
+""")
+        tp = subprocess.Popen([TETHER, "run", "-c", "lat.ini"], cwd=work,
+                              stdout=subprocess.PIPE)
+        cp = subprocess.Popen(["curl", "-sN", "-H",
+                               "Accept: text/event-stream",
+                               f"http://127.0.0.1:{port}/events"],
+                              stdout=subprocess.PIPE)
+        ours, theirs = [], []
+
+        def read_tether():
+            for line in tp.stdout:
+                i = line.find(b'"t":')
+                if i >= 0:
+                    t = int(line[i + 4:line.index(b"}", i)])
+                    ours.append((time.monotonic_ns() - t) / 1e6)
+
+        def read_curl():
+            for line in cp.stdout:
+                i = line.find(b'"t":')
+                if line.startswith(b"data:") and i >= 0:
+                    t = int(line[i + 4:line.index(b"}", i)])
+                    theirs.append((time.monotonic_ns() - t) / 1e6)
+
+        readers = [threading.Thread(target=read_tether, daemon=True),
+                   threading.Thread(target=read_curl, daemon=True)]
+        for r in readers:
+            r.start()
+        time.sleep(1)  # both subscribers connected before the first publish
+        subprocess.run([sys.executable, "-c", PUBLISHER, str(port), str(rate),
+                        str(seconds)], check=True)
+        time.sleep(0.5)  # the last events reach both readers
+        tp.terminate()
+        cp.terminate()
+        tp.wait()
+        cp.wait()
+        # The first second warms caches and connections: left out.
+        ours, theirs = ours[rate:], theirs[rate:]
+        return {"n": len(ours), "p50": percentile(ours, 0.5),
+                "p99": percentile(ours, 0.99),
+                "base_p50": percentile(theirs, 0.5),
+                "base_p99": percentile(theirs, 0.99)}
+    finally:
+        srv.terminate()
+        srv.wait()
+
+
 def machine():
     model = ""
     with open("/proc/cpuinfo") as f:
@@ -186,7 +449,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true",
                     help="short runs; does not write RESULTS.md")
-    ap.add_argument("--case", choices=["generate_file", "idle", "binary"])
+    ap.add_argument("--case", choices=["generate_file", "sse_file",
+                                       "sse_latency", "idle", "binary"])
     args = ap.parse_args()
     build()
     events = 500_000 if args.quick else 2_000_000
@@ -205,6 +469,24 @@ def main():
                     f" {r['rss'] / 1024:.1f} MiB peak RSS)",
                     f"copysync {r['base_eps']:,.0f} lines/s",
                     f"{r['eps'] / r['base_eps']:.2f}"))
+        if args.case in (None, "sse_file"):
+            n = 200_000 if args.quick else 1_000_000
+            r = sse_file(work, n, runs)
+            rows.append((
+                f"sse -> file, {n:,} events from nginx",
+                f"{r['eps']:,.0f} events/s ({r['eps_cpu']:,.0f} per CPU-s, "
+                f"{r['mbps']:.0f} MB/s)",
+                f"curl {r['curl_mbps']:.0f} MB/s; eventsource "
+                f"{r['node_eps']:,.0f} events/s",
+                f"{r['mbps'] / r['curl_mbps']:.2f} of curl; "
+                f"{r['eps'] / r['node_eps']:.1f}x node"))
+        if args.case in (None, "sse_latency"):
+            r = sse_latency(work, 10000, 3 if args.quick else 10)
+            rows.append((
+                f"publish -> sink, 10,000 events/s, {r['n']:,} samples",
+                f"p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms",
+                f"curl p50 {r['base_p50']:.2f} ms, p99 {r['base_p99']:.2f} ms",
+                f"+{r['p99'] - r['base_p99']:.2f} ms at p99"))
         if args.case in (None, "idle"):
             rss1, t1 = idle(work, 1, 1, 0, seconds)
             rss100, t100 = idle(work, 100, 1, 0, seconds)
