@@ -13,9 +13,9 @@
 #include <stdint.h>
 
 typedef struct backoff {
-  uint64_t min_ms;    /* floor of every computed delay */
-  uint64_t max_ms;    /* cap of every delay, hints included */
-  unsigned immediate; /* tries before the first delay */
+  uint64_t min_ms;     /* floor of every computed delay */
+  uint64_t max_ms;     /* cap of every delay, hints included */
+  unsigned immediate;  /* tries before the first delay */
   uint64_t healthy_ms; /* a success that lasts this long forgets failures */
   /* private */
   unsigned _attempt;    /* failures since the last reset */
