@@ -1428,8 +1428,10 @@ static void build_consumer(parser *p, const section *s, config *c,
         apply(p, s, up_e, options_find(config_consumer_options, "upstream"), v,
               &cc->common) &&
         src_e == NULL) {
+      /* A name is NULL only after an allocation failed (p->oom). */
       for (i = 0; i < c->n_upstreams; i++)
-        if (strcmp(c->upstreams[i].name, v) == 0)
+        if (c->upstreams[i].name != NULL &&
+            strcmp(c->upstreams[i].name, v) == 0)
           u = &c->upstreams[i];
       if (u == NULL)
         key_error(p, s, up_e, v, "no [upstream %s] section", v);

@@ -729,7 +729,7 @@ static void test_out_of_memory(void) {
     "[daemon]\nstate = ${HOME}/x\nlog_level = debug\n"
     "[upstream pb]\ntype = sse\nurl = http://u\n  /path\nheader.X-A = 1\n"
     "[consumer a]\nsource = generate\nsink = file:/tmp/x\nrotate_keep = 3\n"
-    "[consumer s]\nupstream = pb\nsink = stdout\npath = /e\n",
+    "[consumer s]\nupstream = pb\nsink = stdout\npath = /e\n"
     "[consumer b]\nsource = generate\nsink = stdout\n",
     "[daemon]\nstate = ${TETHER_TEST_UNSET}\nlog_lvl = x\n[foo]\njunk\n"
     "[consumer a]\nsource = generate\nsink = file:\nrotate_sise = 1\n"
