@@ -28,6 +28,7 @@
 
 #include "daemon/consumer.h"
 #include "daemon/log.h"
+#include "daemon/sources/http_source.h"
 #include "daemon/upstream.h"
 #include "loop/backoff.h"
 #include "loop/http_client.h"
@@ -98,16 +99,12 @@ static const option http_poll_options[] = {
 #define POLL_MAX_BOUNDARY 1000
 
 typedef struct poll_src {
-  source base;
+  http_source h; /* first: request, timer, backoff, stop */
   const http_poll_conf *conf;
-  upstream *up;
   jsonptr items, item_cursor, page_cursor, item_id, more;
   buf cursor;      /* the cursor of the last item handed to the window */
   char **boundary; /* inclusive: ids at the cursor already handed over */
   size_t n_boundary;
-  http_req *req;
-  uv_timer_t timer;
-  backoff retry;
   /* The page being handed over. */
   json_t *doc;
   json_t *list;
@@ -120,7 +117,7 @@ typedef struct poll_src {
   unsigned pages;   /* pages in this cycle */
   char *etag;
   char *last_url;
-  bool stopping, closing, failed, waiting;
+  bool waiting; /* the page waits for room */
 } poll_src;
 
 static void request_page(poll_src *s, const char *url);
@@ -136,8 +133,7 @@ static void fail(poll_src *s, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(why, sizeof why, fmt, ap);
   va_end(ap);
-  s->failed = true;
-  consumer_source_failed(s->base.consumer, why);
+  http_source_fail(&s->h, why);
 }
 
 static void drop_page(poll_src *s) {
@@ -271,7 +267,7 @@ static int text_at(poll_src *s, const jsonptr *p, json_t *v, const char *what,
 
 /* Hands over the items of the page while the window has room. */
 static void hand_over(poll_src *s) {
-  consumer *c = s->base.consumer;
+  consumer *c = s->h.base.consumer;
   size_t n = json_array_size(s->list), at_cursor = 0;
   buf cur, id;
   char *data, *pos;
@@ -325,7 +321,7 @@ static void hand_over(poll_src *s) {
     }
     memset(&e, 0, sizeof e);
     e.name = s->conf->event;
-    e.kind = upstream_name(s->up);
+    e.kind = upstream_name(s->h.up);
     e.position = pos;
     e.position_len = strlen(pos);
     e.data = data;
@@ -452,39 +448,24 @@ static void on_timer(uv_timer_t *t) {
 }
 
 static void next_cycle(poll_src *s, bool at_once) {
-  uv_timer_start(&s->timer, on_timer, at_once ? 0 : s->conf->poll_interval, 0);
+  uv_timer_start(&s->h.timer, on_timer, at_once ? 0 : s->conf->poll_interval,
+                 0);
 }
 
 static void back_off(poll_src *s, uint64_t delay, const char *why) {
-  uv_loop_t *loop = consumer_loop(s->base.consumer);
-
-  delay = backoff_budget_take(upstream_budget(), uv_now(loop), delay);
-  consumer_source_backoff(s->base.consumer, delay, backoff_attempt(&s->retry),
-                          why);
-  uv_timer_start(&s->timer, on_timer, delay, 0);
+  http_source_wait(&s->h, delay, on_timer, why);
 }
-
-static void on_closed(uv_handle_t *h);
 
 static void on_done(http_req *r, int status, const http_response *resp,
                     const char *msg, void *data) {
   poll_src *s = data;
-  const http_upstream_conf *h = upstream_http_conf(s->up);
-  uv_loop_t *loop = consumer_loop(s->base.consumer);
-  uint64_t hint = 0, delay;
-  char why[512], err[256];
-  const char *ra;
+  uv_loop_t *loop = consumer_loop(s->h.base.consumer);
+  char why[512];
   int code = resp != NULL ? resp->status : 0;
 
   (void)r;
-  s->req = NULL;
-  if (s->stopping) {
-    if (!s->closing) {
-      s->closing = true;
-      uv_close((uv_handle_t *)&s->timer, on_closed);
-    }
+  if (http_source_ended(&s->h))
     return;
-  }
   if (status != 0) {
     /* In longpoll mode the request timeout only means nothing changed. */
     if (status == HTTP_ETIMEOUT && s->conf->mode == POLL_MODE_LONGPOLL) {
@@ -492,33 +473,25 @@ static void on_done(http_req *r, int status, const http_response *resp,
       return;
     }
     snprintf(why, sizeof why, "%s", msg != NULL ? msg : http_strerror(status));
-    back_off(s, backoff_next_at(&s->retry, uv_now(loop)), why);
+    back_off(s, backoff_next_at(&s->h.retry, uv_now(loop)), why);
     return;
   }
   if (code == 200) {
-    backoff_reset(&s->retry);
-    consumer_source_connected(s->base.consumer);
+    backoff_reset(&s->h.retry);
+    consumer_source_connected(s->h.base.consumer);
     s->pages++;
     take_page(s, resp);
     return;
   }
   if (code == 304 || code == 204) {
-    backoff_reset(&s->retry);
-    consumer_source_connected(s->base.consumer);
+    backoff_reset(&s->h.retry);
+    consumer_source_connected(s->h.base.consumer);
     next_cycle(s, false);
     return;
   }
-  if (code >= 500 || code == 408 || code == 429) {
-    ra = http_response_header(resp, "Retry-After");
-    if ((code == 429 || code == 503) && ra != NULL &&
-        http_retry_after(ra, http_response_header(resp, "Date"),
-                         (int64_t)time(NULL), &hint, err, sizeof err) == 0)
-      delay = backoff_next_hinted(
-          &s->retry, hint < h->reconnect_min ? h->reconnect_min : hint);
-    else
-      delay = backoff_next_at(&s->retry, uv_now(loop));
+  if (http_source_retryable(code)) {
     snprintf(why, sizeof why, "HTTP %d from %s", code, resp->url);
-    back_off(s, delay, why);
+    back_off(s, http_source_retry_delay(&s->h, resp), why);
     return;
   }
   fail(s, "HTTP %d from %s; retrying cannot fix this: check the url and path",
@@ -542,7 +515,7 @@ static void request_page(poll_src *s, const char *url) {
   buf target;
   int rc;
 
-  if (s->stopping || s->failed)
+  if (s->h.stopping || s->h.failed)
     return;
   buf_init(&target, 0);
   if (url == NULL) {
@@ -555,7 +528,7 @@ static void request_page(poll_src *s, const char *url) {
     }
     if (buf_append_str(&target, t) != 0 || buf_cstr(&target) == NULL)
       goto oom;
-    rc = http_url_resolve(upstream_http_conf(s->up)->url, target.data, &full,
+    rc = http_url_resolve(upstream_http_conf(s->h.up)->url, target.data, &full,
                           err, sizeof err);
     if (rc != 0) {
       buf_free(&target);
@@ -568,7 +541,7 @@ static void request_page(poll_src *s, const char *url) {
   if (s->conf->conditional && s->etag != NULL && s->last_url != NULL &&
       strcmp(s->last_url, url) == 0)
     headers[n++] = (http_header){ "If-None-Match", s->etag };
-  extra = upstream_headers(s->up, &n_extra);
+  extra = upstream_headers(s->h.up, &n_extra);
   for (i = 0; i < n_extra && n < sizeof headers / sizeof headers[0]; i++)
     headers[n++] = extra[i];
   memset(&req, 0, sizeof req);
@@ -582,8 +555,8 @@ static void request_page(poll_src *s, const char *url) {
     free(s->last_url);
     s->last_url = strdup(url);
   }
-  rc = http_request_start(upstream_http(s->up), &req, &poll_http_callbacks, s,
-                          &s->req);
+  rc = http_request_start(upstream_http(s->h.up), &req, &poll_http_callbacks, s,
+                          &s->h.req);
   buf_free(&target);
   free(full);
   if (rc != 0)
@@ -598,7 +571,7 @@ oom:
 static void http_poll_on_room(source *src) {
   poll_src *s = (poll_src *)src;
 
-  if (s->waiting && s->list != NULL && !s->stopping && !s->failed)
+  if (s->waiting && s->list != NULL && !s->h.stopping && !s->h.failed)
     hand_over(s);
 }
 
@@ -617,26 +590,8 @@ static void free_src(poll_src *s) {
   free(s);
 }
 
-static void on_closed(uv_handle_t *h) {
-  poll_src *s = h->data;
-  consumer *c = s->base.consumer;
-
-  free_src(s);
-  consumer_source_closed(c);
-}
-
-static void http_poll_stop(source *src) {
-  poll_src *s = (poll_src *)src;
-
-  assert(!s->stopping);
-  s->stopping = true;
-  uv_timer_stop(&s->timer);
-  if (s->req != NULL) {
-    http_req_cancel(s->req);
-    return;
-  }
-  s->closing = true;
-  uv_close((uv_handle_t *)&s->timer, on_closed);
+static void free_source(http_source *hs) {
+  free_src((poll_src *)hs);
 }
 
 static int compile(const char *text, jsonptr *out, const char *key, char *err,
@@ -701,11 +656,7 @@ static int http_poll_start(consumer *c, const void *conf,
     snprintf(err, errlen, "out of memory");
     return UV_ENOMEM;
   }
-  s->base.type = &source_http_poll;
-  s->base.consumer = c;
   s->conf = pc;
-  s->up = consumer_upstream(c);
-  assert(s->up != NULL);
   buf_init(&s->cursor, 0);
   if (compile(pc->items, &s->items, "items", err, errlen) != 0 ||
       compile(pc->item_cursor, &s->item_cursor, "item_cursor", err, errlen) !=
@@ -718,10 +669,8 @@ static int http_poll_start(consumer *c, const void *conf,
     free_src(s);
     return UV_EINVAL;
   }
-  upstream_backoff_init(s->up, &s->retry);
-  uv_timer_init(consumer_loop(c), &s->timer);
-  s->timer.data = s;
-  *out = &s->base;
+  http_source_init(&s->h, &source_http_poll, c, free_source);
+  *out = &s->h.base;
   consumer_source_connected(c);
   request_page(s, NULL);
   return 0;
@@ -736,6 +685,6 @@ const source_type source_http_poll = {
   .check = http_poll_check,
   .stream_name = http_poll_stream_name,
   .start = http_poll_start,
-  .stop = http_poll_stop,
+  .stop = http_source_stop,
   .on_room = http_poll_on_room,
 };

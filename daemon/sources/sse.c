@@ -31,6 +31,7 @@
 
 #include "daemon/consumer.h"
 #include "daemon/log.h"
+#include "daemon/sources/http_source.h"
 #include "daemon/upstream.h"
 #include "loop/backoff.h"
 #include "loop/http_client.h"
@@ -66,22 +67,15 @@ static const option sse_options[] = {
 #define SSE_POISON_LIMIT 3
 
 typedef struct sse_src {
-  source base;
+  http_source h; /* first: request, timer, backoff, stop */
   const sse_conf *conf;
-  upstream *up;
   char *url;         /* path resolved against the upstream url */
   const char *query; /* the NAME of resume = query:NAME, or NULL */
   sse_parser parser;
-  http_req *req;    /* the stream, or NULL */
-  uv_timer_t timer; /* the wait before reconnecting */
-  backoff retry;
-  buf last_id;      /* the last event id handed to the window */
-  buf pending;      /* bytes of a read left when the window filled */
-  bool window_full; /* the parser stopped for room; bytes wait */
-  bool paused;      /* the request is paused for room */
-  bool stopping;
-  bool closing; /* the timer handle is closing */
-  bool failed;
+  buf last_id;         /* the last event id handed to the window */
+  buf pending;         /* body bytes waiting for room, in order */
+  bool window_full;    /* the parser stopped for room; bytes wait */
+  bool paused;         /* the request is paused for room */
   bool delivered_any;  /* this connection handed over an event */
   uint64_t retry_hint; /* the server's retry:, clamped; 0 = none */
   int feed_error;      /* a parse error met in sse_on_room */
@@ -93,11 +87,6 @@ typedef struct sse_src {
 } sse_src;
 
 static void connect_now(sse_src *s);
-static void on_closed(uv_handle_t *h);
-
-static uint64_t now_s(void) {
-  return (uint64_t)time(NULL);
-}
 
 static bool wanted(const sse_src *s, const char *type, size_t len) {
   size_t i;
@@ -117,7 +106,7 @@ static int set_last_id(sse_src *s, const char *id, size_t len) {
 
 static int on_event(void *data, const sse_event *ev) {
   sse_src *s = data;
-  consumer *c = s->base.consumer;
+  consumer *c = s->h.base.consumer;
   event e;
 
   if (set_last_id(s, ev->id, ev->id_len) != 0)
@@ -126,7 +115,7 @@ static int on_event(void *data, const sse_event *ev) {
     return 0;
   memset(&e, 0, sizeof e);
   e.name = ev->type;
-  e.kind = upstream_name(s->up);
+  e.kind = upstream_name(s->h.up);
   e.position = ev->id;
   e.position_len = ev->id_len;
   e.data = ev->data;
@@ -148,13 +137,13 @@ static int on_id_only(void *data, const char *id, size_t len) {
   if (len == 0)
     log_warn("the server reset the last event id; the next reconnect sends "
              "none and the server chooses where to start",
-             LS("consumer", consumer_name(s->base.consumer)));
+             LS("consumer", consumer_name(s->h.base.consumer)));
   return set_last_id(s, id, len) != 0 ? -1 : 0;
 }
 
 static int on_retry_hint(void *data, uint64_t ms) {
   sse_src *s = data;
-  const http_upstream_conf *h = upstream_http_conf(s->up);
+  const http_upstream_conf *h = upstream_http_conf(s->h.up);
 
   if (ms < h->reconnect_min)
     ms = h->reconnect_min;
@@ -168,24 +157,18 @@ static void on_timer(uv_timer_t *t) {
   connect_now(t->data);
 }
 
-/* Waits delay_ms (drawn from the process-wide budget) and reconnects. */
+/* Reconnects after delay_ms; a failure is reported as a backoff. */
 static void reconnect_after(sse_src *s, uint64_t delay_ms, const char *why,
                             bool failure) {
-  consumer *c = s->base.consumer;
-  uv_loop_t *loop = consumer_loop(c);
-
-  delay_ms = backoff_budget_take(upstream_budget(), uv_now(loop), delay_ms);
-  if (failure)
-    consumer_source_backoff(c, delay_ms, backoff_attempt(&s->retry), why);
-  else
-    log_debug("stream ended; reconnecting", LS("consumer", consumer_name(c)),
+  if (!failure)
+    log_debug("stream ended; reconnecting",
+              LS("consumer", consumer_name(s->h.base.consumer)),
               LU("in_ms", delay_ms));
-  uv_timer_start(&s->timer, on_timer, delay_ms, 0);
+  http_source_wait(&s->h, delay_ms, on_timer, failure ? why : NULL);
 }
 
 static void fail(sse_src *s, const char *why) {
-  s->failed = true;
-  consumer_source_failed(s->base.consumer, why);
+  http_source_fail(&s->h, why);
 }
 
 /* Feeds bytes to the parser, or keeps them while the window is full: the
@@ -213,8 +196,8 @@ static int on_head(http_req *r, const http_response *resp, void *data) {
   (void)r;
   if (resp->status == 200 && http_content_type_is(ct, "text/event-stream")) {
     sse_parser_new_response(&s->parser);
-    backoff_connected(&s->retry, uv_now(consumer_loop(s->base.consumer)));
-    consumer_source_connected(s->base.consumer);
+    backoff_connected(&s->h.retry, uv_now(consumer_loop(s->h.base.consumer)));
+    consumer_source_connected(s->h.base.consumer);
     return 0;
   }
   /* Not a stream: its body is not read; on_done decides what the status
@@ -239,38 +222,31 @@ static int on_body(http_req *r, const char *bytes, size_t n, void *data) {
 static void on_done(http_req *r, int status, const http_response *resp,
                     const char *msg, void *data) {
   sse_src *s = data;
-  const http_upstream_conf *h = upstream_http_conf(s->up);
-  uv_loop_t *loop = consumer_loop(s->base.consumer);
-  char why[512], err[256];
+  const http_upstream_conf *h = upstream_http_conf(s->h.up);
+  uv_loop_t *loop = consumer_loop(s->h.base.consumer);
+  char why[512];
   uint64_t delay = 0, hint = 0;
-  const char *ra;
   int code = resp != NULL ? resp->status : 0;
 
   (void)r;
-  s->req = NULL;
+  if (http_source_ended(&s->h))
+    return;
   s->paused = false;
   s->window_full = false;
   buf_reset(&s->pending);
-  if (s->stopping) {
-    if (!s->closing) {
-      s->closing = true;
-      uv_close((uv_handle_t *)&s->timer, on_closed);
-    }
+  if (s->h.failed)
     return;
-  }
   /* A parse error found while feeding a paused read's rest. */
   if (status == UV_ECANCELED && s->feed_error != 0)
     status = s->feed_error;
   s->feed_error = 0;
-  if (s->failed)
-    return;
 
   /* A stream that ended cleanly: reconnect after the server's retry:, or
    * later when it keeps ending without an event. */
   if (status == 0 && code == 200) {
     delay = s->retry_hint ? s->retry_hint : h->reconnect_min;
     if (!s->delivered_any) {
-      hint = backoff_next_at(&s->retry, uv_now(loop));
+      hint = backoff_next_at(&s->h.retry, uv_now(loop));
       delay = hint > delay ? hint : delay;
     }
     reconnect_after(s, delay, "the stream ended", false);
@@ -291,17 +267,9 @@ static void on_done(http_req *r, int status, const http_response *resp,
       fail(s, why);
       return;
     }
-    if (code >= 500 || code == 408 || code == 429) {
-      ra = http_response_header(resp, "Retry-After");
-      if (ra != NULL &&
-          http_retry_after(ra, http_response_header(resp, "Date"),
-                           (int64_t)now_s(), &hint, err, sizeof err) == 0)
-        delay = backoff_next_hinted(
-            &s->retry, hint < h->reconnect_min ? h->reconnect_min : hint);
-      else
-        delay = backoff_next_at(&s->retry, uv_now(loop));
+    if (http_source_retryable(code)) {
       snprintf(why, sizeof why, "HTTP %d from %s", code, s->url);
-      reconnect_after(s, delay, why, true);
+      reconnect_after(s, http_source_retry_delay(&s->h, resp), why, true);
       return;
     }
     snprintf(why, sizeof why,
@@ -338,7 +306,7 @@ static void on_done(http_req *r, int status, const http_response *resp,
   } else {
     snprintf(why, sizeof why, "%s", msg != NULL ? msg : http_strerror(status));
   }
-  delay = backoff_next_at(&s->retry, uv_now(loop));
+  delay = backoff_next_at(&s->h.retry, uv_now(loop));
   if (s->retry_hint > delay)
     delay = s->retry_hint;
   reconnect_after(s, delay, why, true);
@@ -359,7 +327,7 @@ static void connect_now(sse_src *s) {
   buf q;
   int rc;
 
-  if (s->stopping || s->failed)
+  if (s->h.stopping || s->h.failed)
     return;
   headers[n++] = (http_header){ "Accept", "text/event-stream" };
   headers[n++] = (http_header){ "Cache-Control", "no-cache" };
@@ -380,7 +348,7 @@ static void connect_now(sse_src *s) {
       url = with_query;
     }
   }
-  extra = upstream_headers(s->up, &n_extra);
+  extra = upstream_headers(s->h.up, &n_extra);
   for (i = 0; i < n_extra && n < sizeof headers / sizeof headers[0]; i++)
     headers[n++] = extra[i];
   memset(&req, 0, sizeof req);
@@ -392,8 +360,8 @@ static void connect_now(sse_src *s) {
   req.idle_timeout = s->conf->idle_timeout;
   req.max_redirects = 5;
   s->delivered_any = false;
-  rc = http_request_start(upstream_http(s->up), &req, &sse_http_callbacks, s,
-                          &s->req);
+  rc = http_request_start(upstream_http(s->h.up), &req, &sse_http_callbacks, s,
+                          &s->h.req);
   free(with_query);
   if (rc != 0) {
     char why[256];
@@ -409,7 +377,8 @@ static void sse_on_room(source *src) {
   buf rest;
   int rc;
 
-  if (!s->window_full || s->req == NULL || consumer_room(s->base.consumer) == 0)
+  if (!s->window_full || s->h.req == NULL ||
+      consumer_room(s->h.base.consumer) == 0)
     return;
   /* Feed what waited; it may fill the window again. */
   s->window_full = false;
@@ -419,12 +388,12 @@ static void sse_on_room(source *src) {
   buf_free(&rest);
   if (rc != 0) {
     s->feed_error = rc;
-    http_req_cancel(s->req);
+    http_req_cancel(s->h.req);
     return;
   }
   if (!s->window_full && s->paused) {
     s->paused = false;
-    http_req_resume(s->req);
+    http_req_resume(s->h.req);
   }
 }
 
@@ -442,27 +411,8 @@ static void free_src(sse_src *s) {
   free(s);
 }
 
-static void on_closed(uv_handle_t *h) {
-  sse_src *s = h->data;
-  consumer *c = s->base.consumer;
-
-  free_src(s);
-  consumer_source_closed(c);
-}
-
-static void sse_stop(source *src) {
-  sse_src *s = (sse_src *)src;
-
-  assert(!s->stopping);
-  s->stopping = true;
-  uv_timer_stop(&s->timer);
-  if (s->req != NULL) {
-    /* on_done follows with UV_ECANCELED and closes the timer. */
-    http_req_cancel(s->req);
-    return;
-  }
-  s->closing = true;
-  uv_close((uv_handle_t *)&s->timer, on_closed);
+static void free_source(http_source *hs) {
+  free_src((sse_src *)hs);
 }
 
 /* Splits "a, b,c" into the types the consumer keeps. */
@@ -506,22 +456,19 @@ static int sse_start(consumer *c, const void *conf, const source_resume *r,
     snprintf(err, errlen, "out of memory");
     return UV_ENOMEM;
   }
-  s->base.type = &source_sse;
-  s->base.consumer = c;
   s->conf = sc;
-  s->up = consumer_upstream(c);
-  assert(s->up != NULL);
   buf_init(&s->last_id, (size_t)sc->max_line);
   buf_init(&s->pending, 0);
   buf_init(&s->poison_id, 0);
   lim.max_line = (size_t)sc->max_line;
   lim.max_event_size = (size_t)sc->max_event_size;
   sse_parser_init(&s->parser, &lim, &cbs, s);
-  upstream_backoff_init(s->up, &s->retry);
   if (strncmp(sc->resume, "query:", 6) == 0)
     s->query = sc->resume + 6;
-  rc = http_url_resolve(upstream_http_conf(s->up)->url, sc->path, &s->url, err,
-                        errlen);
+  /* The base is not set up yet: its timer comes last, after every step
+   * that can fail. */
+  rc = http_url_resolve(upstream_http_conf(consumer_upstream(c))->url,
+                        sc->path, &s->url, err, errlen);
   if (rc == 0 && sc->event_types[0] != '\0')
     rc = split_types(s, sc->event_types);
   if (rc == 0 && set_last_id(s, r->position, strlen(r->position)) != 0)
@@ -532,9 +479,8 @@ static int sse_start(consumer *c, const void *conf, const source_resume *r,
     free_src(s);
     return rc;
   }
-  uv_timer_init(consumer_loop(c), &s->timer);
-  s->timer.data = s;
-  *out = &s->base;
+  http_source_init(&s->h, &source_sse, c, free_source);
+  *out = &s->h.base;
   connect_now(s);
   return 0;
 }
@@ -568,6 +514,6 @@ const source_type source_sse = {
   .check = sse_check,
   .stream_name = sse_stream_name,
   .start = sse_start,
-  .stop = sse_stop,
+  .stop = http_source_stop,
   .on_room = sse_on_room,
 };

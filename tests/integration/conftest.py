@@ -10,6 +10,7 @@ import re
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 
 import pytest
@@ -252,3 +253,22 @@ def tether(tmp_path):
     yield make
     for t in made:
         t.teardown()
+
+
+@pytest.fixture
+def ref_server():
+    """A factory: ref_server(SCRIPT, *args) starts a reference upstream of
+    tests/servers and returns its base URL; each is stopped (and must exit
+    cleanly) at teardown."""
+    sys.path.insert(0, os.path.join(SRC, "tests", "servers"))
+    import spawn
+    procs = []
+
+    def make(script, *args):
+        proc, host, port = spawn.start(script, *args)
+        procs.append(proc)
+        return f"http://{host}:{port}"
+
+    yield make
+    for p in procs:
+        assert spawn.stop(p) == 0, p.stderr_text

@@ -4,30 +4,16 @@ with Retry-After, Link paging, tie groups against the page size, longpoll
 with heartbeats and its timeout, and broken bodies that must fail the
 consumer with a message naming what is wrong."""
 import json
-import os
-import sys
 
 import pytest
 
-from conftest import SRC, read_lines, wait_for
+from conftest import read_lines, wait_for
 from peers import http
-
-sys.path.insert(0, os.path.join(SRC, "tests", "servers"))
-import spawn  # noqa: E402
 
 
 @pytest.fixture
-def poll_server():
-    procs = []
-
-    def make(*args):
-        proc, host, port = spawn.start("poll_server.py", *args)
-        procs.append(proc)
-        return f"http://{host}:{port}"
-
-    yield make
-    for p in procs:
-        assert spawn.stop(p) == 0, p.stderr_text
+def poll_server(ref_server):
+    return lambda *args: ref_server("poll_server.py", *args)
 
 
 def config(out, base, keys, reconnect_max="300ms", poll_interval="100ms"):

@@ -5,33 +5,21 @@ the cap, 204, 503 with Retry-After, redirects and their loop, a stall past
 idle_timeout, id-only blocks and id resets, a unix socket. Each case ends
 in its documented state, with no event lost and none delivered twice."""
 import json
-import os
-import sys
 import time
 
 import pytest
 
-from conftest import SRC, read_lines, wait_for
+from conftest import read_lines, wait_for
 
-sys.path.insert(0, os.path.join(SRC, "tests", "servers"))
-import spawn  # noqa: E402
 
 EVENTS = 20
 
 
 @pytest.fixture
-def sse_server(tmp_path):
-    procs = []
-
+def sse_server(ref_server):
     def make(*args, events=EVENTS):
-        proc, host, port = spawn.start("sse_server.py", "--events",
-                                       str(events), *args)
-        procs.append(proc)
-        return f"http://{host}:{port}"
-
-    yield make
-    for p in procs:
-        assert spawn.stop(p) == 0, p.stderr_text
+        return ref_server("sse_server.py", "--events", str(events), *args)
+    return make
 
 
 def config(out, base, path, consumer_extra="", upstream_extra="",

@@ -13,37 +13,9 @@
 
 #include "loop/http_parse.h"
 #include "tests/unit/test.h"
+#include "tests/unit/test_uv.h"
 
 /* ---- loop helpers -------------------------------------------------------- */
-
-static uv_timer_t guard;
-
-static void on_guard(uv_timer_t *t) {
-  (void)t;
-}
-
-/* Runs the loop until cond holds or ms pass; an unreferenced 5 ms timer
- * keeps each turn short without keeping the loop alive. */
-#define RUN_UNTIL(loop, cond, ms)                                              \
-  do {                                                                         \
-    uint64_t dl_;                                                              \
-    uv_timer_init((loop), &guard);                                             \
-    uv_timer_start(&guard, on_guard, 5, 5);                                    \
-    uv_unref((uv_handle_t *)&guard);                                           \
-    dl_ = uv_now(loop) + (ms);                                                 \
-    while (!(cond) && uv_now(loop) < dl_)                                      \
-      uv_run((loop), UV_RUN_ONCE);                                             \
-    uv_close((uv_handle_t *)&guard, NULL);                                     \
-    uv_run((loop), UV_RUN_NOWAIT);                                             \
-    ASSERT(cond);                                                              \
-  } while (0)
-
-/* Runs the loop for ms whatever happens (to show that nothing does). */
-#define RUN_FOR(loop, ms)                                                      \
-  do {                                                                         \
-    uint64_t until_ = uv_now(loop) + (ms);                                     \
-    RUN_UNTIL(loop, uv_now(loop) >= until_, (ms) + 1000);                      \
-  } while (0)
 
 static void srv_free_all(void);
 

@@ -1,0 +1,90 @@
+#include "daemon/sources/http_source.h"
+
+#include <assert.h>
+#include <string.h>
+#include <time.h>
+
+#include "daemon/consumer.h"
+#include "protocol/http.h"
+
+static void on_closed(uv_handle_t *h) {
+  http_source *hs = h->data;
+  consumer *c = hs->base.consumer;
+
+  hs->_free(hs);
+  consumer_source_closed(c);
+}
+
+static void close_timer(http_source *hs) {
+  if (hs->_closing)
+    return;
+  hs->_closing = true;
+  uv_close((uv_handle_t *)&hs->timer, on_closed);
+}
+
+void http_source_init(http_source *hs, const source_type *type, consumer *c,
+                      void (*free_fn)(http_source *hs)) {
+  hs->base.type = type;
+  hs->base.consumer = c;
+  hs->up = consumer_upstream(c);
+  assert(hs->up != NULL && "an HTTP source needs an upstream");
+  hs->_free = free_fn;
+  upstream_backoff_init(hs->up, &hs->retry);
+  uv_timer_init(consumer_loop(c), &hs->timer);
+  hs->timer.data = hs;
+}
+
+void http_source_stop(source *s) {
+  http_source *hs = (http_source *)s;
+
+  assert(!hs->stopping);
+  hs->stopping = true;
+  uv_timer_stop(&hs->timer);
+  if (hs->req != NULL)
+    http_req_cancel(hs->req); /* on_done -> http_source_ended closes */
+  else
+    close_timer(hs);
+}
+
+bool http_source_ended(http_source *hs) {
+  hs->req = NULL;
+  if (!hs->stopping)
+    return false;
+  close_timer(hs);
+  return true;
+}
+
+void http_source_wait(http_source *hs, uint64_t delay_ms, uv_timer_cb cb,
+                      const char *why) {
+  consumer *c = hs->base.consumer;
+  uv_loop_t *loop = consumer_loop(c);
+
+  delay_ms = backoff_budget_take(upstream_budget(), uv_now(loop), delay_ms);
+  if (why != NULL)
+    consumer_source_backoff(c, delay_ms, backoff_attempt(&hs->retry), why);
+  uv_timer_start(&hs->timer, cb, delay_ms, 0);
+}
+
+bool http_source_retryable(int status) {
+  return status >= 500 || status == 408 || status == 429;
+}
+
+uint64_t http_source_retry_delay(http_source *hs, const http_response *resp) {
+  const http_upstream_conf *h = upstream_http_conf(hs->up);
+  const char *ra = http_response_header(resp, "Retry-After");
+  uv_loop_t *loop = consumer_loop(hs->base.consumer);
+  uint64_t hint;
+  char err[128];
+
+  if (ra != NULL &&
+      http_retry_after(ra, http_response_header(resp, "Date"),
+                       (int64_t)time(NULL), &hint, err, sizeof err) == 0)
+    return backoff_next_hinted(
+        &hs->retry, hint < h->reconnect_min ? h->reconnect_min : hint);
+  return backoff_next_at(&hs->retry, uv_now(loop));
+}
+
+void http_source_fail(http_source *hs, const char *why) {
+  hs->failed = true;
+  consumer_source_failed(hs->base.consumer, why);
+}
