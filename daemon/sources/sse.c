@@ -467,8 +467,8 @@ static int sse_start(consumer *c, const void *conf, const source_resume *r,
     s->query = sc->resume + 6;
   /* The base is not set up yet: its timer comes last, after every step
    * that can fail. */
-  rc = http_url_resolve(upstream_http_conf(consumer_upstream(c))->url,
-                        sc->path, &s->url, err, errlen);
+  rc = http_url_resolve(upstream_http_conf(consumer_upstream(c))->url, sc->path,
+                        &s->url, err, errlen);
   if (rc == 0 && sc->event_types[0] != '\0')
     rc = split_types(s, sc->event_types);
   if (rc == 0 && set_last_id(s, r->position, strlen(r->position)) != 0)
