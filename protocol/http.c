@@ -244,6 +244,21 @@ int http_url_authority(const http_url *u, bool always_port, char *out,
   return n;
 }
 
+bool http_url_same_origin(const char *a, const char *b) {
+  http_url ua, ub;
+  char err[128];
+  bool same;
+
+  memset(&ua, 0, sizeof ua);
+  memset(&ub, 0, sizeof ub);
+  same = http_url_parse(&ua, a, err, sizeof err) == 0 &&
+         http_url_parse(&ub, b, err, sizeof err) == 0 && ua.https == ub.https &&
+         ua.port == ub.port && strcmp(ua.host, ub.host) == 0;
+  http_url_free(&ua);
+  http_url_free(&ub);
+  return same;
+}
+
 char *http_url_format(const http_url *u) {
   char auth[HTTP_HOST_MAX + 16];
   buf b;

@@ -63,6 +63,11 @@ void http_url_free(http_url *u);
 int http_url_authority(const http_url *u, bool always_port, char *out,
                        size_t outlen);
 
+/* True when the absolute URLs a and b have the same origin: scheme, host
+ * and port (RFC 6454), after parsing (so "HTTP://X:80/" is "http://x/").
+ * Anything that does not parse as http(s) is no origin: false. */
+bool http_url_same_origin(const char *a, const char *b);
+
 /* The URL as text, scheme://authority/target, owned by the caller (free());
  * NULL when memory ran out. */
 char *http_url_format(const http_url *u);

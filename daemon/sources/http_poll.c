@@ -434,6 +434,16 @@ static void take_page(poll_src *s, const http_response *resp) {
       http_url_resolve(resp->url, target, &s->next_link, err, sizeof err);
       free(target);
     }
+    /* The upstream's headers (credentials) go to its own origin only: a
+     * next page elsewhere ends the cycle instead. */
+    if (s->next_link != NULL &&
+        !http_url_same_origin(resp->url, s->next_link)) {
+      log_warn("ignoring a Link rel=next to another origin",
+               LS("consumer", consumer_name(s->h.base.consumer)),
+               LS("url", s->next_link));
+      free(s->next_link);
+      s->next_link = NULL;
+    }
   }
   s->next = 0;
   s->fresh = 0;

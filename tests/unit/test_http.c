@@ -660,7 +660,19 @@ static void test_no_proxy(void) {
   }
 }
 
+static void test_same_origin(void) {
+  ASSERT(http_url_same_origin("http://a.example/x", "http://a.example/y?z"));
+  ASSERT(http_url_same_origin("HTTP://A.example:80/", "http://a.example/"));
+  ASSERT(http_url_same_origin("https://[::1]/", "https://[::1]:443/q"));
+  ASSERT(!http_url_same_origin("http://a.example/", "https://a.example/"));
+  ASSERT(!http_url_same_origin("http://a.example/", "http://b.example/"));
+  ASSERT(!http_url_same_origin("http://a.example/", "http://a.example:81/"));
+  ASSERT(!http_url_same_origin("http://a.example/", "ftp://a.example/"));
+  ASSERT(!http_url_same_origin("http://a.example/", "/relative"));
+}
+
 static const test_case tests[] = {
+  TEST(test_same_origin),
   TEST(test_url_parse_ok),
   TEST(test_url_parse_errors),
   TEST(test_url_caps),
