@@ -54,11 +54,21 @@ struct consumer {
   uint64_t max_in_flight;
   uint64_t next_seq;     /* the seq of the next emitted event */
   buf staged;            /* lines emitted and not yet handed to the sink */
-  buf staged_pos;        /* position of the last staged event */
   uint64_t staged_first; /* seq of the first staged line */
   buf writing;           /* the batch the sink holds */
-  buf writing_pos;       /* position of the batch's last event */
   uint64_t writing_first, writing_last;
+  /* One slot per event in flight (seq & (ring_cap - 1)): its position and
+   * whether the sink has delivered it. Sinks that acknowledge one by one
+   * (exec, socket) do so in any order; the cursor is the highest seq below
+   * which every slot is done. Slot buffers are reused, so a warm window
+   * allocates nothing per event. */
+  struct slot {
+    char *pos;
+    uint32_t len, cap;
+    bool done;
+  } * ring;
+  size_t ring_cap;        /* a power of two, above the events in flight */
+  char sink_state[64];    /* the sink's own state ("waiting_for_reader") */
   bool write_outstanding; /* sink->write called, cb not yet run */
   bool retry_wait;        /* the batch failed; retry_timer runs */
   uv_timer_t retry_timer;
@@ -123,8 +133,10 @@ static uint64_t in_flight(const consumer *c) {
   return c->next_seq - 1 - c->delivered_seq;
 }
 
+/* Nothing waits to be written and nothing written waits for its ack. */
 bool consumer_drained(const consumer *c) {
-  return c->staged.len == 0 && !c->write_outstanding && !c->retry_wait;
+  return c->staged.len == 0 && !c->write_outstanding && !c->retry_wait &&
+         (c->abandoned || c->failed || in_flight(c) == 0);
 }
 
 size_t consumer_room(const consumer *c) {
@@ -167,7 +179,6 @@ static void start_batch(consumer *c) {
     return;
   assert(c->writing.len == 0);
   buf_swap(&c->staged, &c->writing);
-  buf_swap(&c->staged_pos, &c->writing_pos);
   c->writing_first = c->staged_first;
   c->writing_last = c->next_seq - 1;
   issue_write(c);
@@ -201,6 +212,134 @@ static void notify_drained(consumer *c) {
     c->hooks.on_drained(c, c->hooks.data);
 }
 
+static struct slot *slot_of(const consumer *c, uint64_t seq) {
+  return &c->ring[seq & (c->ring_cap - 1)];
+}
+
+/* Makes room in the ring for one more event in flight. */
+static int ring_reserve(consumer *c) {
+  struct slot *bigger;
+  size_t cap = c->ring_cap ? c->ring_cap : 16, i;
+  uint64_t seq;
+
+  if (in_flight(c) + 1 < c->ring_cap)
+    return 0;
+  while (cap <= in_flight(c) + 1)
+    cap *= 2;
+  if ((bigger = calloc(cap, sizeof *bigger)) == NULL)
+    return UV_ENOMEM;
+  /* Events in flight move to their new places; the rest of the old slots'
+   * buffers are freed. */
+  for (seq = c->delivered_seq + 1; seq < c->next_seq; seq++) {
+    bigger[seq & (cap - 1)] = *slot_of(c, seq);
+    slot_of(c, seq)->pos = NULL;
+  }
+  for (i = 0; i < c->ring_cap; i++)
+    free(c->ring[i].pos);
+  free(c->ring);
+  c->ring = bigger;
+  c->ring_cap = cap;
+  return 0;
+}
+
+static int set_slot(consumer *c, uint64_t seq, const char *pos, size_t len) {
+  struct slot *sl = slot_of(c, seq);
+  char *p;
+
+  if (len + 1 > sl->cap) {
+    if (len + 1 > UINT32_MAX || (p = realloc(sl->pos, len + 1)) == NULL)
+      return UV_ENOMEM;
+    sl->pos = p;
+    sl->cap = (uint32_t)(len + 1);
+  }
+  memcpy(sl->pos, pos, len);
+  sl->pos[len] = '\0';
+  sl->len = (uint32_t)len;
+  sl->done = false;
+  return 0;
+}
+
+/* Moves the cursor over every done slot after it, then tells whoever waits
+ * on the cursor: the flusher, the source (acks, room) and the drain. */
+static void advance(consumer *c) {
+  uint64_t from = c->delivered_seq;
+  struct slot *sl;
+
+  while (c->delivered_seq + 1 < c->next_seq &&
+         slot_of(c, c->delivered_seq + 1)->done)
+    c->delivered_seq++;
+  if (c->delivered_seq == from)
+    return;
+  sl = slot_of(c, c->delivered_seq);
+  buf_reset(&c->delivered_pos);
+  if (buf_append(&c->delivered_pos, sl->pos, sl->len) != 0) {
+    /* Without the position the cursor cannot be committed; keep the old
+     * one (and its seq) so nothing is committed ahead. */
+    c->delivered_seq = from;
+    return;
+  }
+  c->delivered_at_ns = wall_ns();
+  c->stats.delivered += c->delivered_seq - from;
+  if (c->hooks.on_delivered != NULL)
+    c->hooks.on_delivered(c, c->hooks.data);
+  if (c->src_running && c->src->type->on_delivered != NULL)
+    c->src->type->on_delivered(c->src, c->delivered_seq);
+  if (c->src_running && consumer_room(c) > 0)
+    c->src->type->on_room(c->src);
+}
+
+static void mark_done(consumer *c, uint64_t first, uint64_t last) {
+  uint64_t seq;
+
+  if (first <= c->delivered_seq)
+    first = c->delivered_seq + 1;
+  if (last >= c->next_seq)
+    last = c->next_seq - 1;
+  for (seq = first; seq <= last; seq++)
+    slot_of(c, seq)->done = true;
+}
+
+static void on_sink_delivered(sink *s, uint64_t first, uint64_t last,
+                              void *data) {
+  consumer *c = data;
+
+  (void)s;
+  mark_done(c, first, last);
+  advance(c);
+  notify_drained(c);
+}
+
+static void on_sink_failed(sink *s, const char *why, void *data) {
+  consumer *c = data;
+
+  (void)s;
+  if (c->failed)
+    return;
+  log_error("sink failed for good; the consumer stops",
+            LS("consumer", c->conf->name), LS("sink", c->snk->type->name),
+            LS("err", why));
+  snprintf(c->last_error, sizeof c->last_error, "%s", why);
+  c->failed = true;
+  drop_undelivered(c);
+  consumer_stop_source(c);
+  set_state(c, CONSUMER_FAILED);
+  notify_drained(c);
+}
+
+static void on_sink_state(sink *s, const char *state, void *data) {
+  consumer *c = data;
+
+  (void)s;
+  if (state != NULL)
+    log_warn("sink waiting", LS("consumer", c->conf->name),
+             LS("sink", c->snk->type->name), LS("state", state));
+  else if (c->sink_state[0] != '\0')
+    log_info("sink ready again", LS("consumer", c->conf->name),
+             LS("sink", c->snk->type->name));
+  snprintf(c->sink_state, sizeof c->sink_state, "%s",
+           state != NULL ? state : "");
+}
+
 static void on_retry(uv_timer_t *t) {
   consumer *c = t->data;
 
@@ -213,18 +352,14 @@ static void on_retry(uv_timer_t *t) {
 static void on_written(sink *s, sink_outcome outcome, const char *msg,
                        void *data) {
   consumer *c = data;
-  uint64_t delay, n;
+  uint64_t delay;
 
   (void)s;
   c->write_outstanding = false;
   switch (outcome) {
   case SINK_DELIVERED:
-    n = c->writing_last - c->delivered_seq;
-    c->delivered_seq = c->writing_last;
-    buf_swap(&c->delivered_pos, &c->writing_pos);
+  case SINK_ACCEPTED:
     buf_reset(&c->writing);
-    c->delivered_at_ns = wall_ns();
-    c->stats.delivered += n;
     if (backoff_attempt(&c->retry) > 0) {
       log_info("sink recovered", LS("consumer", c->conf->name),
                LS("sink", c->snk->type->name),
@@ -232,12 +367,13 @@ static void on_written(sink *s, sink_outcome outcome, const char *msg,
       backoff_reset(&c->retry);
     }
     set_state(c, healthy_state(c));
-    if (c->hooks.on_delivered != NULL)
-      c->hooks.on_delivered(c, c->hooks.data);
-    if (c->src_running && c->src->type->on_delivered != NULL)
-      c->src->type->on_delivered(c->src, c->delivered_seq);
-    if (c->src_running && consumer_room(c) > 0)
-      c->src->type->on_room(c->src);
+    /* Delivered: the whole batch, at once. Accepted: the sink reports each
+     * event later through on_sink_delivered, and takes the next batch
+     * now. */
+    if (outcome == SINK_DELIVERED) {
+      mark_done(c, c->writing_first, c->writing_last);
+      advance(c);
+    }
     start_batch(c);
     break;
 
@@ -302,13 +438,11 @@ int consumer_emit(consumer *c, const event *ev) {
   e.data = ev->data;
   e.data_len = ev->data_len;
   e.data_is_json = ev->data_is_json;
+  if ((err = ring_reserve(c)) != 0 ||
+      (err = set_slot(c, c->next_seq, e.cursor, e.cursor_len)) != 0)
+    return err;
   if ((err = envelope_append(&c->staged, &c->prefix, &e)) != 0)
     return err;
-  buf_reset(&c->staged_pos);
-  if ((err = buf_append(&c->staged_pos, e.cursor, e.cursor_len)) != 0) {
-    c->staged.len = before;
-    return err;
-  }
   if (before == 0)
     c->staged_first = c->next_seq;
   c->next_seq++;
@@ -339,9 +473,7 @@ int consumer_create(uv_loop_t *loop, const config_consumer *conf,
   c->next_seq = resume->seq + 1;
   c->time_ms = -1;
   buf_init(&c->staged, 0);
-  buf_init(&c->staged_pos, 0);
   buf_init(&c->writing, 0);
-  buf_init(&c->writing_pos, 0);
   buf_init(&c->delivered_pos, 0);
   buf_init(&c->snap_pos, 0);
   backoff_init(&c->retry, conf->common.retry_min, conf->common.retry_max, 0, 0);
@@ -354,6 +486,10 @@ int consumer_create(uv_loop_t *loop, const config_consumer *conf,
                         &c->snk, err, errlen);
   if (rc != 0)
     goto fail;
+  c->snk->report.delivered = on_sink_delivered;
+  c->snk->report.failed = on_sink_failed;
+  c->snk->report.state = on_sink_state;
+  c->snk->report.data = c;
   uv_timer_init(loop, &c->retry_timer);
   uv_idle_init(loop, &c->kick);
   c->retry_timer.data = c;
@@ -473,11 +609,12 @@ void consumer_destroy(consumer *c) {
     return;
   envelope_prefix_free(&c->prefix);
   buf_free(&c->staged);
-  buf_free(&c->staged_pos);
   buf_free(&c->writing);
-  buf_free(&c->writing_pos);
   buf_free(&c->delivered_pos);
   buf_free(&c->snap_pos);
+  for (size_t i = 0; i < c->ring_cap; i++)
+    free(c->ring[i].pos);
+  free(c->ring);
   free(c);
 }
 

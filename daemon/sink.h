@@ -22,8 +22,24 @@
 typedef struct sink sink;
 typedef struct sink_type sink_type;
 
+/* How a sink that acknowledges events one by one (exec, socket) reports to
+ * its consumer, which fills this in after open. Every call runs on the
+ * loop thread. */
+typedef struct sink_report {
+  /* Events first..last (inclusive) are delivered: any order, any range
+   * inside what was accepted; a repeat is harmless. */
+  void (*delivered)(sink *s, uint64_t first, uint64_t last, void *data);
+  /* The sink cannot go on, as a SINK_FATAL outcome would say. */
+  void (*failed)(sink *s, const char *why, void *data);
+  /* A state of the sink's own for the status and the log, such as
+   * "waiting_for_reader"; NULL when it is back to normal. */
+  void (*state)(sink *s, const char *state, void *data);
+  void *data;
+} sink_report;
+
 struct sink {
   const sink_type *type;
+  sink_report report; /* set by the consumer after open */
 };
 
 typedef struct sink_batch {
@@ -34,6 +50,8 @@ typedef struct sink_batch {
 
 typedef enum sink_outcome {
   SINK_DELIVERED, /* every line of the batch is delivered */
+  SINK_ACCEPTED,  /* the sink holds the batch (copied) and reports each
+                     event through report.delivered; send the next one */
   SINK_RETRY,     /* nothing of the batch is delivered; try again later */
   SINK_FATAL,     /* the sink cannot go on; the consumer fails */
 } sink_outcome;

@@ -475,7 +475,114 @@ static void test_stop_source_still_delivers(void) {
   teardown(&f);
 }
 
+static void ack(uint64_t first, uint64_t last) {
+  fs.s.report.delivered(&fs.s, first, last, fs.s.report.data);
+}
+
+/* A sink that acknowledges events one by one, in any order: the cursor is
+ * the highest seq below which everything is acknowledged, with that
+ * event's position. */
+static void test_acks_in_any_order(void) {
+  fixture f;
+  consumer_stats st;
+  uint64_t seq;
+  const char *pos;
+  int64_t at;
+  int calls = 0;
+  sink_sync_cb cb;
+  char p[8];
+  int i;
+
+  setup(&f, 8, 10, "p10");
+  for (i = 11; i <= 15; i++) {
+    snprintf(p, sizeof p, "p%d", i);
+    emit(&f, p, "{}");
+  }
+  run_until_writes(&f, 1);
+  complete_write(SINK_ACCEPTED, NULL);
+  /* Accepted is not delivered: the window stays full of them. */
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(10, st.delivered_seq);
+  ASSERT_EQ(5, st.in_flight);
+  ack(13, 14);
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(10, st.delivered_seq);
+  ack(11, 11);
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(11, st.delivered_seq);
+  ack(12, 12);
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(14, st.delivered_seq);
+  ASSERT_EQ(1, st.in_flight);
+  consumer_sync(f.c, on_synced, &calls);
+  cb = fs.sync_cb;
+  fs.sync_cb = NULL;
+  cb(&fs.s, 0, NULL, fs.sync_data);
+  consumer_snapshot(f.c, &seq, &pos, &at);
+  ASSERT_EQ(14, seq);
+  ASSERT_STR_EQ("p14", pos);
+  /* Acks outside the window and repeats change nothing. */
+  ack(1, 12);
+  ack(14, 14);
+  ack(99, 120);
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(14, st.delivered_seq);
+  ack(15, 15);
+  ASSERT(consumer_drained(f.c));
+  teardown(&f);
+}
+
+/* The window keeps growing past the ring's first size with acks pending,
+ * and every position stays with its event. */
+static void test_ring_grows_with_the_window(void) {
+  fixture f;
+  consumer_stats st;
+  uint64_t seq;
+  const char *pos;
+  int64_t at;
+  int calls = 0, i;
+  sink_sync_cb cb;
+  char p[16];
+
+  setup(&f, 100, 0, "");
+  for (i = 1; i <= 100; i++) {
+    snprintf(p, sizeof p, "pos-%d", i);
+    emit(&f, p, "{}");
+  }
+  ASSERT_EQ(0, consumer_room(f.c));
+  run_until_writes(&f, 1);
+  complete_write(SINK_ACCEPTED, NULL);
+  ack(1, 77);
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(77, st.delivered_seq);
+  consumer_sync(f.c, on_synced, &calls);
+  cb = fs.sync_cb;
+  fs.sync_cb = NULL;
+  cb(&fs.s, 0, NULL, fs.sync_data);
+  consumer_snapshot(f.c, &seq, &pos, &at);
+  ASSERT_STR_EQ("pos-77", pos);
+  ack(78, 100);
+  teardown(&f);
+}
+
+static void test_sink_failed_through_report(void) {
+  fixture f;
+
+  setup(&f, 10, 0, "");
+  emit(&f, "p1", "{}");
+  run_until_writes(&f, 1);
+  complete_write(SINK_ACCEPTED, NULL);
+  fs.s.report.failed(&fs.s, "handler exited", fs.s.report.data);
+  ASSERT_EQ(CONSUMER_FAILED, consumer_get_state(f.c));
+  ASSERT_EQ(1, src.stops);
+  ASSERT(consumer_drained(f.c));
+  teardown(&f);
+}
+
 static const test_case tests[] = {
+  TEST(test_acks_in_any_order),
+  TEST(test_ring_grows_with_the_window),
+  TEST(test_sink_failed_through_report),
   TEST(test_resume_and_envelope),
   TEST(test_window_is_backpressure),
   TEST(test_batches_form_while_sink_is_busy),
