@@ -70,6 +70,13 @@ static const char *const migrations[] = {
   ");"
   "CREATE INDEX cursor_resets_key_idx"
   "  ON cursor_resets (consumer_id, stream_name, subject_id, id);",
+  /* 2: what an operator set on a consumer that outlives a restart (paused
+   * stays paused until resumed). */
+  "CREATE TABLE consumer_flags ("
+  "  consumer_id TEXT PRIMARY KEY CHECK (trim(consumer_id) <> ''),"
+  "  paused INTEGER NOT NULL DEFAULT 0,"
+  "  updated_at TEXT NOT NULL"
+  ");",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
@@ -1793,5 +1800,65 @@ int store_commit_start(store *s, uv_loop_t *loop, const store_advance *reqs,
 
 fail:
   commit_req_free(c);
+  return rc;
+}
+
+int store_set_paused(store *s, const char *consumer_id, bool paused, char *err,
+                     size_t errlen) {
+  char now[40];
+  sqlite3_stmt *st = NULL;
+  int rc;
+
+  clear_err(err, errlen);
+  if (s == NULL || consumer_id == NULL || *consumer_id == '\0')
+    return set_err(err, errlen, STORE_EINVAL,
+                   "invalid cursor: consumer id is required");
+  store_format_time(clock_now(), now, sizeof now);
+  pthread_mutex_lock(&s->mu);
+  rc = sqlite3_prepare_v2(
+      s->db,
+      "INSERT INTO consumer_flags (consumer_id, paused, updated_at) "
+      "VALUES (?1, ?2, ?3) ON CONFLICT (consumer_id) DO UPDATE SET "
+      "paused = excluded.paused, updated_at = excluded.updated_at",
+      -1, &st, NULL);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_text(st, 1, consumer_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 2, paused ? 1 : 0);
+    sqlite3_bind_text(st, 3, now, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
+  }
+  sqlite3_finalize(st);
+  rc = rc == SQLITE_OK ? 0
+                       : db_error(s, rc, "save the paused flag", err, errlen);
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
+int store_get_paused(store *s, const char *consumer_id, bool *paused, char *err,
+                     size_t errlen) {
+  sqlite3_stmt *st = NULL;
+  int rc;
+
+  clear_err(err, errlen);
+  *paused = false;
+  if (s == NULL || consumer_id == NULL)
+    return set_err(err, errlen, STORE_EINVAL,
+                   "invalid cursor: consumer id is required");
+  pthread_mutex_lock(&s->mu);
+  rc = sqlite3_prepare_v2(
+      s->db, "SELECT paused FROM consumer_flags WHERE consumer_id = ?1", -1,
+      &st, NULL);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_text(st, 1, consumer_id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+      *paused = sqlite3_column_int(st, 0) != 0;
+    rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
+  }
+  sqlite3_finalize(st);
+  rc = rc == SQLITE_OK ? 0
+                       : db_error(s, rc, "read the paused flag", err, errlen);
+  pthread_mutex_unlock(&s->mu);
   return rc;
 }

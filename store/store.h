@@ -16,6 +16,7 @@
 #ifndef TETHER_STORE_STORE_H
 #define TETHER_STORE_STORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -125,6 +126,13 @@ int store_record_error(store *s, const store_error *r, store_cursor *out,
 int store_list_resets(store *s, const store_key *key, int64_t limit,
                       store_reset_record **out, size_t *n, char *err,
                       size_t errlen);
+
+/* An operator's pause of a consumer, kept across restarts. */
+int store_set_paused(store *s, const char *consumer_id, bool paused, char *err,
+                     size_t errlen);
+/* *paused is false for a consumer never paused. */
+int store_get_paused(store *s, const char *consumer_id, bool *paused, char *err,
+                     size_t errlen);
 
 void store_cursor_free(store_cursor *c);
 void store_cursors_free(store_cursor *v, size_t n);

@@ -1091,7 +1091,7 @@ static void test_migrate_empty_file_to_v1(void) {
   f.s = NULL;
 
   ASSERT_EQ(SQLITE_OK, sqlite3_open(f.path, &db));
-  ASSERT_EQ(1, pragma_int(db, "PRAGMA user_version"));
+  ASSERT_EQ(2, pragma_int(db, "PRAGMA user_version"));
   ASSERT_EQ(1, pragma_int(db, "SELECT count(*) FROM sqlite_master WHERE "
                               "type = 'table' AND name = 'cursors'"));
   ASSERT_EQ(1, pragma_int(db, "SELECT count(*) FROM sqlite_master WHERE "
@@ -1150,7 +1150,7 @@ static void test_migrate_refuses_newer_schema(void) {
   ASSERT(f.s == NULL);
   snprintf(want, sizeof want,
            "state file %s was written by a newer tether (schema version 99; "
-           "this build knows 1)",
+           "this build knows 2)",
            f.path);
   ASSERT_STR_EQ(want, err);
   fx_close(&f);
@@ -1550,7 +1550,46 @@ static void test_disk_full(void) {
   rmtree(dir);
 }
 
+/* A file written by schema 1 gains the consumer flags and keeps its rows. */
+static void test_migrate_v1_to_v2(void) {
+  char errbuf[512];
+  store_cursor cur;
+  bool paused = true;
+  sqlite3 *db;
+  fixture f;
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, K, 7, "d7", 0, T0, "p7", NULL));
+  store_close(f.s);
+  f.s = NULL;
+  ASSERT_EQ(SQLITE_OK, sqlite3_open(f.path, &db));
+  ASSERT_EQ(SQLITE_OK,
+            sqlite3_exec(db,
+                         "DROP TABLE consumer_flags; PRAGMA user_version = 1",
+                         NULL, NULL, NULL));
+  sqlite3_close(db);
+  ASSERT_RC(0, store_open(f.path, &f.s, err, sizeof err));
+  memset(&cur, 0, sizeof cur);
+  ASSERT_RC(0, store_get(f.s, &K, &cur, err, sizeof err));
+  ASSERT_EQ(7, cur.last_sequence);
+  ASSERT_STR_EQ("p7", cur.position);
+  store_cursor_free(&cur);
+  ASSERT_EQ(0, store_get_paused(f.s, "c", &paused, errbuf, sizeof errbuf));
+  ASSERT(!paused);
+  ASSERT_EQ(0, store_set_paused(f.s, "c", true, errbuf, sizeof errbuf));
+  store_close(f.s);
+  f.s = NULL;
+  ASSERT_RC(0, store_open(f.path, &f.s, err, sizeof err));
+  ASSERT_EQ(0, store_get_paused(f.s, "c", &paused, errbuf, sizeof errbuf));
+  ASSERT(paused);
+  ASSERT_EQ(0, store_set_paused(f.s, "c", false, errbuf, sizeof errbuf));
+  ASSERT_EQ(0, store_get_paused(f.s, "c", &paused, errbuf, sizeof errbuf));
+  ASSERT(!paused);
+  fx_close(&f);
+}
+
 static const test_case tests[] = {
+  TEST(test_migrate_v1_to_v2),
   TEST(test_vector_01_get_trims_key),
   TEST(test_vector_02_get_blank_consumer),
   TEST(test_vector_03_get_consumer_checked_first),
