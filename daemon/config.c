@@ -90,6 +90,32 @@ const option config_daemon_options[] = {
   { "exit_when_done", OPT_BOOL, "false", offsetof(daemon_conf, exit_when_done),
     "exit once every finite source (generate with count) is delivered", 0, 0,
     NULL, 0 },
+  { "socket", OPT_STRING, "./.tether/tether.sock",
+    offsetof(daemon_conf, socket),
+    "unix socket of the local API (status, cursors, subscriptions); empty = "
+    "none",
+    0, 0, NULL, 0 },
+  { "socket_mode", OPT_MODE, "0600", offsetof(daemon_conf, socket_mode),
+    "permissions of the socket: 0600 = tether's user only; 0660 with "
+    "socket_group shares it",
+    0, 0, NULL, 0 },
+  { "socket_group", OPT_STRING, "", offsetof(daemon_conf, socket_group),
+    "group that owns the socket (a name or a number); empty = unchanged", 0, 0,
+    NULL, 0 },
+  { "http_listen", OPT_STRING, "", offsetof(daemon_conf, http_listen),
+    "HOST:PORT for probes and /metrics only (health, ready, metrics); empty "
+    "= off",
+    0, 0, NULL, 0 },
+  { "api_max_connections", OPT_INT, "256",
+    offsetof(daemon_conf, api_max_connections),
+    "API connections open at once; a connection beyond it is answered 503 "
+    "and closed",
+    1, 65536, NULL, 0 },
+  { "api_request_timeout", OPT_DURATION, "10s",
+    offsetof(daemon_conf, api_request_timeout),
+    "time a started API request may take to arrive whole; a slower client "
+    "is cut off",
+    10, HOUR, NULL, 0 },
   { NULL, 0, NULL, 0, NULL, 0, 0, NULL, 0 },
 };
 
@@ -2061,6 +2087,9 @@ static void md_type(sbuf *b, const option *o) {
     return;
   case OPT_BOOL:
     sbuf_puts(b, "boolean");
+    return;
+  case OPT_MODE:
+    sbuf_puts(b, "octal mode");
     return;
   case OPT_ENUM:
     sbuf_puts(b, "one of ");

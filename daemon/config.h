@@ -28,6 +28,12 @@ typedef struct daemon_conf {
   char *log_file;               /* "" = stderr */
   uint64_t status_interval;     /* ms between status lines; 0 = never */
   bool exit_when_done;          /* exit once every finite source is done */
+  char *socket;                 /* the local API's unix socket; "" = none */
+  int64_t socket_mode;          /* its permission bits */
+  char *socket_group;           /* its group; "" = unchanged */
+  char *http_listen;            /* HOST:PORT for probes; "" = none */
+  int64_t api_max_connections;  /* API connections open at once */
+  uint64_t api_request_timeout; /* ms a started request may take */
 } daemon_conf;
 
 /* The keys every [consumer] section has, whatever its source and sink. */

@@ -37,13 +37,15 @@ struct consumer {
   const char *stream_name;
 
   source *src;
-  bool src_running; /* started and not yet told to stop */
-  bool src_closing; /* stop() called, waiting for consumer_source_closed */
-  bool src_stopped; /* told to stop (drain, failure or close) */
-  bool src_done;    /* a finite source emitted everything */
-  bool failed;      /* the sink or the source failed for good */
-  bool held;        /* consumer_hold: room is 0 */
-  bool abandoned;   /* consumer_abandon: undelivered events dropped */
+  bool src_running;   /* started and not yet told to stop */
+  bool src_closing;   /* stop() called, waiting for consumer_source_closed */
+  bool src_stopped;   /* told to stop (drain, failure or close) */
+  bool src_done;      /* a finite source emitted everything */
+  bool failed;        /* the sink or the source failed for good */
+  bool held;          /* consumer_hold: room is 0 */
+  bool abandoned;     /* consumer_abandon: undelivered events dropped */
+  bool paused;        /* consumer_pause: the source stays stopped */
+  bool resume_wanted; /* resumed while the source was still closing */
 
   sink *snk;
   bool closing;
@@ -66,6 +68,7 @@ struct consumer {
     char *pos;
     uint32_t len, cap;
     bool done;
+    uint64_t at; /* uv_now() when emitted: the age of what waits */
   } * ring;
   size_t ring_cap;        /* a power of two, above the events in flight */
   char sink_state[64];    /* the sink's own state ("waiting_for_reader") */
@@ -122,6 +125,8 @@ static void set_state(consumer *c, consumer_state st) {
 static consumer_state healthy_state(const consumer *c) {
   if (c->failed)
     return CONSUMER_FAILED;
+  if (c->paused)
+    return CONSUMER_PAUSED;
   if (c->src_done)
     return CONSUMER_DONE;
   if (c->src_running)
@@ -256,6 +261,7 @@ static int set_slot(consumer *c, uint64_t seq, const char *pos, size_t len) {
   sl->pos[len] = '\0';
   sl->len = (uint32_t)len;
   sl->done = false;
+  sl->at = uv_now(c->loop);
   return 0;
 }
 
@@ -379,6 +385,7 @@ static void on_written(sink *s, sink_outcome outcome, const char *msg,
 
   case SINK_RETRY:
     c->stats.sink_retries++;
+    c->stats.retried += c->writing_last - c->writing_first + 1;
     if (c->abandoned || c->closing) {
       /* Shutting down: what is not delivered stays behind the cursor and
        * comes again after the restart. */
@@ -508,12 +515,20 @@ int consumer_start(consumer *c, char *err, size_t errlen) {
   source_resume r;
   int rc;
 
-  r.seq = c->delivered_seq;
-  r.position = buf_cstr(&c->delivered_pos);
+  /* The source goes on after the last event it handed over: at start that
+   * is the committed cursor; after a pause, events still in flight count. */
+  r.seq = c->next_seq - 1;
+  r.position = in_flight(c) > 0 ? slot_of(c, c->next_seq - 1)->pos
+                                : buf_cstr(&c->delivered_pos);
   if (r.position == NULL) {
     snprintf(err, errlen, "out of memory");
     return UV_ENOMEM;
   }
+  if (c->paused) {
+    set_state(c, CONSUMER_PAUSED);
+    return 0;
+  }
+  c->src_stopped = false;
   c->src_running = true;
   rc =
       c->conf->source->start(c, c->conf->source_conf, &r, &c->src, err, errlen);
@@ -587,10 +602,72 @@ static void close_rest(consumer *c) {
 }
 
 void consumer_source_closed(consumer *c) {
+  char err[256];
+
   c->src_closing = false;
   c->src = NULL;
-  if (c->closing)
+  if (c->closing) {
     close_rest(c);
+    return;
+  }
+  if (c->resume_wanted) {
+    c->resume_wanted = false;
+    if (consumer_start(c, err, sizeof err) != 0)
+      consumer_source_failed(c, err);
+  }
+}
+
+void consumer_pause(consumer *c) {
+  if (c->paused)
+    return;
+  c->paused = true;
+  c->resume_wanted = false;
+  consumer_stop_source(c);
+  set_state(c, healthy_state(c));
+}
+
+int consumer_resume(consumer *c, char *err, size_t errlen) {
+  if (!c->paused)
+    return 0;
+  c->paused = false;
+  if (c->failed || c->closing) {
+    set_state(c, healthy_state(c));
+    return 0;
+  }
+  /* A source still closing from the pause starts when it has closed. */
+  if (c->src_closing) {
+    c->resume_wanted = true;
+    return 0;
+  }
+  return consumer_start(c, err, errlen);
+}
+
+bool consumer_is_paused(const consumer *c) {
+  return c->paused;
+}
+
+int consumer_reset_to(consumer *c, uint64_t seq, const char *position) {
+  if (!consumer_drained(c) || in_flight(c) > 0)
+    return UV_EBUSY;
+  buf_reset(&c->delivered_pos);
+  if (buf_append_str(&c->delivered_pos, position) != 0)
+    return UV_ENOMEM;
+  c->delivered_seq = seq;
+  c->committed_seq = seq;
+  c->next_seq = seq + 1;
+  return 0;
+}
+
+sink *consumer_sink(const consumer *c) {
+  return c->snk;
+}
+
+const char *consumer_sink_state(const consumer *c) {
+  return c->sink_state;
+}
+
+const config_consumer *consumer_config(const consumer *c) {
+  return c->conf;
 }
 
 void consumer_close(consumer *c) {
@@ -741,8 +818,24 @@ void consumer_get_stats(const consumer *c, consumer_stats *out) {
   out->delivered_seq = c->delivered_seq;
   out->committed_seq = c->committed_seq;
   out->in_flight = (size_t)in_flight(c);
+  out->oldest_ms = in_flight(c) > 0
+                       ? uv_now(c->loop) - slot_of(c, c->delivered_seq + 1)->at
+                       : 0;
+  out->position = c->delivered_pos.data != NULL ? c->delivered_pos.data : "";
+  out->position_len = c->delivered_pos.len;
   out->reconnects = c->reconnects;
   out->backoff_until = c->backoff_until;
   out->attempt = c->attempt;
   out->last_error = c->last_error;
+  out->write_errors = out->sink_retries;
+  if (c->snk != NULL && c->snk->type->stats != NULL) {
+    sink_stats ss;
+
+    memset(&ss, 0, sizeof ss);
+    c->snk->type->stats(c->snk, &ss);
+    out->write_errors += ss.write_errors;
+    out->retried += ss.redelivered;
+    out->failed += ss.failed;
+    out->dead_lettered += ss.dead_lettered;
+  }
 }

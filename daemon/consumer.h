@@ -58,7 +58,14 @@ typedef struct consumer_stats {
   uint64_t delivered_seq; /* cursor: highest contiguous delivered seq */
   uint64_t committed_seq; /* the cursor as last committed */
   size_t in_flight;       /* emitted, not yet delivered */
-  uint64_t sink_retries;
+  uint64_t sink_retries;  /* batches the sink failed and that came again */
+  uint64_t retried;       /* events sent to the sink again, for any reason */
+  uint64_t failed;        /* events the sink gave up on (skip, dead letter) */
+  uint64_t dead_lettered; /* of those, kept in a dead-letter file */
+  uint64_t write_errors;  /* sink writes that failed */
+  uint64_t oldest_ms;     /* age of the oldest event in flight; 0 = none */
+  const char *position;   /* the cursor's position (not NUL-terminated) */
+  size_t position_len;
   uint64_t reconnects;    /* times the source backed off */
   int64_t backoff_until;  /* Unix ms the source waits until; 0 = none */
   unsigned attempt;       /* failures since the source last connected */
@@ -135,6 +142,24 @@ void consumer_snapshot(const consumer *c, uint64_t *seq, const char **position,
                        int64_t *delivered_at_ns);
 void consumer_committed(consumer *c, uint64_t seq);
 const char *consumer_stream_name(const consumer *c);
+
+/* An operator's pause: the source stops fetching (in-flight events are
+ * still delivered) and the state is paused until consumer_resume. */
+void consumer_pause(consumer *c);
+/* Starts the source again, after the last event it handed over. */
+int consumer_resume(consumer *c, char *err, size_t errlen);
+bool consumer_is_paused(const consumer *c);
+
+/* After an operator reset the cursor (paused and drained): the consumer
+ * goes on from seq and position. Returns UV_EBUSY when events are still in
+ * flight. */
+int consumer_reset_to(consumer *c, uint64_t seq, const char *position);
+
+/* The sink, for the local API (socket sink subscriptions). */
+sink *consumer_sink(const consumer *c);
+/* The sink's own state ("waiting_for_reader"), "" when normal. */
+const char *consumer_sink_state(const consumer *c);
+const config_consumer *consumer_config(const consumer *c);
 
 /* Holds the source back (room 0) while the cursor cannot be committed, so
  * what a crash would re-deliver stays bounded; release gives room again. */

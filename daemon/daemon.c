@@ -16,6 +16,8 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
+#include <sys/stat.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,13 +25,14 @@
 
 #include <uv.h>
 
+#include "daemon/api.h"
 #include "daemon/consumer.h"
 #include "daemon/flusher.h"
 #include "daemon/log.h"
 #include "daemon/upstream.h"
 #include "store/store.h"
 
-typedef enum phase { RUNNING, DRAINING, FLUSHING, CLOSING } phase;
+typedef enum phase { STARTING, RUNNING, DRAINING, FLUSHING, CLOSING } phase;
 
 typedef struct daemon_ctx {
   uv_loop_t loop;
@@ -39,6 +42,7 @@ typedef struct daemon_ctx {
   size_t n;
   size_t created;
   flusher *fl;
+  api *api;
   upstream **upstreams; /* per config upstream; NULL when none reads it */
   size_t open_upstreams;
   uv_signal_t sigterm, sigint, sighup;
@@ -94,10 +98,18 @@ static void on_flusher_closed(void *data) {
   d->fl = NULL;
 }
 
+static void on_api_closed(void *data) {
+  daemon_ctx *d = data;
+
+  d->api = NULL;
+}
+
 static void close_all(daemon_ctx *d) {
   size_t i;
 
   d->phase = CLOSING;
+  if (d->api != NULL)
+    api_close(d->api, on_api_closed, d);
   uv_close((uv_handle_t *)&d->sigterm, on_closed_handle);
   uv_close((uv_handle_t *)&d->sigint, on_closed_handle);
   uv_close((uv_handle_t *)&d->sighup, on_closed_handle);
@@ -320,6 +332,70 @@ static upstream *upstream_of(daemon_ctx *d, const config_consumer *cc) {
   return NULL;
 }
 
+static const char *phase_name(void *data) {
+  daemon_ctx *d = data;
+
+  switch (d->phase) {
+  case STARTING:
+    return "starting";
+  case RUNNING:
+    return "running";
+  default:
+    return "draining";
+  }
+}
+
+/* The socket's directory, like the state file's, is made when missing. */
+static int make_parent(const char *path) {
+  char dir[PATH_MAX];
+  char *p;
+
+  if (snprintf(dir, sizeof dir, "%s", path) >= (int)sizeof dir)
+    return -ENAMETOOLONG;
+  if ((p = strrchr(dir, '/')) == NULL || p == dir)
+    return 0;
+  *p = '\0';
+  for (p = dir + 1; *p != '\0'; p++) {
+    if (*p != '/')
+      continue;
+    *p = '\0';
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+      return -errno;
+    *p = '/';
+  }
+  if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+    return -errno;
+  return 0;
+}
+
+static int start_api(daemon_ctx *d) {
+  api_env env;
+  char err[512];
+  int rc;
+
+  if (d->cfg->daemon.socket[0] == '\0' && d->cfg->daemon.http_listen[0] == '\0')
+    return 0;
+  if (d->cfg->daemon.socket[0] != '\0' &&
+      (rc = make_parent(d->cfg->daemon.socket)) != 0) {
+    log_error("cannot make the socket's directory",
+              LS("socket", d->cfg->daemon.socket), LS("err", strerror(-rc)));
+    return rc;
+  }
+  memset(&env, 0, sizeof env);
+  env.cfg = d->cfg;
+  env.consumers = d->consumers;
+  env.n = d->created;
+  env.st = d->st;
+  env.fl = d->fl;
+  env.phase = phase_name;
+  env.data = d;
+  rc = api_start(&d->loop, &env, &d->api, err, sizeof err);
+  if (rc != 0)
+    log_error("cannot start the local API", LS("socket", d->cfg->daemon.socket),
+              LS("err", err));
+  return rc;
+}
+
 /* Reads each consumer's committed cursor and creates it after that point. */
 static int create_consumers(daemon_ctx *d) {
   static const consumer_hooks hooks_template = {
@@ -355,8 +431,17 @@ static int create_consumers(daemon_ctx *d) {
     }
     rc = consumer_create(&d->loop, cc, &r, &hooks, &d->consumers[i], err,
                          sizeof err);
-    if (rc == 0)
+    if (rc == 0) {
+      bool paused = false;
+
       consumer_set_upstream(d->consumers[i], upstream_of(d, cc));
+      /* An operator's pause outlives a restart. */
+      if (store_get_paused(d->st, cc->name, &paused, err, sizeof err) == 0 &&
+          paused) {
+        consumer_pause(d->consumers[i]);
+        log_info("consumer stays paused", LS("consumer", cc->name));
+      }
+    }
     if (rc == 0)
       log_info("consumer ready", LS("consumer", cc->name),
                LS("source", cc->source->name), LS("sink", cc->common.sink),
@@ -384,6 +469,7 @@ int daemon_run(const config *cfg) {
   d.cfg = cfg;
   d.n = cfg->n_consumers;
   d.exit_code = TETHER_EXIT_OK;
+  d.phase = STARTING;
   /* A closed reader must be an EPIPE the sink reports, not a silent death;
    * a file over RLIMIT_FSIZE must be an EFBIG, not a core dump. */
   signal(SIGPIPE, SIG_IGN);
@@ -416,6 +502,8 @@ int daemon_run(const config *cfg) {
   if (rc == 0)
     rc = flusher_create(&d.loop, d.st, cfg->daemon.checkpoint_interval,
                         d.consumers, d.created, &d.fl);
+  if (rc == 0)
+    rc = start_api(&d);
   uv_signal_init(&d.loop, &d.sigterm);
   uv_signal_init(&d.loop, &d.sigint);
   uv_signal_init(&d.loop, &d.sighup);
@@ -445,6 +533,8 @@ int daemon_run(const config *cfg) {
                   LS("consumer", consumer_name(d.consumers[i])),
                   LS("err", err));
     }
+    if (d.phase == STARTING)
+      d.phase = RUNNING;
     check_finished(&d);
   }
 

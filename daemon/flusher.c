@@ -53,6 +53,8 @@ struct flusher {
 
   bool unhealthy;
   backoff retry;
+  uint64_t commit_started; /* uv_hrtime() of the running commit */
+  flusher_stats stats;
 
   bool closing;
   bool timer_closing;
@@ -137,6 +139,29 @@ static void round_done(flusher *f, int status) {
   }
 }
 
+const double flusher_bucket_bounds[FLUSHER_BUCKETS] = {
+  0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5,
+};
+
+static void count_commit(flusher *f, bool ok) {
+  double secs = (double)(uv_hrtime() - f->commit_started) / 1e9;
+  size_t i;
+
+  if (!ok) {
+    f->stats.failures++;
+    return;
+  }
+  f->stats.commits++;
+  f->stats.seconds += secs;
+  for (i = 0; i < FLUSHER_BUCKETS; i++)
+    if (secs <= flusher_bucket_bounds[i])
+      f->stats.buckets[i]++;
+}
+
+void flusher_get_stats(const flusher *f, flusher_stats *out) {
+  *out = f->stats;
+}
+
 static void on_commit(void *data, int status, const char *msg,
                       const int *item_status, const char *const *item_msg,
                       size_t n) {
@@ -145,6 +170,7 @@ static void on_commit(void *data, int status, const char *msg,
   size_t i;
   int result = 0;
 
+  count_commit(f, status == 0);
   if (status != 0) {
     delay = backoff_next(&f->retry);
     if (delay < f->interval)
@@ -218,6 +244,7 @@ static void round_commit(flusher *f) {
     round_done(f, f->round_failed ? UV_EIO : 0);
     return;
   }
+  f->commit_started = uv_hrtime();
   rc = store_commit_start(f->st, f->loop, f->reqs, n, on_commit, f);
   if (rc != 0) {
     log_error("cursor commit could not start", LS("err", uv_strerror(rc)));

@@ -32,6 +32,19 @@ void flusher_poke(flusher *f);
  * One waiting cb at a time. */
 void flusher_flush(flusher *f, flusher_cb cb, void *data);
 
+/* Upper bounds (seconds) of the commit duration histogram's buckets. */
+#define FLUSHER_BUCKETS 10
+extern const double flusher_bucket_bounds[FLUSHER_BUCKETS];
+
+typedef struct flusher_stats {
+  uint64_t commits;                  /* transactions that committed */
+  uint64_t failures;                 /* transactions that failed */
+  uint64_t buckets[FLUSHER_BUCKETS]; /* commits at or under each bound */
+  double seconds;                    /* total commit time */
+} flusher_stats;
+
+void flusher_get_stats(const flusher *f, flusher_stats *out);
+
 /* False while commits fail (consumers are held back meanwhile). */
 bool flusher_healthy(const flusher *f);
 

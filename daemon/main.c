@@ -1,10 +1,11 @@
-/* tether's command line: run, check, version, help. */
+/* tether's command line: run, check, the API clients, version, help. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <uv.h>
 
+#include "daemon/cli.h"
 #include "daemon/config.h"
 #include "daemon/daemon.h"
 #include "daemon/log.h"
@@ -19,6 +20,11 @@ static const char usage_main[] =
     "  run [-c FILE]     run the consumers of FILE (without -c: a built-in\n"
     "                    demo, a generate source writing to stdout)\n"
     "  check [-c FILE]   validate FILE and print the effective configuration\n"
+    "  status            ask a running tether whether it is ready\n"
+    "  consumers         list the consumers of a running tether, pause or\n"
+    "                    resume one\n"
+    "  cursors           show or reset the durable cursors\n"
+    "  tail CONSUMER     follow the events a consumer delivers\n"
     "  version           print the version\n"
     "  help [COMMAND]    show help for a command; `help config` prints the\n"
     "                    reference of every configuration option\n"
@@ -72,6 +78,10 @@ static int cmd_help(int argc, char **argv);
 static const command commands[] = {
   { "run", usage_run, cmd_run },
   { "check", usage_check, cmd_check },
+  { "status", cli_usage_status, cli_status },
+  { "consumers", cli_usage_consumers, cli_consumers },
+  { "cursors", cli_usage_cursors, cli_cursors },
+  { "tail", cli_usage_tail, cli_tail },
   { "version", usage_version, cmd_version },
   { "help", usage_help, cmd_help },
   { NULL, NULL, NULL },

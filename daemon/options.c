@@ -461,6 +461,22 @@ int options_parse_value(const option *o, const char *text, void *conf,
     memcpy(field, &u, sizeof u);
     return 0;
 
+  case OPT_MODE: {
+    /* Permission bits are written in octal, as chmod takes them. */
+    const char *p = text;
+    int64_t mode = 0;
+
+    for (; *p >= '0' && *p <= '7' && mode <= 0777; p++)
+      mode = mode * 8 + (*p - '0');
+    if (*text == '\0' || *p != '\0' || mode > 0777) {
+      snprintf(err, errlen,
+               "expected permission bits in octal, such as 0600 or 0660");
+      return UV_EINVAL;
+    }
+    memcpy(field, &mode, sizeof mode);
+    return 0;
+  }
+
   case OPT_ENUM:
     assert(o->choices != NULL);
     for (i = 0; o->choices[i] != NULL; i++) {
@@ -495,6 +511,10 @@ void options_format_value(const option *o, const void *conf, char *out,
   case OPT_INT:
     memcpy(&i64, field, sizeof i64);
     snprintf(out, outlen, "%" PRId64, i64);
+    break;
+  case OPT_MODE:
+    memcpy(&i64, field, sizeof i64);
+    snprintf(out, outlen, "0%03" PRIo64, (uint64_t)i64);
     break;
   case OPT_BOOL:
     snprintf(out, outlen, "%s",
@@ -535,6 +555,7 @@ int options_set_defaults(const option *table, void *conf) {
       case OPT_STRING:
         break;
       case OPT_INT:
+      case OPT_MODE:
         memset(field, 0, sizeof(int64_t));
         break;
       case OPT_BOOL:

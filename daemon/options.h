@@ -20,6 +20,7 @@ typedef enum option_kind {
   OPT_DURATION, /* uint64_t milliseconds: 0, 250ms, 30s, 5m, 1h, 1h30m */
   OPT_SIZE,     /* uint64_t bytes: 512, 64KiB, 10MiB, 1GiB (also KB, MB) */
   OPT_ENUM,     /* int: index into choices */
+  OPT_MODE,     /* int64_t: octal permission bits, 0600, 0660 (<= 0777) */
 } option_kind;
 
 enum {

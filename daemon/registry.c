@@ -7,6 +7,9 @@
 extern const source_type source_generate;
 extern const sink_type sink_stdout;
 extern const sink_type sink_file;
+extern const sink_type sink_fifo;
+extern const sink_type sink_exec;
+extern const sink_type sink_socket;
 extern const upstream_type upstream_sse;
 extern const upstream_type upstream_http_poll;
 
@@ -16,9 +19,7 @@ const source_type *const registry_sources[] = {
 };
 
 const sink_type *const registry_sinks[] = {
-  &sink_stdout,
-  &sink_file,
-  NULL,
+  &sink_stdout, &sink_file, &sink_fifo, &sink_exec, &sink_socket, NULL,
 };
 
 const upstream_type *const registry_upstreams[] = {

@@ -37,6 +37,15 @@ typedef struct sink_report {
   void *data;
 } sink_report;
 
+/* Counters a sink keeps of its own, for the status and /metrics. */
+typedef struct sink_stats {
+  uint64_t write_errors;  /* writes that failed (what they held comes again) */
+  uint64_t redelivered;   /* events sent again: a retry answer, a timeout, a
+                             subscriber or handler that went away */
+  uint64_t failed;        /* events given up on (on_fail = skip/dead_letter) */
+  uint64_t dead_lettered; /* of those, kept in the dead-letter file */
+} sink_stats;
+
 struct sink {
   const sink_type *type;
   sink_report report; /* set by the consumer after open */
@@ -94,6 +103,9 @@ struct sink_type {
   /* Closes the sink once outstanding work is done; every pending cb runs
    * first. cb runs exactly once, after which the sink is freed. */
   void (*close)(sink *s, sink_close_cb cb, void *data);
+
+  /* Adds the sink's own counters to out. May be NULL (none). */
+  void (*stats)(const sink *s, sink_stats *out);
 };
 
 #endif

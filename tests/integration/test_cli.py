@@ -27,8 +27,8 @@ BAD = [
      "bad.ini:1: [consumer a]: sink is required"),
     ("unknown_sink",
      "[consumer a]\nsource = generate\nsink = kafka:x\n",
-     'bad.ini:3: [consumer a] sink = "kafka:x": expected stdout or '
-     "file:PATH"),
+     'bad.ini:3: [consumer a] sink = "kafka:x": expected stdout, file:PATH, '
+     "fifo:PATH, exec:ARGV or socket"),
     ("file_without_path",
      "[consumer a]\nsource = generate\nsink = file:\n",
      'bad.ini:3: [consumer a] sink = "file:": file needs a path: file:PATH'),

@@ -204,12 +204,12 @@ static void test_bad_configs(void) {
       "t.ini:4: [upstream q] type = \"kafka\": expected one of: pocketbase, "
       "lockd, eventstream, synchro, sse, http-poll\n" },
     /* 22 */
-    { "[consumer a]\nsource = generate\nsink = fifo:/tmp/p\n"
+    { "[consumer a]\nsource = generate\nsink = kafka:/tmp/p\n"
       "[consumer b]\nsource = generate\nsink = file:\n"
       "[consumer c]\nsource = generate\nsink = file\n"
       "[consumer d]\nsource = generate\nsink = stdout:x\n",
-      "t.ini:3: [consumer a] sink = \"fifo:/tmp/p\": expected stdout or "
-      "file:PATH\n"
+      "t.ini:3: [consumer a] sink = \"kafka:/tmp/p\": expected stdout, "
+      "file:PATH, fifo:PATH, exec:ARGV or socket\n"
       "t.ini:6: [consumer b] sink = \"file:\": file needs a path: file:PATH\n"
       "t.ini:9: [consumer c] sink = \"file\": file needs a path: file:PATH\n"
       "t.ini:12: [consumer d] sink = \"stdout:x\": stdout takes no argument: "
@@ -256,7 +256,8 @@ static void test_bad_configs(void) {
       "of A-Z, a-z, 0-9, _, . and -\n" },
     /* 28: errors come out in line order across both passes */
     { "[consumer z]\nsource = generate\nsink = nope\nbad line\n",
-      "t.ini:3: [consumer z] sink = \"nope\": expected stdout or file:PATH\n"
+      "t.ini:3: [consumer z] sink = \"nope\": expected stdout, file:PATH, "
+      "fifo:PATH, exec:ARGV or socket\n"
       "t.ini:4: expected \"key = value\" or \"[section]\"\n" },
     /* 29: values are escaped so that one error is one line */
     { "[consumer a]\nsource = generate\nsink = stdout\nrate = \"1\"\t2\n",
@@ -527,6 +528,12 @@ static void test_dump(void) {
                 "log_file =\n"
                 "status_interval = 1m\n"
                 "exit_when_done = false\n"
+                "socket = ./.tether/tether.sock\n"
+                "socket_mode = 0600\n"
+                "socket_group =\n"
+                "http_listen =\n"
+                "api_max_connections = 256\n"
+                "api_request_timeout = 10s\n"
                 "\n"
                 "[upstream pb]\n"
                 "type = pocketbase\n"

@@ -579,7 +579,55 @@ static void test_sink_failed_through_report(void) {
   teardown(&f);
 }
 
+static void test_pause_and_resume(void) {
+  fixture f;
+  char err[128];
+
+  setup(&f, 10, 3, "p3");
+  emit(&f, "p4", "{}");
+  emit(&f, "p5", "{}");
+  consumer_pause(f.c);
+  ASSERT(consumer_is_paused(f.c));
+  ASSERT_EQ(1, src.stops);
+  ASSERT_EQ(CONSUMER_PAUSED, consumer_get_state(f.c));
+  ASSERT_EQ(0, consumer_room(f.c));
+  /* In-flight events still go out while paused. */
+  run_until_writes(&f, 1);
+  complete_write(SINK_DELIVERED, NULL);
+  ASSERT_EQ(CONSUMER_PAUSED, consumer_get_state(f.c));
+  ASSERT_EQ(0, consumer_resume(f.c, err, sizeof err));
+  ASSERT_EQ(2, src.starts);
+  /* The source goes on after the last event it handed over. */
+  ASSERT_EQ(5, src.resume_seq);
+  ASSERT_STR_EQ("p5", src.resume_pos);
+  ASSERT_EQ(CONSUMER_CONNECTED, consumer_get_state(f.c));
+  teardown(&f);
+}
+
+static void test_reset_to_needs_a_drained_window(void) {
+  fixture f;
+  consumer_stats st;
+  char err[128];
+
+  setup(&f, 10, 8, "p8");
+  emit(&f, "p9", "{}");
+  consumer_pause(f.c);
+  ASSERT_EQ(UV_EBUSY, consumer_reset_to(f.c, 2, "p2"));
+  run_until_writes(&f, 1);
+  complete_write(SINK_DELIVERED, NULL);
+  ASSERT_EQ(0, consumer_reset_to(f.c, 2, "p2"));
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(2, st.delivered_seq);
+  ASSERT_EQ(2, st.committed_seq);
+  ASSERT_EQ(0, consumer_resume(f.c, err, sizeof err));
+  ASSERT_EQ(2, src.resume_seq);
+  ASSERT_STR_EQ("p2", src.resume_pos);
+  teardown(&f);
+}
+
 static const test_case tests[] = {
+  TEST(test_pause_and_resume),
+  TEST(test_reset_to_needs_a_drained_window),
   TEST(test_acks_in_any_order),
   TEST(test_ring_grows_with_the_window),
   TEST(test_sink_failed_through_report),

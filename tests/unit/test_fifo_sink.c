@@ -1,0 +1,548 @@
+/* The fifo sink against real named pipes. The reader lives in the test's
+ * own loop (a timer reading a non-blocking descriptor), so the order of
+ * what the writer and the reader do is under the test's control. */
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <uv.h>
+
+#include "daemon/registry.h"
+#include "tests/unit/test.h"
+
+#define MAX_STATES 16
+
+/* A fake consumer: counts write outcomes and records the states. */
+typedef struct fake {
+  int write_calls;
+  sink_outcome outcome;
+  char msg[256];
+  int sync_calls, sync_status;
+  int close_calls;
+  const char *states[MAX_STATES];
+  int n_states;
+} fake;
+
+static void on_write(sink *s, sink_outcome outcome, const char *msg,
+                     void *data) {
+  fake *f = data;
+
+  (void)s;
+  f->write_calls++;
+  f->outcome = outcome;
+  snprintf(f->msg, sizeof f->msg, "%s", msg ? msg : "");
+}
+
+static void on_sync(sink *s, int status, const char *msg, void *data) {
+  fake *f = data;
+
+  (void)s, (void)msg;
+  f->sync_calls++;
+  f->sync_status = status;
+}
+
+static void on_state(sink *s, const char *state, void *data) {
+  fake *f = data;
+
+  (void)s;
+  if (f->n_states < MAX_STATES)
+    f->states[f->n_states++] = state;
+}
+
+static void on_close(void *data) {
+  fake *f = data;
+
+  f->close_calls++;
+}
+
+/* A reader of the FIFO, driven by a timer: every tick it reads at most
+ * per_tick bytes (0: it reads nothing). */
+typedef struct reader {
+  int fd;
+  uv_timer_t tick;
+  size_t per_tick;
+  char *data;
+  size_t len, cap;
+} reader;
+
+static void reader_read(reader *r, size_t max) {
+  char chunk[16384];
+  size_t want;
+  ssize_t n;
+
+  while (max > 0 && r->fd >= 0) {
+    want = max < sizeof chunk ? max : sizeof chunk;
+    n = read(r->fd, chunk, want);
+    if (n <= 0)
+      return;
+    if (r->len + (size_t)n > r->cap) {
+      r->cap = (r->len + (size_t)n) * 2;
+      r->data = realloc(r->data, r->cap + 1);
+      if (r->data == NULL)
+        abort();
+    }
+    memcpy(r->data + r->len, chunk, (size_t)n);
+    r->len += (size_t)n;
+    r->data[r->len] = '\0';
+    max -= (size_t)n;
+  }
+}
+
+static void on_reader_tick(uv_timer_t *t) {
+  reader *r = t->data;
+
+  reader_read(r, r->per_tick);
+}
+
+static void reader_open(uv_loop_t *loop, reader *r, const char *path,
+                        size_t per_tick) {
+  memset(r, 0, sizeof *r);
+  r->fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  ASSERT(r->fd >= 0);
+  r->per_tick = per_tick;
+  uv_timer_init(loop, &r->tick);
+  r->tick.data = r;
+  uv_timer_start(&r->tick, on_reader_tick, 1, 1);
+}
+
+static void reader_close_fd(reader *r) {
+  if (r->fd >= 0)
+    close(r->fd);
+  r->fd = -1;
+}
+
+/* Closes the descriptor and the timer; the data stays for checks. */
+static void reader_close(reader *r) {
+  reader_close_fd(r);
+  uv_close((uv_handle_t *)&r->tick, NULL);
+}
+
+typedef struct fixture {
+  uv_loop_t loop;
+  char dir[PATH_MAX];
+  char path[PATH_MAX + 64];
+  char conf[256];
+  const sink_type *type;
+  sink *s;
+  fake f;
+} fixture;
+
+static void set_option(fixture *fx, const char *name, const char *value) {
+  char err[256];
+  const option *o = options_find(fx->type->options, name);
+
+  ASSERT(o != NULL);
+  ASSERT_EQ(0, options_parse_value(o, value, fx->conf, err, sizeof err));
+}
+
+static void setup(fixture *fx) {
+  memset(fx, 0, sizeof *fx);
+  signal(SIGPIPE, SIG_IGN);
+  ASSERT_EQ(0, uv_loop_init(&fx->loop));
+  snprintf(fx->dir, sizeof fx->dir, "%s", test_tmpdir());
+  snprintf(fx->path, sizeof fx->path, "%s/events.pipe", fx->dir);
+  fx->type = registry_sink("fifo");
+  ASSERT(fx->type != NULL);
+  ASSERT(fx->type->conf_size <= sizeof fx->conf);
+  ASSERT_EQ(0, options_set_defaults(fx->type->options, fx->conf));
+  set_option(fx, "fifo_reopen_interval", "5ms");
+}
+
+static void open_sink(fixture *fx) {
+  char err[512];
+  int rc = fx->type->open(&fx->loop, fx->path, fx->conf, "test", &fx->s, err,
+                          sizeof err);
+
+  if (rc != 0)
+    test__fail(__FILE__, __LINE__, "open: %s", err);
+  fx->s->report.state = on_state;
+  fx->s->report.data = &fx->f;
+}
+
+static void write_batch(fixture *fx, const char *data, size_t len) {
+  sink_batch b = { data, len, 1, 1 };
+
+  fx->type->write(fx->s, &b, on_write, &fx->f);
+}
+
+typedef bool (*pred_fn)(void *arg);
+
+typedef struct waiter {
+  pred_fn pred;
+  void *arg;
+  uint64_t deadline;
+  bool met;
+} waiter;
+
+static void on_wait_tick(uv_timer_t *t) {
+  waiter *w = t->data;
+
+  if (w->pred != NULL && w->pred(w->arg)) {
+    w->met = true;
+    uv_stop(t->loop);
+  } else if (uv_now(t->loop) >= w->deadline) {
+    uv_stop(t->loop);
+  }
+}
+
+/* Runs the loop until pred holds (true) or ms pass (false). With a NULL
+ * pred it simply runs the loop for ms. */
+static bool run_until(uv_loop_t *loop, pred_fn pred, void *arg, uint64_t ms) {
+  uv_timer_t t;
+  waiter w = { pred, arg, 0, false };
+
+  uv_update_time(loop);
+  w.deadline = uv_now(loop) + ms;
+  uv_timer_init(loop, &t);
+  t.data = &w;
+  uv_timer_start(&t, on_wait_tick, 1, 1);
+  uv_run(loop, UV_RUN_DEFAULT);
+  uv_close((uv_handle_t *)&t, NULL);
+  uv_run(loop, UV_RUN_NOWAIT);
+  return w.met;
+}
+
+static bool written(void *arg) {
+  return ((fake *)arg)->write_calls > 0;
+}
+
+static bool waiting_reported(void *arg) {
+  fake *f = arg;
+
+  return f->n_states > 0 && f->states[f->n_states - 1] != NULL &&
+         strcmp(f->states[f->n_states - 1], "waiting_for_reader") == 0;
+}
+
+static bool ready_reported(void *arg) {
+  fake *f = arg;
+
+  return f->n_states > 0 && f->states[f->n_states - 1] == NULL;
+}
+
+static void teardown(fixture *fx) {
+  if (fx->s != NULL) {
+    fx->type->close(fx->s, on_close, &fx->f);
+    fx->s = NULL;
+    uv_run(&fx->loop, UV_RUN_DEFAULT);
+    ASSERT_EQ(1, fx->f.close_calls);
+  }
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  ASSERT_EQ(0, uv_loop_close(&fx->loop));
+  test_rmtree(fx->dir);
+}
+
+/* n lines of exactly width bytes each, newline included: "00042 xxx...\n". */
+static char *make_lines(size_t n, size_t width) {
+  char *p = malloc(n * width + 1);
+  size_t i;
+
+  ASSERT(p != NULL);
+  for (i = 0; i < n; i++) {
+    char *l = p + i * width;
+
+    memset(l, 'x', width - 1);
+    snprintf(l, 7, "%05zu ", i);
+    l[6] = 'x';
+    l[width - 1] = '\n';
+  }
+  p[n * width] = '\0';
+  return p;
+}
+
+static void test_creates_fifo_with_mode(void) {
+  fixture fx;
+  struct stat st;
+
+  setup(&fx);
+  set_option(&fx, "fifo_mode", "0640");
+  open_sink(&fx);
+  ASSERT_EQ(0, stat(fx.path, &st));
+  ASSERT(S_ISFIFO(st.st_mode));
+  ASSERT_EQ(0640, st.st_mode & 0777);
+  teardown(&fx);
+}
+
+static void test_regular_file_is_an_open_error(void) {
+  fixture fx;
+  char err[512];
+  sink *s = NULL;
+
+  setup(&fx);
+  test_write_file(fx.path, "x\n", 2);
+  ASSERT_EQ(UV_EEXIST, fx.type->open(&fx.loop, fx.path, fx.conf, "t", &s, err,
+                                     sizeof err));
+  ASSERT_CONTAINS(err, "/events.pipe exists and is not a FIFO");
+  ASSERT(s == NULL);
+  snprintf(fx.path, sizeof fx.path, "%s/missing/events.pipe", fx.dir);
+  ASSERT_EQ(UV_ENOENT, fx.type->open(&fx.loop, fx.path, fx.conf, "t", &s, err,
+                                     sizeof err));
+  ASSERT_CONTAINS(err, "/missing/events.pipe: No such file or directory");
+  teardown(&fx);
+}
+
+/* No reader: the batch waits, the state says why; a reader comes and the
+ * batch is delivered, and the state clears. */
+static void test_waits_for_reader(void) {
+  fixture fx;
+  reader r;
+  const char *lines = "{\"seq\":1}\n{\"seq\":2}\n";
+
+  setup(&fx);
+  open_sink(&fx);
+  ASSERT(run_until(&fx.loop, waiting_reported, &fx.f, 2000));
+  write_batch(&fx, lines, strlen(lines));
+  run_until(&fx.loop, NULL, NULL, 50);
+  ASSERT_EQ(0, fx.f.write_calls);
+  reader_open(&fx.loop, &r, fx.path, SIZE_MAX);
+  ASSERT(run_until(&fx.loop, written, &fx.f, 2000));
+  ASSERT_EQ(SINK_DELIVERED, fx.f.outcome);
+  ASSERT(ready_reported(&fx.f));
+  ASSERT_EQ(2, fx.f.n_states);
+  run_until(&fx.loop, NULL, NULL, 10);
+  ASSERT_STR_EQ(lines, r.data);
+  reader_close(&r);
+  free(r.data);
+  teardown(&fx);
+}
+
+/* The reader leaves while the idle sink holds the pipe: the sink notices,
+ * waits, and writes to the next reader. */
+static void test_reader_leaves_while_idle(void) {
+  fixture fx;
+  reader r1, r2;
+
+  setup(&fx);
+  ASSERT_EQ(0, mkfifo(fx.path, 0600)); /* an existing FIFO is used */
+  reader_open(&fx.loop, &r1, fx.path, SIZE_MAX);
+  open_sink(&fx);
+  write_batch(&fx, "a\n", 2);
+  ASSERT(run_until(&fx.loop, written, &fx.f, 2000));
+  reader_close(&r1);
+  ASSERT(run_until(&fx.loop, waiting_reported, &fx.f, 2000));
+  reader_open(&fx.loop, &r2, fx.path, SIZE_MAX);
+  ASSERT(run_until(&fx.loop, ready_reported, &fx.f, 2000));
+  fx.f.write_calls = 0;
+  write_batch(&fx, "b\n", 2);
+  ASSERT(run_until(&fx.loop, written, &fx.f, 2000));
+  run_until(&fx.loop, NULL, NULL, 10);
+  ASSERT_STR_EQ("a\n", r1.data);
+  ASSERT_STR_EQ("b\n", r2.data);
+  reader_close(&r2);
+  free(r1.data);
+  free(r2.data);
+  teardown(&fx);
+}
+
+/* The reader drains the pipe, which ends in the middle of a line, and
+ * leaves. The next reader gets that line whole, and between them every
+ * line arrives once. */
+static void test_reader_leaves_mid_line(void) {
+  const size_t n = 3000, width = 99; /* 297000 bytes; 65536 % 99 != 0 */
+  fixture fx;
+  reader r1, r2;
+  char *lines = make_lines(n, width), *cut;
+  size_t whole1;
+  sink_stats st;
+
+  setup(&fx);
+  ASSERT_EQ(0, mkfifo(fx.path, 0600));
+  reader_open(&fx.loop, &r1, fx.path, 0); /* reads nothing yet */
+  open_sink(&fx);
+  write_batch(&fx, lines, n * width);
+  run_until(&fx.loop, NULL, NULL, 30); /* the pipe fills up */
+  ASSERT_EQ(0, fx.f.write_calls);
+  reader_read(&r1, SIZE_MAX);
+  ASSERT(r1.len > 0);
+  reader_close(&r1);
+  /* The pipe held a cut line: the first reader has its head only. */
+  ASSERT(r1.len % width != 0);
+  whole1 = r1.len - r1.len % width;
+  ASSERT(run_until(&fx.loop, waiting_reported, &fx.f, 2000));
+  ASSERT_EQ(0, fx.f.write_calls);
+  reader_open(&fx.loop, &r2, fx.path, SIZE_MAX);
+  ASSERT(run_until(&fx.loop, written, &fx.f, 5000));
+  ASSERT_EQ(SINK_DELIVERED, fx.f.outcome);
+  memset(&st, 0, sizeof st);
+  fx.type->stats(fx.s, &st);
+  ASSERT_EQ(1, st.write_errors);
+  ASSERT_EQ(1, st.redelivered);
+  run_until(&fx.loop, NULL, NULL, 20);
+  /* The second reader starts with the line that was cut, whole. */
+  ASSERT_EQ(n * width - whole1, r2.len);
+  ASSERT_MEM_EQ(lines + whole1, n * width - whole1, r2.data, r2.len);
+  cut = r1.data + whole1;
+  ASSERT_MEM_EQ(lines + whole1, r1.len - whole1, cut, r1.len - whole1);
+  reader_close(&r2);
+  free(r1.data);
+  free(r2.data);
+  free(lines);
+  teardown(&fx);
+}
+
+typedef struct slow_check {
+  fixture *fx;
+  reader *r;
+  size_t total;
+  bool early; /* the write completed with more than a pipe's worth unread */
+} slow_check;
+
+static bool slow_done(void *arg) {
+  slow_check *c = arg;
+
+  if (c->fx->f.write_calls > 0 && c->r->len + 65536 * 2 < c->total)
+    c->early = true;
+  return c->r->len == c->total;
+}
+
+/* A batch far bigger than the pipe, a reader taking 8 KiB per
+ * millisecond: the write stays pending until the pipe took the rest. */
+static void test_slow_reader_big_batch(void) {
+  const size_t n = 10000, width = 100; /* 1 MB */
+  fixture fx;
+  reader r;
+  char *lines = make_lines(n, width);
+  slow_check c;
+
+  setup(&fx);
+  ASSERT_EQ(0, mkfifo(fx.path, 0600));
+  reader_open(&fx.loop, &r, fx.path, 8192);
+  open_sink(&fx);
+  write_batch(&fx, lines, n * width);
+  c.fx = &fx;
+  c.r = &r;
+  c.total = n * width;
+  c.early = false;
+  ASSERT(run_until(&fx.loop, slow_done, &c, 20000));
+  ASSERT(!c.early);
+  ASSERT_EQ(1, fx.f.write_calls);
+  ASSERT_EQ(SINK_DELIVERED, fx.f.outcome);
+  ASSERT_MEM_EQ(lines, n * width, r.data, r.len);
+  reader_close(&r);
+  free(r.data);
+  free(lines);
+  teardown(&fx);
+}
+
+/* Closing with no reader gives the pending batch back undelivered. */
+static void test_close_gives_back_pending_write(void) {
+  fixture fx;
+
+  setup(&fx);
+  open_sink(&fx);
+  write_batch(&fx, "x\n", 2);
+  run_until(&fx.loop, NULL, NULL, 20);
+  ASSERT_EQ(0, fx.f.write_calls);
+  fx.type->close(fx.s, on_close, &fx.f);
+  fx.s = NULL;
+  ASSERT_EQ(1, fx.f.write_calls);
+  ASSERT_EQ(SINK_RETRY, fx.f.outcome);
+  uv_run(&fx.loop, UV_RUN_DEFAULT);
+  ASSERT_EQ(1, fx.f.close_calls);
+  teardown(&fx);
+}
+
+static void test_sync_is_immediate(void) {
+  fixture fx;
+
+  setup(&fx);
+  open_sink(&fx);
+  fx.type->sync(fx.s, on_sync, &fx.f);
+  ASSERT_EQ(1, fx.f.sync_calls);
+  ASSERT_EQ(0, fx.f.sync_status);
+  teardown(&fx);
+}
+
+/* SIGHUP: the FIFO was replaced; the sink writes into the new one. */
+static void test_reopen_follows_new_fifo(void) {
+  fixture fx;
+  reader r1, r2;
+
+  setup(&fx);
+  ASSERT_EQ(0, mkfifo(fx.path, 0600)); /* an existing FIFO is used */
+  reader_open(&fx.loop, &r1, fx.path, SIZE_MAX);
+  open_sink(&fx);
+  write_batch(&fx, "old\n", 4);
+  ASSERT(run_until(&fx.loop, written, &fx.f, 2000));
+  ASSERT_EQ(0, unlink(fx.path));
+  ASSERT_EQ(0, mkfifo(fx.path, 0600));
+  reader_open(&fx.loop, &r2, fx.path, SIZE_MAX);
+  fx.type->reopen(fx.s);
+  fx.f.write_calls = 0;
+  write_batch(&fx, "new\n", 4);
+  ASSERT(run_until(&fx.loop, written, &fx.f, 2000));
+  run_until(&fx.loop, NULL, NULL, 10);
+  ASSERT_STR_EQ("old\n", r1.data);
+  ASSERT_STR_EQ("new\n", r2.data);
+  reader_close(&r1);
+  reader_close(&r2);
+  free(r1.data);
+  free(r2.data);
+  teardown(&fx);
+}
+
+/* SIGHUP while a line is half in the pipe: the sink finishes that line
+ * before it closes, so the reader (who keeps the pipe) sees every line
+ * once and whole. */
+static void test_reopen_mid_line_finishes_the_line(void) {
+  const size_t n = 3000, width = 99;
+  fixture fx;
+  reader r;
+  char *lines = make_lines(n, width);
+
+  setup(&fx);
+  ASSERT_EQ(0, mkfifo(fx.path, 0600));
+  reader_open(&fx.loop, &r, fx.path, 0);
+  open_sink(&fx);
+  write_batch(&fx, lines, n * width);
+  run_until(&fx.loop, NULL, NULL, 30);
+  fx.type->reopen(fx.s);
+  r.per_tick = SIZE_MAX;
+  ASSERT(run_until(&fx.loop, written, &fx.f, 5000));
+  ASSERT_EQ(SINK_DELIVERED, fx.f.outcome);
+  run_until(&fx.loop, NULL, NULL, 20);
+  ASSERT_MEM_EQ(lines, n * width, r.data, r.len);
+  reader_close(&r);
+  free(r.data);
+  free(lines);
+  teardown(&fx);
+}
+
+/* The FIFO is removed while no reader has it: the sink makes it again. */
+static void test_fifo_made_again_when_removed(void) {
+  fixture fx;
+  reader r;
+  struct stat st;
+
+  setup(&fx);
+  open_sink(&fx);
+  ASSERT(run_until(&fx.loop, waiting_reported, &fx.f, 2000));
+  ASSERT_EQ(0, unlink(fx.path));
+  write_batch(&fx, "z\n", 2);
+  run_until(&fx.loop, NULL, NULL, 30);
+  ASSERT_EQ(0, stat(fx.path, &st));
+  ASSERT(S_ISFIFO(st.st_mode));
+  reader_open(&fx.loop, &r, fx.path, SIZE_MAX);
+  ASSERT(run_until(&fx.loop, written, &fx.f, 2000));
+  run_until(&fx.loop, NULL, NULL, 10);
+  ASSERT_STR_EQ("z\n", r.data);
+  reader_close(&r);
+  free(r.data);
+  teardown(&fx);
+}
+
+static const test_case tests[] = {
+  TEST(test_creates_fifo_with_mode),
+  TEST(test_regular_file_is_an_open_error),
+  TEST(test_waits_for_reader),
+  TEST(test_reader_leaves_while_idle),
+  TEST(test_reader_leaves_mid_line),
+  TEST(test_slow_reader_big_batch),
+  TEST(test_close_gives_back_pending_write),
+  TEST(test_sync_is_immediate),
+  TEST(test_reopen_follows_new_fifo),
+  TEST(test_reopen_mid_line_finishes_the_line),
+  TEST(test_fifo_made_again_when_removed),
+  { NULL, NULL },
+};
+
+TEST_MAIN(tests)
