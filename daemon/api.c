@@ -305,7 +305,8 @@ static void subscribe(api *a, http_conn *c, const http_srv_request *req,
   rc = socket_sink_subscribe(
       consumer_sink(k), c, ndjson ? SOCKET_NDJSON : SOCKET_SSE,
       peek != NULL && strcmp(peek, "0") != 0 && strcmp(peek, "false") != 0,
-      name != NULL && name[0] != '\0' ? name : NULL);
+      name != NULL && name[0] != '\0' ? name : NULL, (long)req->uid,
+      (long)req->pid);
   free(peek);
   free(name);
   if (rc != 0)
@@ -476,6 +477,88 @@ static const char *string_field(json_t *o, const char *name) {
   return json_is_string(v) ? json_string_value(v) : NULL;
 }
 
+/* A validated reset waiting for the flusher to be idle. */
+typedef struct pending_reset {
+  flusher_waiter w; /* first: the waiter is the struct */
+  api *a;
+  http_conn *c; /* NULL once the client went away (then nothing is done) */
+  json_t *body; /* holds the strings r points into */
+  store_reset r;
+  long uid, pid; /* the caller, for the log */
+} pending_reset;
+
+static void pending_free(pending_reset *p) {
+  json_decref(p->body);
+  free(p);
+}
+
+/* Answers 409 and frees p when the owner of the cursor is running or has
+ * events in flight. */
+static bool reset_allowed(pending_reset *p) {
+  consumer *k = find_consumer(p->a, p->r.key.consumer_id);
+
+  if (k != NULL && !consumer_is_paused(k)) {
+    error_reply(p->c, 409, "consumer_not_paused",
+                "pause consumer %s before resetting its cursor",
+                consumer_name(k));
+  } else if (k != NULL && !consumer_drained(k)) {
+    error_reply(p->c, 409, "consumer_busy",
+                "consumer %s still has events in flight; try again when "
+                "they are delivered",
+                consumer_name(k));
+  } else {
+    return true;
+  }
+  pending_free(p);
+  return false;
+}
+
+static void on_reset_client_gone(http_conn *c, void *data) {
+  pending_reset *p = data;
+
+  (void)c;
+  p->c = NULL;
+}
+
+static void on_idle_reset(flusher_waiter *w, int status) {
+  pending_reset *p = (pending_reset *)w;
+  store_cursor cur;
+  consumer *k;
+  char err[256];
+  int rc;
+
+  if (p->c == NULL) { /* nobody to tell: nothing is changed */
+    pending_free(p);
+    return;
+  }
+  if (status != 0) {
+    error_reply(p->c, 503, "shutting_down", "tether is stopping");
+    pending_free(p);
+    return;
+  }
+  /* The consumer may have been resumed while the reset waited. */
+  if (!reset_allowed(p))
+    return;
+  memset(&cur, 0, sizeof cur);
+  rc = store_reset_cursor(p->a->env.st, &p->r, &cur, err, sizeof err);
+  if (rc != 0) {
+    store_error_reply(p->c, rc, err);
+    pending_free(p);
+    return;
+  }
+  k = find_consumer(p->a, cur.consumer_id);
+  if (k != NULL && strcmp(cur.stream_name, consumer_stream_name(k)) == 0 &&
+      cur.subject_id[0] == '\0')
+    consumer_reset_to(k, (uint64_t)cur.last_sequence, cur.position);
+  log_warn("cursor reset", LS("consumer", cur.consumer_id),
+           LS("stream", cur.stream_name), LI("seq", cur.last_sequence),
+           LS("reason", p->r.reason), LI("by_uid", p->uid),
+           LI("by_pid", p->pid));
+  respond_json(p->c, 200, json_pack("{s:o}", "cursor", cursor_json(&cur)));
+  store_cursor_free(&cur);
+  pending_free(p);
+}
+
 /* POST /v1/cursors/reset: only while the consumer that owns the cursor is
  * paused with nothing in flight, and recorded with its reason. */
 static void reset_cursor(api *a, http_conn *c, const http_srv_request *req) {
@@ -489,12 +572,10 @@ static void reset_cursor(api *a, http_conn *c, const http_srv_request *req) {
   json_error_t jerr;
   json_t *body, *key, *v;
   const char *name, *at;
+  http_stream_callbacks cbs;
+  pending_reset *p;
   store_reset r;
-  store_cursor cur;
-  consumer *k;
-  char err[256];
   size_t i;
-  int rc;
 
   body = json_loadb(req->body, req->body_len, 0, &jerr);
   if (body == NULL || !json_is_object(body)) {
@@ -539,39 +620,32 @@ static void reset_cursor(api *a, http_conn *c, const http_srv_request *req) {
                 at);
     return;
   }
-  k = find_consumer(a, r.key.consumer_id);
-  if (k != NULL && !consumer_is_paused(k)) {
+  if ((p = calloc(1, sizeof *p)) == NULL) {
     json_decref(body);
-    error_reply(c, 409, "consumer_not_paused",
-                "pause consumer %s before resetting its cursor",
-                consumer_name(k));
+    error_reply(c, 500, "internal", "out of memory");
     return;
   }
-  if (k != NULL && !consumer_drained(k)) {
-    json_decref(body);
-    error_reply(c, 409, "consumer_busy",
-                "consumer %s still has events in flight; try again when "
-                "they are delivered",
-                consumer_name(k));
+  p->w.cb = on_idle_reset;
+  p->a = a;
+  p->c = c;
+  p->body = body;
+  p->r = r;
+  p->uid = (long)req->uid;
+  p->pid = (long)req->pid;
+  if (!reset_allowed(p))
+    return;
+  /* A group commit in flight holds snapshots taken before the reset: it
+   * must land first, or it would write the old cursor back over the new
+   * one. The reset waits for the moment no commit runs. */
+  if (a->env.fl == NULL) {
+    on_idle_reset(&p->w, 0);
     return;
   }
-  memset(&cur, 0, sizeof cur);
-  rc = store_reset_cursor(a->env.st, &r, &cur, err, sizeof err);
-  if (rc != 0) {
-    json_decref(body);
-    store_error_reply(c, rc, err);
-    return;
-  }
-  if (k != NULL && strcmp(cur.stream_name, consumer_stream_name(k)) == 0 &&
-      cur.subject_id[0] == '\0')
-    consumer_reset_to(k, (uint64_t)cur.last_sequence, cur.position);
-  log_warn("cursor reset", LS("consumer", cur.consumer_id),
-           LS("stream", cur.stream_name), LI("seq", cur.last_sequence),
-           LS("reason", r.reason), LI("by_uid", (int64_t)req->uid),
-           LI("by_pid", (int64_t)req->pid));
-  respond_json(c, 200, json_pack("{s:o}", "cursor", cursor_json(&cur)));
-  store_cursor_free(&cur);
-  json_decref(body);
+  cbs.on_drain = NULL;
+  cbs.on_closed = on_reset_client_gone;
+  cbs.data = p;
+  http_conn_stream_callbacks(c, &cbs);
+  flusher_when_idle(a->env.fl, &p->w);
 }
 
 /* ---- metrics ----------------------------------------------------------- */
@@ -871,6 +945,7 @@ int api_start(uv_loop_t *loop, const api_env *env, api **out, char *err,
   const daemon_conf *dc = &env->cfg->daemon;
   http_server_opts o;
   char host[128];
+  size_t i;
   api *a;
   int rc;
 
@@ -883,6 +958,8 @@ int api_start(uv_loop_t *loop, const api_env *env, api **out, char *err,
   a->loop = loop;
   a->env = *env;
   a->started = uv_now(loop);
+  for (i = 0; i < env->n; i++)
+    a->rates[i].at = a->started;
   a->started_wall = time(NULL);
   memset(&o, 0, sizeof o);
   o.unix_path = dc->socket[0] != '\0' ? dc->socket : NULL;

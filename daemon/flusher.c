@@ -50,6 +50,7 @@ struct flusher {
   void *round_cb_data;
   flusher_cb wait_cb; /* asked for during a round: answered by the next */
   void *wait_cb_data;
+  flusher_waiter *idle_waiters; /* flusher_when_idle, run when a round ends */
 
   bool unhealthy;
   backoff retry;
@@ -110,6 +111,29 @@ static void close_timer(flusher *f) {
   uv_close((uv_handle_t *)&f->timer, on_closed);
 }
 
+/* Runs the idle waiters, each once; ones added meanwhile run too. */
+static void run_idle_waiters(flusher *f, int status) {
+  flusher_waiter *w;
+
+  while ((w = f->idle_waiters) != NULL && (status != 0 || !f->in_round)) {
+    f->idle_waiters = w->next;
+    w->cb(w, status);
+  }
+}
+
+void flusher_when_idle(flusher *f, flusher_waiter *w) {
+  if (f->closing) {
+    w->cb(w, UV_ECANCELED);
+    return;
+  }
+  if (!f->in_round) {
+    w->cb(w, 0);
+    return;
+  }
+  w->next = f->idle_waiters;
+  f->idle_waiters = w;
+}
+
 static void round_done(flusher *f, int status) {
   flusher_cb cb = f->round_cb;
   void *data = f->round_cb_data;
@@ -121,9 +145,11 @@ static void round_done(flusher *f, int status) {
   if (cb != NULL)
     cb(f, status, data);
   if (f->closing) {
+    run_idle_waiters(f, UV_ECANCELED);
     close_timer(f);
     return;
   }
+  run_idle_waiters(f, 0);
   for (i = 0; i < f->n; i++)
     dirty |= consumer_dirty(f->consumers[i]);
   if (f->want_round) {
@@ -342,6 +368,8 @@ void flusher_close(flusher *f, void (*cb)(void *data), void *data) {
   f->close_data = data;
   uv_timer_stop(&f->timer);
   /* A running round finishes first; round_done closes the timer then. */
-  if (!f->in_round)
+  if (!f->in_round) {
+    run_idle_waiters(f, UV_ECANCELED);
     close_timer(f);
+  }
 }

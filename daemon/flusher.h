@@ -32,6 +32,19 @@ void flusher_poke(flusher *f);
  * One waiting cb at a time. */
 void flusher_flush(flusher *f, flusher_cb cb, void *data);
 
+/* A wait for the moment no round runs (flusher_when_idle); the caller owns
+ * the memory until cb has run. */
+typedef struct flusher_waiter {
+  void (*cb)(struct flusher_waiter *w, int status);
+  struct flusher_waiter *next;
+} flusher_waiter;
+
+/* Runs w->cb once no round is in flight: at once when none is, else right
+ * after the running one ends (before another can start), so the cursor
+ * store can be written without a commit of older snapshots landing after
+ * it. status is 0, or UV_ECANCELED when the flusher closes first. */
+void flusher_when_idle(flusher *f, flusher_waiter *w);
+
 /* Upper bounds (seconds) of the commit duration histogram's buckets. */
 #define FLUSHER_BUCKETS 10
 extern const double flusher_bucket_bounds[FLUSHER_BUCKETS];

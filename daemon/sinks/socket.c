@@ -358,7 +358,7 @@ static void on_sub_closed(http_conn *c, void *data) {
 }
 
 int socket_sink_subscribe(sink *snk, http_conn *c, socket_format format,
-                          bool peek, const char *name) {
+                          bool peek, const char *name, long uid, long pid) {
   sock_sink *k = (sock_sink *)snk;
   http_stream_callbacks cbs;
   sub *s;
@@ -396,7 +396,8 @@ int socket_sink_subscribe(sink *snk, http_conn *c, socket_format format,
     return 0;
   }
   log_info("subscriber attached", LS("consumer", k->consumer),
-           LS("name", s->name != NULL ? s->name : ""),
+           LS("name", s->name != NULL ? s->name : ""), LI("by_uid", uid),
+           LI("by_pid", pid),
            LS("format", format == SOCKET_SSE ? "sse" : "ndjson"),
            LU("subscribers", socket_sink_subscribers(&k->base)));
   dispatch(k);

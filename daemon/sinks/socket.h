@@ -26,10 +26,10 @@ typedef enum socket_format {
 } socket_format;
 
 /* Starts a streamed response on c and makes it a subscriber, named name
- * (copied; NULL = anonymous). Returns 0, or a negative code (the caller
- * answers with an error). */
+ * (copied; NULL = anonymous); uid and pid are the caller's, for the log.
+ * Returns 0, or a negative code (the caller answers with an error). */
 int socket_sink_subscribe(sink *s, http_conn *c, socket_format format,
-                          bool peek, const char *name);
+                          bool peek, const char *name, long uid, long pid);
 
 /* Acknowledges every outstanding event up to seq (cumulative): with a name,
  * only those now with the subscriber of that name (so competing

@@ -518,3 +518,35 @@ def test_metrics_parse_and_move(tether, sockdir):
     assert later[count] > first[count], "commits are counted"
     inf = ("tether_store_commit_duration_seconds_bucket", '{le="+Inf"}')
     assert later[inf] == later[count]
+
+
+def test_metrics_count_failures_and_dead_letters(tether, sockdir, tmp_path):
+    handler = tmp_path / "h.py"
+    handler.write_text("""#!/usr/bin/python3
+import json, sys
+for line in sys.stdin:
+    seq = json.loads(line)["seq"]
+    if seq % 5 == 0:
+        print(json.dumps({"seq": seq, "status": "fail", "error": "no"}))
+    else:
+        print(seq)
+    sys.stdout.flush()
+""")
+    handler.chmod(0o755)
+    sock = os.path.join(sockdir, "api.sock")
+    t = tether(config(sock, rate=0, count=20, sink=f"exec:{handler}",
+                      extra=f"max_attempts = 2\nresend_min = 10ms\n"
+                            f"on_fail = dead_letter:{tmp_path}/dead.ndjson"))
+    t.start()
+    wait_for(lambda: committed_seq(t.state, "gen") == 20, 30,
+             "every event answered or dead-lettered", t)
+    m = parse_metrics(get(sock, "/metrics")[1])[0]
+    label = '{consumer="gen"}'
+    assert m[("tether_events_dead_lettered_total", label)] == 4
+    assert m[("tether_events_failed_total", label)] == 4
+    assert m[("tether_events_retried_total", label)] >= 4
+    assert m[("tether_events_delivered_total", label)] == 20
+    c = consumer(sock, "gen")
+    assert (c["events_failed"], c["events_dead_lettered"]) == (4, 4)
+    records, _ = read_lines(str(tmp_path / "dead.ndjson"))
+    assert [r["seq"] for r in records] == [5, 10, 15, 20]

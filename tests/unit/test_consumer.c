@@ -1,10 +1,16 @@
 /* The consumer core against a counting fake source and a fake sink whose
  * callbacks the test completes by hand. */
+#include <dirent.h>
+#include <stdlib.h>
+#include <unistd.h>
+
 #include <uv.h>
 
 #include "daemon/consumer.h"
+#include "daemon/flusher.h"
 #include "protocol/buf.h"
 #include "tests/unit/test.h"
+#include "tests/unit/test_uv.h"
 
 /* ---- fake sink ---------------------------------------------------------- */
 
@@ -625,7 +631,108 @@ static void test_reset_to_needs_a_drained_window(void) {
   teardown(&f);
 }
 
+/* ---- flusher_when_idle -------------------------------------------------- */
+
+static struct {
+  int flushed, idle_calls, idle_status;
+  int flushed_at_idle; /* rounds finished when the waiter ran */
+} fw;
+
+static void on_flushed(flusher *fl, int status, void *data) {
+  (void)fl, (void)data;
+  ASSERT_EQ(0, status);
+  fw.flushed++;
+}
+
+static void on_idle(flusher_waiter *w, int status) {
+  (void)w;
+  fw.idle_calls++;
+  fw.idle_status = status;
+  fw.flushed_at_idle = fw.flushed;
+}
+
+static void remove_tree(const char *dir) {
+  char path[512];
+  struct dirent *e;
+  DIR *d = opendir(dir);
+
+  ASSERT(d != NULL);
+  while ((e = readdir(d)) != NULL) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+      continue;
+    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    ASSERT_EQ(0, unlink(path));
+  }
+  closedir(d);
+  ASSERT_EQ(0, rmdir(dir));
+}
+
+static void on_flusher_closed(void *data) {
+  *(int *)data = 1;
+}
+
+static void complete_sync(void) {
+  sink_sync_cb cb = fs.sync_cb;
+
+  ASSERT(cb != NULL);
+  fs.sync_cb = NULL;
+  cb(&fs.s, 0, NULL, fs.sync_data);
+}
+
+/* A cursor reset must not be overwritten by a commit of an older snapshot:
+ * the waiter runs only once no round is in flight, after the running one
+ * has committed, and is cancelled when the flusher closes first. */
+static void test_flusher_when_idle(void) {
+  char dir[] = "/tmp/tether-flusher-XXXXXX", path[64], err[256];
+  flusher_waiter w = { on_idle, NULL };
+  int closed = 0;
+  fixture f;
+  store *st;
+  flusher *fl;
+
+  ASSERT(mkdtemp(dir) != NULL);
+  snprintf(path, sizeof path, "%s/state.db", dir);
+  memset(&fw, 0, sizeof fw);
+  setup(&f, 10, 0, "");
+  ASSERT_EQ(0, store_open(path, &st, err, sizeof err));
+  ASSERT_EQ(0, flusher_create(&f.loop, st, 60000, &f.c, 1, &fl));
+
+  /* Idle: the waiter runs at once. */
+  flusher_when_idle(fl, &w);
+  ASSERT_EQ(1, fw.idle_calls);
+  ASSERT_EQ(0, fw.idle_status);
+
+  /* A round held in its sink sync: the waiter waits for its commit. */
+  emit(&f, "p1", "{}");
+  run_until_writes(&f, 1);
+  complete_write(SINK_DELIVERED, NULL);
+  flusher_flush(fl, on_flushed, NULL);
+  ASSERT(fs.sync_cb != NULL);
+  flusher_when_idle(fl, &w);
+  ASSERT_EQ(1, fw.idle_calls);
+  complete_sync();
+  RUN_UNTIL(&f.loop, fw.idle_calls == 2, 5000);
+  ASSERT_EQ(0, fw.idle_status);
+  ASSERT_EQ(1, fw.flushed_at_idle);
+
+  /* Closing while a round runs cancels the waiter. */
+  emit(&f, "p2", "{}");
+  run_until_writes(&f, 2);
+  complete_write(SINK_DELIVERED, NULL);
+  flusher_flush(fl, on_flushed, NULL);
+  flusher_when_idle(fl, &w);
+  flusher_close(fl, on_flusher_closed, &closed);
+  complete_sync();
+  RUN_UNTIL(&f.loop, closed, 5000);
+  ASSERT_EQ(3, fw.idle_calls);
+  ASSERT_EQ(UV_ECANCELED, fw.idle_status);
+  store_close(st);
+  teardown(&f);
+  remove_tree(dir);
+}
+
 static const test_case tests[] = {
+  TEST(test_flusher_when_idle),
   TEST(test_pause_and_resume),
   TEST(test_reset_to_needs_a_drained_window),
   TEST(test_acks_in_any_order),
