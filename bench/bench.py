@@ -17,6 +17,19 @@ Cases:
                   counting events (what a user would write instead)
   sse_latency     publish -> sink at 10,000 events/s through a better-sse
                   server, p50/p99; baseline: curl reading the same stream
+  socket_sink     generate -> sink = socket, 100-byte payloads, read by
+                  bench/subscriber.c over the API socket (NDJSON, chunked)
+                  and acknowledged every 100 events on a second
+                  connection, max_in_flight 1000 and 10000; baseline: the
+                  same NDJSON bytes through a pipe into subscriber --stdin
+                  (the same line splitting and seq parsing, no HTTP)
+  exec_sink       generate -> sink = exec:bench/acker, which answers each
+                  event's bare seq in one write per read block;
+                  baseline: the same NDJSON bytes through a pipe into
+                  acker, its answers to /dev/null
+  api_latency     GET /v1/consumers with 100 consumers, 2,000 requests
+                  on one keep-alive connection, p50/p99; baseline: GET
+                  /v1/health the same way (the server's floor)
   binary          the stripped size of the release binary
 
 Machines here are noisy: each throughput figure is the median of 3 runs and
@@ -24,11 +37,13 @@ is reported as a ratio to its baseline.
 """
 import argparse
 import datetime
+import http.client
 import os
 import platform
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -39,6 +54,8 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 BUILD = os.path.join(ROOT, "build-release")
 TETHER = os.path.join(BUILD, "daemon", "tether")
 COPYSYNC = os.path.join(BUILD, "bench", "copysync")
+SUBSCRIBER = os.path.join(BUILD, "bench", "subscriber")
+ACKER = os.path.join(BUILD, "bench", "acker")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -46,8 +63,14 @@ def build():
     if not os.path.exists(os.path.join(BUILD, "build.ninja")):
         subprocess.run(["meson", "setup", BUILD, "--buildtype=release"],
                        cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    # meson compile looks targets up before it regenerates: a target new
+    # in a meson.build is "not found" until build.ninja is brought up to
+    # date.
+    subprocess.run(["ninja", "-C", BUILD, "build.ninja"], check=True,
+                   stdout=subprocess.DEVNULL)
     subprocess.run(["meson", "compile", "-C", BUILD, "daemon/tether",
-                    "bench/copysync"], check=True, stdout=subprocess.DEVNULL)
+                    "bench/copysync", "bench/subscriber", "bench/acker"],
+                   check=True, stdout=subprocess.DEVNULL)
 
 
 def run_timed(argv, cwd, stdout=subprocess.DEVNULL):
@@ -57,19 +80,32 @@ def run_timed(argv, cwd, stdout=subprocess.DEVNULL):
     t0 = time.monotonic()
     p = subprocess.Popen(argv, cwd=cwd, stdout=stdout,
                          stderr=subprocess.PIPE)
+    wall, cpu, hwm = watch(p, t0)
+    err = p.stderr.read().decode()
+    p.stderr.close()
+    if p.returncode != 0:
+        sys.exit(f"{argv[0]} failed:\n{err}")
+    return wall, cpu, hwm
+
+
+def watch(p, t0, timeout=600):
+    """Waits for p, sampling its peak RSS; returns (wall seconds since t0,
+    cpu seconds, peak RSS KiB) and sets p.returncode. Kills it and fails
+    when it still runs `timeout` seconds after t0."""
     hwm = 0
     while True:
         pid, status, ru = os.wait4(p.pid, os.WNOHANG)
         if pid != 0:
             break
+        if time.monotonic() - t0 > timeout:
+            p.kill()
+            p.wait()
+            sys.exit(f"{p.args[0]} still ran after {timeout:.0f} s: "
+                     "killed")
         hwm = max(hwm, proc_status_kib(p.pid, "VmHWM"))
         time.sleep(0.01)
     wall = time.monotonic() - t0
     p.returncode = os.waitstatus_to_exitcode(status)
-    err = p.stderr.read().decode()
-    p.stderr.close()
-    if p.returncode != 0:
-        sys.exit(f"{argv[0]} failed:\n{err}")
     return wall, ru.ru_utime + ru.ru_stime, hwm
 
 
@@ -78,24 +114,14 @@ def generate_file(work, events, window, runs):
     out = os.path.join(work, "out.ndjson")
     for _ in range(runs):
         for f in os.listdir(work):
-            os.unlink(os.path.join(work, f))
-        with open(os.path.join(work, "bench.ini"), "w") as f:
-            f.write(f"""
-[daemon]
-state = {work}/state.db
-checkpoint_interval = 1s
-status_interval = 0
-exit_when_done = true
-log_level = warn
-
-[consumer bench]
-source = generate
-rate = 0
-count = {events}
-payload_size = 100
-max_in_flight = {window}
-sink = file:{out}
-""")
+            # .tether/ holds the API socket of the default config.
+            path = os.path.join(work, f)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+        generate_ini(os.path.join(work, "bench.ini"), work, events, window,
+                     f"file:{out}")
         wall, cpu, rss = run_timed([TETHER, "run", "-c", "bench.ini"], work)
         size = os.path.getsize(out)
         # The baseline copies the very bytes tether wrote.
@@ -115,6 +141,253 @@ sink = file:{out}
         })
     med = {k: statistics.median(r[k] for r in results) for k in results[0]}
     return med
+
+
+def generate_ini(path, work, events, window, sink, extra=""):
+    """A config of one consumer `bench` reading a generate source of
+    `events` 100-byte events as fast as the window allows."""
+    with open(path, "w") as f:
+        f.write(f"""
+[daemon]
+state = {work}/state.db
+checkpoint_interval = 1s
+status_interval = 0
+exit_when_done = true
+log_level = warn
+{extra}
+[consumer bench]
+source = generate
+rate = 0
+count = {events}
+payload_size = 100
+max_in_flight = {window}
+sink = {sink}
+""")
+
+
+def clean_state(work):
+    for f in os.listdir(work):
+        if f.startswith("state.db"):
+            os.unlink(os.path.join(work, f))
+
+
+def committed_seq(work, consumer="bench"):
+    """The cursor tether committed for `consumer` (0 when none)."""
+    db = sqlite3.connect(os.path.join(work, "state.db"))
+    try:
+        row = db.execute("SELECT max(last_sequence) FROM cursors "
+                         "WHERE consumer_id = ?", (consumer,)).fetchone()
+    finally:
+        db.close()
+    return row[0] or 0
+
+
+def reference_ndjson(work, events):
+    """The NDJSON lines tether's file sink writes for the generate source of
+    the case: the bytes each pipe baseline reads."""
+    out = os.path.join(work, "ref.ndjson")
+    generate_ini(os.path.join(work, "ref.ini"), work, events, 10000,
+                 f"file:{out}")
+    run_timed([TETHER, "run", "-c", "ref.ini"], work)
+    clean_state(work)
+    with open(out, "rb") as f:
+        f.seek(-400, 2)
+        if f'"seq":{events},'.encode() not in f.read():
+            sys.exit(f"{out} does not end with event {events}")
+    return out
+
+
+def pipe_into(path, argv):
+    """Runs argv with the file at path fed through a pipe (by cat, so the
+    reader sees a pipe, not a file); returns argv's (stdout, stderr)."""
+    with open(path, "rb") as src:
+        cat = subprocess.Popen(["cat"], stdin=src, stdout=subprocess.PIPE)
+        p = subprocess.run(argv, stdin=cat.stdout, capture_output=True)
+        cat.stdout.close()
+        cat.wait()
+    if p.returncode != 0 or cat.returncode != 0:
+        sys.exit(f"{' '.join(argv)} < {path} failed:\n{p.stderr.decode()}")
+    return p.stdout.decode(), p.stderr.decode()
+
+
+def tether_log(path):
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()[-4000:]
+    except FileNotFoundError:
+        return ""
+
+
+def in_short_dir(case, *args):
+    """Runs case(work, *args) in a new directory under /tmp, removed
+    afterwards: short, so that a unix socket path in it stays within the
+    107 bytes sun_path holds."""
+    work = tempfile.mkdtemp(prefix="tb-", dir="/tmp")
+    try:
+        return case(work, *args)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def socket_sink(work, events, window, runs):
+    """tether's socket sink read and acknowledged by bench/subscriber over
+    the API socket, against subscriber --stdin reading the same bytes
+    through a pipe."""
+    ref = reference_ndjson(work, events)
+    sock = os.path.join(work, "api.sock")
+    ini = os.path.join(work, "sock.ini")
+    log = os.path.join(work, "tether.log")
+    generate_ini(ini, work, events, window, "socket", f"socket = {sock}")
+    results = []
+    for _ in range(runs):
+        clean_state(work)
+        with open(log, "w") as err:
+            t0 = time.monotonic()
+            tp = subprocess.Popen([TETHER, "run", "-c", ini], cwd=work,
+                                  stdout=subprocess.DEVNULL, stderr=err)
+            # The subscriber waits for the socket to appear.
+            try:
+                sp = subprocess.run([SUBSCRIBER, sock, str(events)],
+                                    capture_output=True, timeout=600)
+                why = sp.stderr.decode() if sp.returncode != 0 else None
+            except subprocess.TimeoutExpired:
+                why = "it still ran after 600 s"
+            if why is not None:
+                # Without a subscriber tether would wait for it forever.
+                tp.kill()
+                tp.wait()
+                sys.exit(f"subscriber failed: {why}\n"
+                         f"tether's log:\n{tether_log(log)}")
+            # Then tether commits the last cursor and exits by itself.
+            wall, cpu, rss = watch(tp, t0, time.monotonic() - t0 + 60)
+        if tp.returncode != 0:
+            sys.exit(f"tether exited {tp.returncode}:\n{tether_log(log)}")
+        seen, secs, acks = sp.stdout.split()
+        if int(seen) != events or committed_seq(work) != events:
+            sys.exit(f"subscriber saw {seen} events, tether committed "
+                     f"{committed_seq(work)}; expected {events}")
+        out, _ = pipe_into(ref, [SUBSCRIBER, "--stdin", str(events)])
+        base_seen, base_secs = out.split()
+        if int(base_seen) != events:
+            sys.exit(f"subscriber --stdin saw {base_seen} events")
+        results.append({
+            "eps": events / float(secs),
+            "eps_wall": events / wall,
+            "eps_cpu": events / cpu,
+            "rss": rss,
+            "acks": int(acks),
+            "base_eps": events / float(base_secs),
+        })
+    return {k: statistics.median(r[k] for r in results) for k in results[0]}
+
+
+def exec_sink(work, events, window, runs):
+    """tether's exec sink feeding bench/acker, against acker reading the
+    same bytes through a pipe. tether reaps the acker, so the CPU time
+    wait4 reports for tether includes the acker's."""
+    ref = reference_ndjson(work, events)
+    ini = os.path.join(work, "exec.ini")
+    generate_ini(ini, work, events, window, f"exec:{ACKER}")
+    results = []
+    for _ in range(runs):
+        clean_state(work)
+        wall, cpu, rss = run_timed([TETHER, "run", "-c", ini], work)
+        if committed_seq(work) != events:
+            sys.exit(f"tether committed {committed_seq(work)} of {events} "
+                     "events through exec")
+        _, err = pipe_into(ref, [ACKER, "--time"])
+        lines, secs = err.split()
+        if int(lines) != events:
+            sys.exit(f"acker answered {lines} lines of {events}")
+        results.append({"eps": events / wall, "eps_cpu": events / cpu,
+                        "rss": rss, "base_eps": events / float(secs)})
+    return {k: statistics.median(r[k] for r in results) for k in results[0]}
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a unix socket: the local API's transport."""
+
+    def __init__(self, path, timeout=10):
+        super().__init__("tether", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        so = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        so.settimeout(self.timeout)
+        so.connect(self.unix_path)
+        self.sock = so
+
+
+def time_gets(conn, target, n):
+    """n GETs of target on conn; returns (latencies in ms, body bytes)."""
+    lat = []
+    body = b""
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        conn.request("GET", target)
+        r = conn.getresponse()
+        body = r.read()
+        lat.append((time.perf_counter_ns() - t0) / 1e6)
+        if r.status != 200:
+            sys.exit(f"GET {target} answered {r.status}: {body[:200]!r}")
+    return lat, len(body)
+
+
+def api_latency(work, consumers, requests):
+    """GET /v1/consumers against GET /v1/health on one keep-alive
+    connection of the API socket."""
+    tp = None
+    try:
+        sock = os.path.join(work, "api.sock")
+        ini = os.path.join(work, "api.ini")
+        log = os.path.join(work, "tether.log")
+        with open(ini, "w") as f:
+            f.write(f"[daemon]\nstate = {work}/state.db\nsocket = {sock}\n"
+                    "status_interval = 0\nlog_level = warn\n")
+            for i in range(consumers):
+                f.write(f"\n[consumer c{i}]\nsource = generate\nrate = 1\n"
+                        f"sink = file:{work}/c{i}.ndjson\n")
+        with open(log, "w") as err:
+            tp = subprocess.Popen([TETHER, "run", "-c", ini], cwd=work,
+                                  stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + 10
+        while True:
+            if tp.poll() is not None:
+                sys.exit(f"tether exited {tp.returncode} before it was "
+                         f"ready:\n{tether_log(log)}")
+            try:
+                c = UnixHTTPConnection(sock, timeout=1)
+                c.request("GET", "/v1/ready")
+                r = c.getresponse()
+                r.read()
+                c.close()
+                if r.status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                sys.exit(f"/v1/ready did not answer 200 within 10 s:\n"
+                         f"{tether_log(log)}")
+            time.sleep(0.01)
+        conn = UnixHTTPConnection(sock)
+        time_gets(conn, "/v1/health", 100)  # warm-up, not counted
+        time_gets(conn, "/v1/consumers", 100)
+        health, health_size = time_gets(conn, "/v1/health", requests)
+        lat, size = time_gets(conn, "/v1/consumers", requests)
+        conn.close()
+        tp.terminate()
+        if tp.wait(timeout=30) != 0:
+            sys.exit(f"tether exited {tp.returncode} after SIGTERM:\n"
+                     f"{tether_log(log)}")
+        tp = None
+        return {"p50": percentile(lat, 0.5), "p99": percentile(lat, 0.99),
+                "size": size, "base_p50": percentile(health, 0.5),
+                "base_p99": percentile(health, 0.99),
+                "base_size": health_size}
+    finally:
+        if tp is not None:
+            tp.kill()
+            tp.wait()
 
 
 def proc_stat(pid):
@@ -463,7 +736,9 @@ def main():
     ap.add_argument("--quick", action="store_true",
                     help="short runs; does not write RESULTS.md")
     ap.add_argument("--case", choices=["generate_file", "sse_file",
-                                       "sse_latency", "idle", "binary"])
+                                       "sse_latency", "socket_sink",
+                                       "exec_sink", "api_latency", "idle",
+                                       "binary"])
     args = ap.parse_args()
     build()
     events = 500_000 if args.quick else 2_000_000
@@ -500,6 +775,43 @@ def main():
                 f"p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms",
                 f"curl p50 {r['base_p50']:.2f} ms, p99 {r['base_p99']:.2f} ms",
                 f"+{r['p99'] - r['base_p99']:.2f} ms at p99"))
+        if args.case in (None, "socket_sink"):
+            n = 300_000 if args.quick else 2_000_000
+            sock = {w: in_short_dir(socket_sink, n, w, runs)
+                    for w in (1000, 10000)}
+            best = max(sock, key=lambda w: sock[w]["eps"])
+            for window, r in sock.items():
+                rows.append((
+                    f"socket sink -> subscriber, {n:,} events, max_in_flight "
+                    f"{window}, ack every 100"
+                    + (" (headline)" if window == best else ""),
+                    f"{r['eps']:,.0f} events/s at the subscriber "
+                    f"({r['eps_wall']:,.0f} over tether's wall time, "
+                    f"{r['eps_cpu']:,.0f} per CPU-s, {r['rss'] / 1024:.1f} "
+                    f"MiB peak RSS)",
+                    f"pipe into subscriber --stdin {r['base_eps']:,.0f} "
+                    f"events/s",
+                    f"{r['eps'] / r['base_eps']:.2f}"))
+        if args.case in (None, "exec_sink"):
+            n = 300_000 if args.quick else 2_000_000
+            r = in_short_dir(exec_sink, n, 10000, runs)
+            rows.append((
+                f"exec sink -> acker, {n:,} events, max_in_flight 10000",
+                f"{r['eps']:,.0f} events/s ({r['eps_cpu']:,.0f} per CPU-s, "
+                f"{r['rss'] / 1024:.1f} MiB peak RSS)",
+                f"pipe into acker {r['base_eps']:,.0f} events/s",
+                f"{r['eps'] / r['base_eps']:.2f}"))
+        if args.case in (None, "api_latency"):
+            r = in_short_dir(api_latency, 100, 2000)
+            rows.append((
+                "GET /v1/consumers, 100 consumers, 2,000 requests, "
+                "keep-alive",
+                f"p50 {r['p50']:.3f} ms, p99 {r['p99']:.3f} ms "
+                f"({r['size']:,} bytes)",
+                f"/v1/health p50 {r['base_p50']:.3f} ms, p99 "
+                f"{r['base_p99']:.3f} ms ({r['base_size']} bytes)",
+                f"{r['p50'] / r['base_p50']:.0f}x at p50, "
+                f"{r['p99'] / r['base_p99']:.0f}x at p99"))
         if args.case in (None, "idle"):
             rss1, pss1, t1 = idle(work, 1, 1, 0, seconds)
             rss100, pss100, t100 = idle(work, 100, 1, 0, seconds)
@@ -552,6 +864,15 @@ How to read it:
   read the same stream at once; the difference is tether's added latency.
 - RSS counts shared library pages (libc, libsqlite3) in full; PSS counts
   them by share.
+- socket_sink's events/s is the subscriber's (first byte of the stream to
+  the answer of the last acknowledgement); tether's wall time, start-up
+  and the last commit included, is beside it. Its baseline and exec_sink's
+  only split lines and parse each seq out of a pipe: they are the
+  application's own ceiling, not a second implementation of the protocol.
+- exec_sink's CPU figure includes the acker's CPU: tether reaps it, so
+  wait4 counts it in tether's.
+- api_latency's client is Python's http.client; /v1/health shows that
+  floor (client and server together).
 """)
 
 
