@@ -919,13 +919,23 @@ out:
 
 /* ---- life -------------------------------------------------------------- */
 
+/* HOST:PORT, [IPv6]:PORT, or :PORT / PORT for the loopback address. */
 static int parse_listen(const char *text, char *host, size_t hostlen,
                         uint16_t *port) {
   const char *colon = strrchr(text, ':');
   char *end;
   long p;
 
-  if (colon == NULL || colon == text || (size_t)(colon - text) >= hostlen)
+  if (colon == NULL || colon == text) {
+    p = strtol(colon != NULL ? colon + 1 : text, &end, 10);
+    if (*end != '\0' || end == (colon != NULL ? colon + 1 : text) || p < 0 ||
+        p > 65535)
+      return UV_EINVAL;
+    snprintf(host, hostlen, "127.0.0.1");
+    *port = (uint16_t)p;
+    return 0;
+  }
+  if ((size_t)(colon - text) >= hostlen)
     return UV_EINVAL;
   p = strtol(colon + 1, &end, 10);
   if (*end != '\0' || p < 0 || p > 65535)
@@ -986,7 +996,7 @@ int api_start(uv_loop_t *loop, const api_env *env, api **out, char *err,
   if (dc->http_listen[0] != '\0') {
     if (parse_listen(dc->http_listen, host, sizeof host, &o.tcp_port) != 0) {
       snprintf(err, errlen,
-               "http_listen = \"%s\": expected HOST:PORT, e.g. "
+               "http_listen = \"%s\": expected HOST:PORT or PORT, e.g. "
                "127.0.0.1:9464",
                dc->http_listen);
       free(a->rates);

@@ -103,8 +103,8 @@ const option config_daemon_options[] = {
     "group that owns the socket (a name or a number); empty = unchanged", 0, 0,
     NULL, 0 },
   { "http_listen", OPT_STRING, "", offsetof(daemon_conf, http_listen),
-    "HOST:PORT for probes and /metrics only (health, ready, metrics); empty "
-    "= off",
+    "HOST:PORT (or just PORT, on 127.0.0.1) for probes and /metrics only "
+    "(health, ready, metrics); empty = off",
     0, 0, NULL, 0 },
   { "api_max_connections", OPT_INT, "256",
     offsetof(daemon_conf, api_max_connections),

@@ -9,4 +9,5 @@ scripts/deps.sh build
 [ -f build-release/build.ninja ] ||
   meson setup build-release --buildtype=release >/dev/null
 meson compile -C build-release tether >/dev/null
+echo "quickstart: tether runs; from another terminal here: ./build-release/daemon/tether status" >&2
 exec ./build-release/daemon/tether run "$@"

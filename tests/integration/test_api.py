@@ -434,7 +434,7 @@ def test_a_second_tether_on_a_live_socket_is_refused(tether, sockdir, tmp_path):
 
 def test_http_listen_serves_probes_and_metrics_only(tether, sockdir):
     sock = os.path.join(sockdir, "api.sock")
-    t = tether(config(sock, daemon_extra="http_listen = 127.0.0.1:0"))
+    t = tether(config(sock, daemon_extra="http_listen = 0"))  # loopback
     t.start()
     m = t.wait_log(r"local API listening socket=\S+ http_listen=127\.0\.0\.1:"
                    r"(\d+)")
@@ -550,3 +550,14 @@ for line in sys.stdin:
     assert (c["events_failed"], c["events_dead_lettered"]) == (4, 4)
     records, _ = read_lines(str(tmp_path / "dead.ndjson"))
     assert [r["seq"] for r in records] == [5, 10, 15, 20]
+
+
+def test_bad_http_listen_is_a_clear_startup_error(tether, sockdir):
+    sock = os.path.join(sockdir, "api.sock")
+    t = tether(config(sock, daemon_extra="http_listen = localhost:http"))
+    t.start()
+    assert t.wait_exit() != 0
+    assert 'cannot start the local API socket=' in t.log()
+    assert 'http_listen = \\"localhost:http\\": expected HOST:PORT or PORT' \
+        in t.log(), t.log()
+    assert not os.path.exists(sock)
