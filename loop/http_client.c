@@ -15,6 +15,7 @@
  * (STYLE rule 8); the client is freed once every connection and request is.
  */
 #include "loop/http_client.h"
+#include "loop/list.h"
 
 #include <assert.h>
 #include <inttypes.h>
@@ -34,43 +35,6 @@
 #define DEFAULT_MAX_HEADERS     100
 #define DEFAULT_MAX_BODY        (16 * 1024 * 1024)
 #define USER_AGENT              "tether/" TETHER_VERSION
-
-#define container_of(ptr, type, member)                                        \
-  ((type *)((char *)(ptr)-offsetof(type, member)))
-
-/* ---- A small intrusive list ---------------------------------------------- */
-
-typedef struct list {
-  struct list *prev, *next;
-} list;
-
-static void list_init(list *l) {
-  l->prev = l->next = l;
-}
-
-static bool list_empty(const list *l) {
-  return l->next == l;
-}
-
-static void list_push_back(list *l, list *n) {
-  n->prev = l->prev;
-  n->next = l;
-  l->prev->next = n;
-  l->prev = n;
-}
-
-static void list_push_front(list *l, list *n) {
-  n->next = l->next;
-  n->prev = l;
-  l->next->prev = n;
-  l->next = n;
-}
-
-static void list_remove(list *n) {
-  n->prev->next = n->next;
-  n->next->prev = n->prev;
-  list_init(n);
-}
 
 /* ---- The response parser ------------------------------------------------- */
 

@@ -37,6 +37,7 @@
  * expectation gets 417.
  */
 #include "loop/http_server.h"
+#include "loop/list.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -76,36 +77,6 @@
 #define LINGER_MAX_BYTES (1024 * 1024)
 /* Larger whole responses do not fit a single uv_buf_t. */
 #define RESPONSE_MAX ((size_t)INT32_MAX)
-
-#define container_of(ptr, type, member)                                        \
-  ((type *)((char *)(ptr)-offsetof(type, member)))
-
-/* ---- A small intrusive list ---------------------------------------------- */
-
-typedef struct list {
-  struct list *prev, *next;
-} list;
-
-static void list_init(list *l) {
-  l->prev = l->next = l;
-}
-
-static bool list_empty(const list *l) {
-  return l->next == l;
-}
-
-static void list_push_back(list *l, list *n) {
-  n->prev = l->prev;
-  n->next = l;
-  l->prev->next = n;
-  l->prev = n;
-}
-
-static void list_remove(list *n) {
-  n->prev->next = n->next;
-  n->next->prev = n->prev;
-  list_init(n);
-}
 
 __attribute__((format(printf, 3, 4))) static void fmt(char *out, size_t outlen,
                                                       const char *f, ...) {
