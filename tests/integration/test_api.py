@@ -155,7 +155,7 @@ def test_pause_resume_persists_and_is_logged(tether, sockdir):
              20, "the API after the restart", t)
     c = consumer(sock, "gen")
     assert c["paused"] is True and c["state"] == "paused"
-    time.sleep(0.3)
+    time.sleep(0.3)  # an observation window: still nothing may arrive
     assert consumer(sock, "gen")["events_received"] == 0
 
     status, _, body = request(sock, "POST", "/v1/consumers/gen/resume")
@@ -290,7 +290,7 @@ def test_slow_client_is_cut_without_harm_to_others(tether, sockdir):
         # A well-behaved client meanwhile is served at once.
         if i % 20 == 0:
             assert get(sock, "/v1/health")[0] == 200
-        time.sleep(0.02)
+        time.sleep(0.02)  # the slow client's pace, a byte per 20 ms
         if time.monotonic() - start > 8:
             break
     if not cut:

@@ -172,12 +172,13 @@ def test_a_named_cumulative_ack_covers_only_its_own_events(tether, sockdir):
     b = Subscriber(sock, "q", who="b")
     wait_for(lambda: consumer(sock, "q")["subscribers"] == 2, 20, "two", t)
     seen = {}
-    while len(seen) < 20:
+
+    def drain():
         for who, s in (("a", a), ("b", b)):
             while not s.events.empty():
-                e = s.events.get()
-                seen[e["seq"]] = who
-        time.sleep(0.01)
+                seen[s.events.get()["seq"]] = who
+        return len(seen) == 20
+    wait_for(drain, 20, "20 events between the two", t)
     a_seqs = sorted(s for s, w in seen.items() if w == "a")
     b_seqs = sorted(s for s, w in seen.items() if w == "b")
     assert a_seqs and b_seqs
