@@ -13,6 +13,7 @@
 #include "daemon/log.h"
 #include "daemon/registry.h"
 #include "tests/unit/test.h"
+#include "tests/unit/test_uv.h"
 
 #define MAX_SEQ    256
 #define MAX_STATES 64
@@ -186,57 +187,9 @@ static void write_events(fixture *fx, uint64_t first, uint64_t last) {
   ASSERT_EQ(SINK_ACCEPTED, fx->f.outcome);
 }
 
-typedef bool (*pred_fn)(void *arg);
-
-typedef struct waiter {
-  pred_fn pred;
-  void *arg;
-  uint64_t deadline;
-  bool met;
-} waiter;
-
-static void on_wait_tick(uv_timer_t *t) {
-  waiter *w = t->data;
-
-  if (w->pred != NULL && w->pred(w->arg)) {
-    w->met = true;
-    uv_stop(t->loop);
-  } else if (uv_now(t->loop) >= w->deadline) {
-    uv_stop(t->loop);
-  }
-}
-
-/* Runs the loop until pred holds (true) or ms pass (false). */
-static bool run_until(uv_loop_t *loop, pred_fn pred, void *arg, uint64_t ms) {
-  uv_timer_t t;
-  waiter w = { pred, arg, 0, false };
-
-  uv_update_time(loop);
-  w.deadline = uv_now(loop) + ms;
-  uv_timer_init(loop, &t);
-  t.data = &w;
-  uv_timer_start(&t, on_wait_tick, 1, 1);
-  uv_run(loop, UV_RUN_DEFAULT);
-  uv_close((uv_handle_t *)&t, NULL);
-  uv_run(loop, UV_RUN_NOWAIT);
-  return w.met;
-}
-
-typedef struct want {
-  fake *f;
-  int n;
-} want;
-
-static bool delivered_all(void *arg) {
-  want *w = arg;
-
-  return w->f->distinct >= w->n;
-}
-
 static void expect_delivered(fixture *fx, int n, uint64_t ms) {
-  want w = { &fx->f, n };
-
-  if (!run_until(&fx->loop, delivered_all, &w, ms)) {
+  RUN_UNTIL_OR_TIMEOUT(&fx->loop, fx->f.distinct >= n, ms);
+  if (fx->f.distinct < n) {
     char *log = test_read_file(fx->log, NULL);
 
     printf("# --- log ---\n%s", log ? log : "");
@@ -676,8 +629,8 @@ static void test_exits_at_start_backs_off(void) {
   handler(&fx, "sys.exit(1)\n");
   open_sink(&fx);
   write_events(&fx, 1, 3);
-  ASSERT(run_until(&fx.loop, saw_restarting, &fx.f, 5000));
-  run_until(&fx.loop, NULL, NULL, 600);
+  RUN_UNTIL(&fx.loop, saw_restarting(&fx.f), 5000);
+  RUN_FOR(&fx.loop, 600);
   ASSERT_EQ(0, fx.f.distinct);
   ASSERT_STR_EQ("handler_restarting", fx.f.states[fx.f.n_states - 1]);
   close_sink(&fx);
@@ -964,7 +917,7 @@ static void test_close_while_restarting(void) {
   handler(&fx, "sys.exit(1)\n");
   open_sink(&fx);
   write_events(&fx, 1, 1);
-  ASSERT(run_until(&fx.loop, saw_restarting, &fx.f, 5000));
+  RUN_UNTIL(&fx.loop, saw_restarting(&fx.f), 5000);
   teardown(&fx);
 }
 

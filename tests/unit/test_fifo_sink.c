@@ -9,6 +9,7 @@
 
 #include "daemon/registry.h"
 #include "tests/unit/test.h"
+#include "tests/unit/test_uv.h"
 
 #define MAX_STATES 16
 
@@ -165,43 +166,6 @@ static void write_batch(fixture *fx, const char *data, size_t len) {
   fx->type->write(fx->s, &b, on_write, &fx->f);
 }
 
-typedef bool (*pred_fn)(void *arg);
-
-typedef struct waiter {
-  pred_fn pred;
-  void *arg;
-  uint64_t deadline;
-  bool met;
-} waiter;
-
-static void on_wait_tick(uv_timer_t *t) {
-  waiter *w = t->data;
-
-  if (w->pred != NULL && w->pred(w->arg)) {
-    w->met = true;
-    uv_stop(t->loop);
-  } else if (uv_now(t->loop) >= w->deadline) {
-    uv_stop(t->loop);
-  }
-}
-
-/* Runs the loop until pred holds (true) or ms pass (false). With a NULL
- * pred it simply runs the loop for ms. */
-static bool run_until(uv_loop_t *loop, pred_fn pred, void *arg, uint64_t ms) {
-  uv_timer_t t;
-  waiter w = { pred, arg, 0, false };
-
-  uv_update_time(loop);
-  w.deadline = uv_now(loop) + ms;
-  uv_timer_init(loop, &t);
-  t.data = &w;
-  uv_timer_start(&t, on_wait_tick, 1, 1);
-  uv_run(loop, UV_RUN_DEFAULT);
-  uv_close((uv_handle_t *)&t, NULL);
-  uv_run(loop, UV_RUN_NOWAIT);
-  return w.met;
-}
-
 static bool written(void *arg) {
   return ((fake *)arg)->write_calls > 0;
 }
@@ -289,16 +253,16 @@ static void test_waits_for_reader(void) {
 
   setup(&fx);
   open_sink(&fx);
-  ASSERT(run_until(&fx.loop, waiting_reported, &fx.f, 2000));
+  RUN_UNTIL(&fx.loop, waiting_reported(&fx.f), 2000);
   write_batch(&fx, lines, strlen(lines));
-  run_until(&fx.loop, NULL, NULL, 50);
+  RUN_FOR(&fx.loop, 50);
   ASSERT_EQ(0, fx.f.write_calls);
   reader_open(&fx.loop, &r, fx.path, SIZE_MAX);
-  ASSERT(run_until(&fx.loop, written, &fx.f, 2000));
+  RUN_UNTIL(&fx.loop, written(&fx.f), 2000);
   ASSERT_EQ(SINK_DELIVERED, fx.f.outcome);
   ASSERT(ready_reported(&fx.f));
   ASSERT_EQ(2, fx.f.n_states);
-  run_until(&fx.loop, NULL, NULL, 10);
+  RUN_FOR(&fx.loop, 10);
   ASSERT_STR_EQ(lines, r.data);
   reader_close(&r);
   free(r.data);
@@ -316,15 +280,16 @@ static void test_reader_leaves_while_idle(void) {
   reader_open(&fx.loop, &r1, fx.path, SIZE_MAX);
   open_sink(&fx);
   write_batch(&fx, "a\n", 2);
-  ASSERT(run_until(&fx.loop, written, &fx.f, 2000));
+  RUN_UNTIL(&fx.loop, written(&fx.f), 2000);
+  RUN_UNTIL(&fx.loop, r1.len == 2, 2000); /* it has read the line */
   reader_close(&r1);
-  ASSERT(run_until(&fx.loop, waiting_reported, &fx.f, 2000));
+  RUN_UNTIL(&fx.loop, waiting_reported(&fx.f), 2000);
   reader_open(&fx.loop, &r2, fx.path, SIZE_MAX);
-  ASSERT(run_until(&fx.loop, ready_reported, &fx.f, 2000));
+  RUN_UNTIL(&fx.loop, ready_reported(&fx.f), 2000);
   fx.f.write_calls = 0;
   write_batch(&fx, "b\n", 2);
-  ASSERT(run_until(&fx.loop, written, &fx.f, 2000));
-  run_until(&fx.loop, NULL, NULL, 10);
+  RUN_UNTIL(&fx.loop, written(&fx.f), 2000);
+  RUN_FOR(&fx.loop, 10);
   ASSERT_STR_EQ("a\n", r1.data);
   ASSERT_STR_EQ("b\n", r2.data);
   reader_close(&r2);
@@ -349,7 +314,7 @@ static void test_reader_leaves_mid_line(void) {
   reader_open(&fx.loop, &r1, fx.path, 0); /* reads nothing yet */
   open_sink(&fx);
   write_batch(&fx, lines, n * width);
-  run_until(&fx.loop, NULL, NULL, 30); /* the pipe fills up */
+  RUN_FOR(&fx.loop, 30); /* the pipe fills up */
   ASSERT_EQ(0, fx.f.write_calls);
   reader_read(&r1, SIZE_MAX);
   ASSERT(r1.len > 0);
@@ -357,16 +322,16 @@ static void test_reader_leaves_mid_line(void) {
   /* The pipe held a cut line: the first reader has its head only. */
   ASSERT(r1.len % width != 0);
   whole1 = r1.len - r1.len % width;
-  ASSERT(run_until(&fx.loop, waiting_reported, &fx.f, 2000));
+  RUN_UNTIL(&fx.loop, waiting_reported(&fx.f), 2000);
   ASSERT_EQ(0, fx.f.write_calls);
   reader_open(&fx.loop, &r2, fx.path, SIZE_MAX);
-  ASSERT(run_until(&fx.loop, written, &fx.f, 5000));
+  RUN_UNTIL(&fx.loop, written(&fx.f), 5000);
   ASSERT_EQ(SINK_DELIVERED, fx.f.outcome);
   memset(&st, 0, sizeof st);
   fx.type->stats(fx.s, &st);
   ASSERT_EQ(1, st.write_errors);
   ASSERT_EQ(1, st.redelivered);
-  run_until(&fx.loop, NULL, NULL, 20);
+  RUN_FOR(&fx.loop, 20);
   /* The second reader starts with the line that was cut, whole. */
   ASSERT_EQ(n * width - whole1, r2.len);
   ASSERT_MEM_EQ(lines + whole1, n * width - whole1, r2.data, r2.len);
@@ -412,7 +377,7 @@ static void test_slow_reader_big_batch(void) {
   c.r = &r;
   c.total = n * width;
   c.early = false;
-  ASSERT(run_until(&fx.loop, slow_done, &c, 20000));
+  RUN_UNTIL(&fx.loop, slow_done(&c), 20000);
   ASSERT(!c.early);
   ASSERT_EQ(1, fx.f.write_calls);
   ASSERT_EQ(SINK_DELIVERED, fx.f.outcome);
@@ -430,7 +395,7 @@ static void test_close_gives_back_pending_write(void) {
   setup(&fx);
   open_sink(&fx);
   write_batch(&fx, "x\n", 2);
-  run_until(&fx.loop, NULL, NULL, 20);
+  RUN_FOR(&fx.loop, 20);
   ASSERT_EQ(0, fx.f.write_calls);
   fx.type->close(fx.s, on_close, &fx.f);
   fx.s = NULL;
@@ -462,15 +427,15 @@ static void test_reopen_follows_new_fifo(void) {
   reader_open(&fx.loop, &r1, fx.path, SIZE_MAX);
   open_sink(&fx);
   write_batch(&fx, "old\n", 4);
-  ASSERT(run_until(&fx.loop, written, &fx.f, 2000));
+  RUN_UNTIL(&fx.loop, written(&fx.f), 2000);
   ASSERT_EQ(0, unlink(fx.path));
   ASSERT_EQ(0, mkfifo(fx.path, 0600));
   reader_open(&fx.loop, &r2, fx.path, SIZE_MAX);
   fx.type->reopen(fx.s);
   fx.f.write_calls = 0;
   write_batch(&fx, "new\n", 4);
-  ASSERT(run_until(&fx.loop, written, &fx.f, 2000));
-  run_until(&fx.loop, NULL, NULL, 10);
+  RUN_UNTIL(&fx.loop, written(&fx.f), 2000);
+  RUN_FOR(&fx.loop, 10);
   ASSERT_STR_EQ("old\n", r1.data);
   ASSERT_STR_EQ("new\n", r2.data);
   reader_close(&r1);
@@ -494,12 +459,12 @@ static void test_reopen_mid_line_finishes_the_line(void) {
   reader_open(&fx.loop, &r, fx.path, 0);
   open_sink(&fx);
   write_batch(&fx, lines, n * width);
-  run_until(&fx.loop, NULL, NULL, 30);
+  RUN_FOR(&fx.loop, 30);
   fx.type->reopen(fx.s);
   r.per_tick = SIZE_MAX;
-  ASSERT(run_until(&fx.loop, written, &fx.f, 5000));
+  RUN_UNTIL(&fx.loop, written(&fx.f), 5000);
   ASSERT_EQ(SINK_DELIVERED, fx.f.outcome);
-  run_until(&fx.loop, NULL, NULL, 20);
+  RUN_FOR(&fx.loop, 20);
   ASSERT_MEM_EQ(lines, n * width, r.data, r.len);
   reader_close(&r);
   free(r.data);
@@ -515,15 +480,15 @@ static void test_fifo_made_again_when_removed(void) {
 
   setup(&fx);
   open_sink(&fx);
-  ASSERT(run_until(&fx.loop, waiting_reported, &fx.f, 2000));
+  RUN_UNTIL(&fx.loop, waiting_reported(&fx.f), 2000);
   ASSERT_EQ(0, unlink(fx.path));
   write_batch(&fx, "z\n", 2);
-  run_until(&fx.loop, NULL, NULL, 30);
+  RUN_FOR(&fx.loop, 30);
   ASSERT_EQ(0, stat(fx.path, &st));
   ASSERT(S_ISFIFO(st.st_mode));
   reader_open(&fx.loop, &r, fx.path, SIZE_MAX);
-  ASSERT(run_until(&fx.loop, written, &fx.f, 2000));
-  run_until(&fx.loop, NULL, NULL, 10);
+  RUN_UNTIL(&fx.loop, written(&fx.f), 2000);
+  RUN_FOR(&fx.loop, 10);
   ASSERT_STR_EQ("z\n", r.data);
   reader_close(&r);
   free(r.data);
