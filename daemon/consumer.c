@@ -800,8 +800,16 @@ void consumer_snapshot(const consumer *c, uint64_t *seq, const char **position,
 }
 
 void consumer_committed(consumer *c, uint64_t seq) {
-  if (seq > c->committed_seq)
-    c->committed_seq = seq;
+  if (seq <= c->committed_seq)
+    return;
+  c->committed_seq = seq;
+  /* The committed position is the snapshot of the sync that preceded the
+   * commit (the flusher commits nothing else). */
+  if (c->src_running && c->src->type->on_committed != NULL &&
+      seq == c->snap_seq)
+    c->src->type->on_committed(c->src, seq,
+                               c->snap_pos.data != NULL ? c->snap_pos.data
+                                                        : "");
 }
 
 void consumer_reopen(consumer *c) {

@@ -10,6 +10,7 @@ extern const sink_type sink_file;
 extern const sink_type sink_fifo;
 extern const sink_type sink_exec;
 extern const sink_type sink_socket;
+extern const upstream_type upstream_pocketbase;
 extern const upstream_type upstream_sse;
 extern const upstream_type upstream_http_poll;
 
@@ -23,6 +24,7 @@ const sink_type *const registry_sinks[] = {
 };
 
 const upstream_type *const registry_upstreams[] = {
+  &upstream_pocketbase,
   &upstream_sse,
   &upstream_http_poll,
   NULL,

@@ -60,6 +60,11 @@ struct source_type {
   /* Every event up to seq is delivered by the sink (for upstream acks).
    * May be NULL. */
   void (*on_delivered)(source *s, uint64_t seq);
+
+  /* The cursor up to seq, at position (borrowed for the call), is durable
+   * in the local store: what may now be told elsewhere (an offset mirror).
+   * May be NULL. */
+  void (*on_committed)(source *s, uint64_t seq, const char *position);
 };
 
 #endif

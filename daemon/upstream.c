@@ -12,47 +12,12 @@
 #include "daemon/sources/sse.h"
 
 const option upstream_http_options[] = {
-  { "url", OPT_STRING, NULL, offsetof(http_upstream_conf, url),
-    "base URL of the service: http:// or https://, host, port and a base "
-    "path",
-    0, 0, NULL, OPT_REQUIRED },
-  { "unix_socket", OPT_STRING, "", offsetof(http_upstream_conf, unix_socket),
-    "reach the service over this unix socket (the url still names the host)", 0,
-    0, NULL, 0 },
-  { "ca_file", OPT_STRING, "", offsetof(http_upstream_conf, ca_file),
-    "PEM file of the CAs to trust; empty = the system bundle", 0, 0, NULL, 0 },
-  { "client_cert", OPT_STRING, "", offsetof(http_upstream_conf, client_cert),
-    "PEM certificate tether presents (mutual TLS)", 0, 0, NULL, 0 },
-  { "client_key", OPT_STRING, "", offsetof(http_upstream_conf, client_key),
-    "PEM key of client_cert", 0, 0, NULL, 0 },
-  { "tls_verify", OPT_BOOL, "true", offsetof(http_upstream_conf, tls_verify),
-    "check the server's certificate and name; false is logged as a warning", 0,
-    0, NULL, 0 },
-  { "max_connections", OPT_INT, "4",
-    offsetof(http_upstream_conf, max_connections),
-    "connections kept open to the service, shared by its consumers", 1, 256,
-    NULL, 0 },
-  { "connect_timeout", OPT_DURATION, "10s",
-    offsetof(http_upstream_conf, connect_timeout),
-    "limit on name lookup, connect and TLS handshake", 10, 600000, NULL, 0 },
-  { "reconnect_min", OPT_DURATION, "250ms",
-    offsetof(http_upstream_conf, reconnect_min),
-    "shortest wait before reconnecting after a failure", 1, 3600000, NULL, 0 },
-  { "reconnect_max", OPT_DURATION, "30s",
-    offsetof(http_upstream_conf, reconnect_max),
-    "longest wait before reconnecting, hints such as Retry-After included", 1,
-    86400000, NULL, 0 },
-  { "immediate_retries", OPT_INT, "3",
-    offsetof(http_upstream_conf, immediate_retries),
-    "failures retried at once before the waits begin", 0, 100, NULL, 0 },
-  { "proxy_from_env", OPT_BOOL, "true",
-    offsetof(http_upstream_conf, proxy_from_env),
-    "use HTTP_PROXY, HTTPS_PROXY and NO_PROXY from the environment", 0, 0, NULL,
-    0 },
+  UPSTREAM_HTTP_OPTIONS,
   { NULL, 0, NULL, 0, NULL, 0, 0, NULL, 0 },
 };
 
-static int http_check(void *conf, uint64_t explicit, char *err, size_t errlen) {
+int upstream_http_check(void *conf, uint64_t explicit, char *err,
+                        size_t errlen) {
   http_upstream_conf *c = conf;
 
   (void)explicit;
@@ -80,7 +45,7 @@ const upstream_type upstream_sse = {
   .description = "any text/event-stream endpoint (nchan, better-sse, ...)",
   .options = upstream_http_options,
   .conf_size = sizeof(http_upstream_conf),
-  .check = http_check,
+  .check = upstream_http_check,
   .source = &source_sse,
   .takes_headers = true,
 };
@@ -90,13 +55,15 @@ const upstream_type upstream_http_poll = {
   .description = "any JSON REST collection or changes feed",
   .options = upstream_http_options,
   .conf_size = sizeof(http_upstream_conf),
-  .check = http_check,
+  .check = upstream_http_check,
   .source = &source_http_poll,
   .takes_headers = true,
 };
 
 struct upstream {
   const config_upstream *conf;
+  uv_loop_t *loop;
+  void *ext; /* the type's shared runtime, or NULL */
   const http_upstream_conf *http;
   tls_ctx *tls;
   http_client *client;
@@ -120,6 +87,10 @@ backoff_budget *upstream_budget(void) {
   return &budget;
 }
 
+static void free_later(void *data) {
+  (void)data;
+}
+
 int upstream_open(uv_loop_t *loop, const config_upstream *u, upstream **out,
                   char *err, size_t errlen) {
   const http_upstream_conf *h = u->conf;
@@ -134,6 +105,7 @@ int upstream_open(uv_loop_t *loop, const config_upstream *u, upstream **out,
     return UV_ENOMEM;
   }
   up->conf = u;
+  up->loop = loop;
   up->http = h;
   up->headers = calloc(u->n_kv > 0 ? u->n_kv : 1, sizeof *up->headers);
   if (up->headers == NULL) {
@@ -173,9 +145,15 @@ int upstream_open(uv_loop_t *loop, const config_upstream *u, upstream **out,
   co.use_env_proxy = h->proxy_from_env;
   if ((rc = http_client_create(loop, &co, &up->client, err, errlen)) != 0)
     goto fail;
+  if (u->type_reg->ext_open != NULL &&
+      (rc = u->type_reg->ext_open(up, &up->ext, err, errlen)) != 0)
+    goto fail_client;
   *out = up;
   return 0;
 
+fail_client:
+  /* Nothing ran on the loop yet: the client closes on the next turn. */
+  http_client_close(up->client, free_later, NULL);
 fail:
   tls_ctx_destroy(up->tls);
   free(up->headers);
@@ -194,10 +172,32 @@ static void on_client_closed(void *data) {
   cb(cb_data);
 }
 
+static void on_ext_closed(void *data) {
+  upstream *up = data;
+
+  up->ext = NULL;
+  http_client_close(up->client, on_client_closed, up);
+}
+
 void upstream_close(upstream *up, void (*cb)(void *data), void *data) {
   up->close_cb = cb;
   up->close_data = data;
-  http_client_close(up->client, on_client_closed, up);
+  if (up->ext != NULL)
+    up->conf->type_reg->ext_close(up->ext, on_ext_closed, up);
+  else
+    http_client_close(up->client, on_client_closed, up);
+}
+
+uv_loop_t *upstream_loop(const upstream *up) {
+  return up->loop;
+}
+
+const void *upstream_conf(const upstream *up) {
+  return up->conf->conf;
+}
+
+void *upstream_ext(const upstream *up) {
+  return up->ext;
 }
 
 const char *upstream_name(const upstream *up) {

@@ -20,6 +20,8 @@
 #include "loop/backoff.h"
 #include "loop/http_client.h"
 
+struct upstream;
+
 typedef struct upstream_type {
   const char *name;
   const char *description;
@@ -30,6 +32,11 @@ typedef struct upstream_type {
   const source_type *source; /* the source type its consumers run */
   /* True for types whose section takes header.NAME keys. */
   bool takes_headers;
+  /* The type's own shared runtime beside the HTTP client (PocketBase: the
+   * token and the realtime stream), opened after the client and closed
+   * before it; cb runs once everything of it ended. Both may be NULL. */
+  int (*ext_open)(struct upstream *up, void **ext, char *err, size_t errlen);
+  void (*ext_close)(void *ext, void (*cb)(void *data), void *data);
 } upstream_type;
 
 /* The options every HTTP upstream has (sse, http-poll). */
@@ -50,6 +57,52 @@ typedef struct http_upstream_conf {
 
 extern const option upstream_http_options[];
 
+/* The cross-option check of every HTTP upstream (url scheme, mTLS pair). */
+int upstream_http_check(void *conf, uint64_t explicit, char *err,
+                        size_t errlen);
+
+/* The option entries of every HTTP upstream, for the table of a type
+ * whose conf struct starts with an http_upstream_conf. */
+#define UPSTREAM_HTTP_OPTIONS \
+  { "url", OPT_STRING, NULL, offsetof(http_upstream_conf, url), \
+    "base URL of the service: http:// or https://, host, port and a base " \
+    "path", \
+    0, 0, NULL, OPT_REQUIRED }, \
+  { "unix_socket", OPT_STRING, "", offsetof(http_upstream_conf, unix_socket), \
+    "reach the service over this unix socket (the url still names the host)", 0, \
+    0, NULL, 0 }, \
+  { "ca_file", OPT_STRING, "", offsetof(http_upstream_conf, ca_file), \
+    "PEM file of the CAs to trust; empty = the system bundle", 0, 0, NULL, 0 }, \
+  { "client_cert", OPT_STRING, "", offsetof(http_upstream_conf, client_cert), \
+    "PEM certificate tether presents (mutual TLS)", 0, 0, NULL, 0 }, \
+  { "client_key", OPT_STRING, "", offsetof(http_upstream_conf, client_key), \
+    "PEM key of client_cert", 0, 0, NULL, 0 }, \
+  { "tls_verify", OPT_BOOL, "true", offsetof(http_upstream_conf, tls_verify), \
+    "check the server's certificate and name; false is logged as a warning", 0, \
+    0, NULL, 0 }, \
+  { "max_connections", OPT_INT, "4", \
+    offsetof(http_upstream_conf, max_connections), \
+    "connections kept open to the service, shared by its consumers", 1, 256, \
+    NULL, 0 }, \
+  { "connect_timeout", OPT_DURATION, "10s", \
+    offsetof(http_upstream_conf, connect_timeout), \
+    "limit on name lookup, connect and TLS handshake", 10, 600000, NULL, 0 }, \
+  { "reconnect_min", OPT_DURATION, "250ms", \
+    offsetof(http_upstream_conf, reconnect_min), \
+    "shortest wait before reconnecting after a failure", 1, 3600000, NULL, 0 }, \
+  { "reconnect_max", OPT_DURATION, "30s", \
+    offsetof(http_upstream_conf, reconnect_max), \
+    "longest wait before reconnecting, hints such as Retry-After included", 1, \
+    86400000, NULL, 0 }, \
+  { "immediate_retries", OPT_INT, "3", \
+    offsetof(http_upstream_conf, immediate_retries), \
+    "failures retried at once before the waits begin", 0, 100, NULL, 0 }, \
+  { "proxy_from_env", OPT_BOOL, "true", \
+    offsetof(http_upstream_conf, proxy_from_env), \
+    "use HTTP_PROXY, HTTPS_PROXY and NO_PROXY from the environment", 0, 0, NULL, \
+    0 }
+
+
 /* The runtime of one [upstream NAME] section. */
 typedef struct upstream upstream;
 
@@ -66,6 +119,11 @@ int upstream_open(uv_loop_t *loop, const config_upstream *u, upstream **out,
 void upstream_close(upstream *up, void (*cb)(void *data), void *data);
 
 const char *upstream_name(const upstream *up);
+uv_loop_t *upstream_loop(const upstream *up);
+/* The section's parsed options (the type's conf struct). */
+const void *upstream_conf(const upstream *up);
+/* The type's shared runtime from ext_open, or NULL. */
+void *upstream_ext(const upstream *up);
 const http_upstream_conf *upstream_http_conf(const upstream *up);
 http_client *upstream_http(upstream *up);
 

@@ -2,6 +2,8 @@
 # Installs the Debian packages tether needs, only those that are missing.
 #
 #   scripts/deps.sh build   compiler, meson and the libraries tether links
+#   scripts/deps.sh demo    build + python3 and curl, for the PocketBase demo
+#                           of scripts/quickstart.sh
 #   scripts/deps.sh test    build + pytest, clang and libFuzzer, and the real
 #                           peers the tests run (nginx + nchan, openssl,
 #                           curl, the npm packages pinned in tests/peers)
@@ -17,11 +19,14 @@ build="meson ninja-build pkg-config gcc libc6-dev libuv1-dev libsqlite3-dev
 test="$build python3 python3-pytest clang libclang-rt-14-dev openssl curl
   nginx libnginx-mod-nchan"
 
+demo="$build python3 curl"
+
 set -- "${1:-build}"
 case "$1" in
   build) want=$build ;;
+  demo) want=$demo ;;
   test) want=$test ;;
-  *) echo "usage: scripts/deps.sh build|test" >&2; exit 2 ;;
+  *) echo "usage: scripts/deps.sh build|demo|test" >&2; exit 2 ;;
 esac
 
 missing=""
