@@ -169,7 +169,8 @@ static int pb_upstream_check(void *conf, uint64_t explicit, char *err,
     return UV_EINVAL;
   }
   if (c->auth == PB_AUTH_NONE &&
-      (c->identity[0] != '\0' || c->token[0] != '\0')) {
+      (c->identity[0] != '\0' || c->password[0] != '\0' ||
+       c->token[0] != '\0')) {
     snprintf(err, errlen,
              "credentials are set but auth = none: set auth = superuser, "
              "user or token");

@@ -71,10 +71,10 @@ BAD = [
      "[consumer a]\nupstream = pb\nsink = stdout\n",
      'bad.ini:2: [consumer a] upstream = "pb": no [upstream pb] section'),
     ("upstream_not_yet",
-     "[upstream pb]\ntype = pocketbase\n"
+     "[upstream pb]\ntype = lockd\n"
      "[consumer a]\nupstream = pb\nsink = stdout\n",
      'bad.ini:4: [consumer a] upstream = "pb": [upstream pb] has type '
-     "pocketbase, which this version cannot consume yet"),
+     "lockd, which this version cannot consume yet"),
     ("bad_template",
      '[consumer a]\nsource = generate\nsink = stdout\ntemplate = {"a":{seq}\n',
      "bad.ini:1: [consumer a]: template is not valid JSON once {seq} is a "
@@ -142,7 +142,7 @@ def test_check_rejects_bad_config(tmp_path, name, text, want):
 def test_check_prints_effective_config(tmp_path):
     (tmp_path / "ok.ini").write_text("""
 [upstream pb]
-type = pocketbase
+type = lockd
 url = https://pb.internal
 password = ${PB_PASSWORD}
 

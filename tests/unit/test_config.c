@@ -180,7 +180,7 @@ static void test_bad_configs(void) {
     { "[consumer orders]\nsource = generate\n",
       "t.ini:1: [consumer orders]: sink is required\n" },
     /* 16 */
-    { "[upstream pb]\ntype = pocketbase\n[consumer a]\nsource = "
+    { "[upstream pb]\ntype = lockd\n[consumer a]\nsource = "
       "generate\nupstream = pb\nsink = stdout\n",
       "t.ini:3: [consumer a]: set only one of source and upstream\n" },
     /* 17 */
@@ -194,10 +194,10 @@ static void test_bad_configs(void) {
     { "[consumer a]\nupstream = pb\nsink = stdout\n",
       "t.ini:2: [consumer a] upstream = \"pb\": no [upstream pb] section\n" },
     /* 20 */
-    { "[upstream pb]\ntype = pocketbase\nurl = http://pb\n[consumer "
+    { "[upstream pb]\ntype = lockd\nurl = http://pb\n[consumer "
       "a]\nupstream = pb\ncollection = orders\nsink = stdout\n",
       "t.ini:5: [consumer a] upstream = \"pb\": [upstream pb] has type "
-      "pocketbase, which this version cannot consume yet\n" },
+      "lockd, which this version cannot consume yet\n" },
     /* 21 */
     { "[upstream pb]\nurl = http://pb\n[upstream q]\ntype = kafka\n" CONSUMER,
       "t.ini:1: [upstream pb]: type is required\n"
@@ -247,7 +247,7 @@ static void test_bad_configs(void) {
       "${1X}: write ${NAME} or ${NAME:-default}, NAME being letters, digits "
       "and _\n" },
     /* 27: a secret-looking upstream key is not shown */
-    { "[upstream pb]\ntype = pocketbase\npassword = ${TETHER_TEST_UNSET}\n"
+    { "[upstream pb]\ntype = lockd\npassword = ${TETHER_TEST_UNSET}\n"
       "api token = x\n" CONSUMER,
       "t.ini:3: [upstream pb] password = ***: environment variable "
       "TETHER_TEST_UNSET is not set (write ${TETHER_TEST_UNSET:-default} to "
@@ -314,7 +314,7 @@ static void test_environment(void) {
            "state = ${TETHER_TEST_DIR}/state.db\n"
            "log_file = ${TETHER_TEST_UNSET:-/var/log/t.log}\n"
            "[upstream pb]\n"
-           "type = pocketbase\n"
+           "type = lockd\n"
            "a = ${TETHER_TEST_EMPTY:-fallback}\n"
            "b = x${TETHER_TEST_EMPTY}y\n"
            "c = $$HOME costs $5 or $ ${TETHER_TEST_UNSET:-}.\n"
@@ -514,7 +514,7 @@ static char *dump_round_trip(const char *text) {
 static void test_dump(void) {
   char *d;
 
-  d = dump_round_trip("[upstream pb]\ntype = pocketbase\nurl = http://pb\n"
+  d = dump_round_trip("[upstream pb]\ntype = lockd\nurl = http://pb\n"
                       "identity = me\npassword = hunter2\nApi_Key = k1\n"
                       "[consumer orders]\nsink = file:/tmp/o\n"
                       "template = {\"seq\": {seq}}\nsource = generate\n"
@@ -536,7 +536,7 @@ static void test_dump(void) {
                 "api_request_timeout = 10s\n"
                 "\n"
                 "[upstream pb]\n"
-                "type = pocketbase\n"
+                "type = lockd\n"
                 "url = http://pb\n"
                 "identity = me\n"
                 "password = ***\n"
