@@ -361,7 +361,12 @@ def compile_filter(text, names):
             return ("const", macros[v])
         raise FilterError("unknown field %r" % v)
 
-    return _Parser(tokenize(text), resolve).parse()
+    try:
+        return _Parser(tokenize(text), resolve).parse()
+    except RecursionError:
+        # Hundreds of nested parentheses: SQLite's expression depth limit
+        # refuses those in PocketBase too.
+        raise FilterError("nested too deeply")
 
 
 def _as_text(v):
