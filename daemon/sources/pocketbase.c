@@ -686,8 +686,8 @@ static void take_page(pb_src *s, const http_response *resp) {
                     sizeof err) != 0) {
     char why[512];
 
-    snprintf(why, sizeof why, "malformed list response from %s: %s",
-             resp->url, err);
+    snprintf(why, sizeof why, "malformed list response for collection %s: %s",
+             s->conf->collection, err);
     back_off(s, backoff_next_at(&s->h.retry, uv_now(consumer_loop(cons(s)))),
              why);
     return;
@@ -723,10 +723,9 @@ static void on_bad_request(pb_src *s, const http_response *resp) {
     return;
   }
   fail(s,
-       "HTTP 400 from %s: %s%s%s; check filter, fields and expand for "
-       "collection %s",
-       resp->url, e.message, e.detail[0] ? "; " : "", e.detail,
-       s->conf->collection);
+       "HTTP 400 listing collection %s: %s%s%s; check filter, fields and "
+       "expand",
+       s->conf->collection, e.message, e.detail[0] ? "; " : "", e.detail);
 }
 
 static bool is_mirror(int kind) {
@@ -827,7 +826,8 @@ static void on_done(http_req *r, int status, const http_response *resp,
     if (code == 429 && delay < 1000)
       delay = 1000;
     pb_error_parse(resp->body, resp->body_len, &e);
-    snprintf(why, sizeof why, "HTTP %d from %s: %s", code, resp->url,
+    snprintf(why, sizeof why, "HTTP %d %s: %s", code,
+             is_mirror(kind) ? "writing the offset mirror" : "polling",
              e.message);
     if (is_mirror(kind) && !s->starting)
       mirror_failed(s, why);
@@ -861,19 +861,20 @@ static void on_done(http_req *r, int status, const http_response *resp,
     const char *auth_err = pb_client_auth_error(s->pc);
 
     fail(s,
-         "HTTP %d from %s: %s; these credentials may not list collection %s "
-         "(a superuser-only collection needs auth = superuser)%s%s",
-         code, resp->url, e.message, s->conf->collection,
-         auth_err != NULL ? "; " : "", auth_err != NULL ? auth_err : "");
+         "HTTP %d listing collection %s%s: %s; these credentials may not "
+         "list it (a superuser-only collection needs auth = superuser)%s%s",
+         code, s->conf->collection, s->reauthed ? " after a new login" : "",
+         e.message, auth_err != NULL ? "; " : "",
+         auth_err != NULL ? auth_err : "");
     return;
   }
   if (code == 404) {
-    fail(s, "collection %s not found (HTTP 404 from %s: %s)",
-         s->conf->collection, resp->url, e.message);
+    fail(s, "collection %s not found (HTTP 404: %s)", s->conf->collection,
+         e.message);
     return;
   }
-  fail(s, "HTTP %d from %s: %s; retrying cannot fix this", code, resp->url,
-       e.message);
+  fail(s, "HTTP %d listing collection %s: %s; retrying cannot fix this", code,
+       s->conf->collection, e.message);
 }
 
 /* Starts whatever is due when no request runs: the start-up steps, then a
