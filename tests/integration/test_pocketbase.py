@@ -339,6 +339,17 @@ def test_revoked_password_is_a_clear_fatal_state(tether, tmp_path, pb,
     failed_with(t, SUPERUSER[0], "check identity and password")
 
 
+def test_mfa_is_a_clear_config_error(tether, tmp_path, pb, sock_dir):
+    s = pb()
+    s.collection("orders")
+    s.faults(auth_mfa=True)
+    out = tmp_path / "out.ndjson"
+    t = tether(config(out, s.base, sock_dir)).start()
+    failed_with(t, "second factor (MFA)", "auth = token")
+    # A config error is not retried: one login, no storm.
+    assert len(s.requests("/api/collections/_superusers/auth-with-password")) == 1
+
+
 def test_user_auth_rules(tether, tmp_path, pb, sock_dir):
     s = pb()
     s.collection("secret")  # listRule null: superusers only

@@ -1609,6 +1609,11 @@ class PocketBaseApp(httpbase.App):
         if coll is None or not coll.is_auth:
             raise PbError(404, MSG_NO_AUTH_COLLECTION)
         rec = self.password_login(coll, self.read_body(req))
+        if self.faults.get("auth_mfa"):
+            # The first factor passed and MFA wants a second: 401 with only
+            # the id of the MFA session, no status key.
+            return await self.send_json(req, conn, 401,
+                                        {"mfaId": random_id()})
         auth = Auth(coll, rec)
         return await self.send_json(req, conn, 200, {
             "record": self.export(rec, auth), "token": self.issue_token(coll, rec)})
@@ -1909,7 +1914,7 @@ class PocketBaseApp(httpbase.App):
         if req.method == "GET":
             return {"faults": self.faults, "list_fail_left": self.list_fail_left}
         known = {"list_status", "list_fail", "list_malformed", "realtime_drop",
-                 "realtime_reorder", "rate_limit"}
+                 "realtime_reorder", "rate_limit", "auth_mfa"}
         unknown = set(body) - known
         if unknown:
             raise HttpError(400, "unknown fault switches: %s" % ", ".join(sorted(unknown)))

@@ -663,6 +663,19 @@ def test_password_auth_and_jwt(pb):
         assert len(items(pb, name, prefix + token)) == 1, prefix
 
 
+def test_mfa_fault(pb):
+    ctl(pb, "/_pb/faults", {"auth_mfa": True})
+    r = call(pb, "POST", "/api/collections/_superusers/auth-with-password",
+             {"identity": SU_EMAIL, "password": SU_PASSWORD})
+    assert r.status == 401
+    body = r.json()
+    assert set(body) == {"mfaId"} and len(body["mfaId"]) == 15
+    # A wrong password still fails first: MFA is the second factor.
+    r = call(pb, "POST", "/api/collections/_superusers/auth-with-password",
+             {"identity": SU_EMAIL, "password": "wrong"})
+    assert r.status == 400
+
+
 def test_expired_or_bad_token_is_a_guest(pb):
     closed = new_collection(pb)  # listRule null
     owned = new_collection(pb, fields=["owner", "n"], listRule="owner = @request.auth.id")
