@@ -30,6 +30,17 @@ Cases:
   api_latency     GET /v1/consumers with 100 consumers, 2,000 requests
                   on one keep-alive connection, p50/p99; baseline: GET
                   /v1/health the same way (the server's floor)
+  pocketbase_file pocketbase -> file:PATH: 20,000 records already in the
+                  reference PocketBase server (tests/servers), pages of 500,
+                  settle 0, realtime off; baseline: the server's ceiling, an
+                  http.client loop on one keep-alive connection sending the
+                  very requests tether sends (same filter, sort and page)
+  pocketbase_wakeup
+                  create -> stdout latency with poll_interval 10s and the
+                  realtime wake-up on, 50 single creates 300 ms apart, at
+                  settle 0 and 500ms, p50/p99; baseline: a realtime client
+                  subscribed to orders/* on the same server, timing the
+                  create events of the same creates (the realtime floor)
   binary          the stripped size of the release binary
 
 Machines here are noisy: each throughput figure is the median of 3 runs and
@@ -38,8 +49,10 @@ is reported as a ratio to its baseline.
 import argparse
 import datetime
 import http.client
+import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -49,6 +62,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 BUILD = os.path.join(ROOT, "build-release")
@@ -699,6 +713,372 @@ sink = stdout
         srv.wait()
 
 
+PB_SERVER = os.path.join(ROOT, "tests", "servers", "pocketbase_server.py")
+PB_SUPERUSER = ("admin@example.com", "secret-password-1")
+PB_LIST = "/api/collections/orders/records"
+
+
+def start_pb(work):
+    """Starts the reference PocketBase server; returns (process, port)."""
+    with open(os.path.join(work, "pb-server.log"), "w") as err:
+        srv = subprocess.Popen([sys.executable, PB_SERVER, "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=err)
+    line = srv.stdout.readline().decode()
+    if not line.startswith("listening on "):
+        srv.kill()
+        srv.wait()
+        sys.exit(f"{PB_SERVER} did not start: {line!r}")
+    return srv, int(line.rsplit(":", 1)[1])
+
+
+def stop_pb(srv):
+    srv.terminate()
+    srv.wait()
+
+
+def pb_call(conn, method, path, body=None, token=None, want=200):
+    """One JSON request on a keep-alive connection; returns the decoded
+    answer (None when empty)."""
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = token
+    conn.request(method, path,
+                 None if body is None else json.dumps(body), headers)
+    r = conn.getresponse()
+    raw = r.read()
+    if r.status != want:
+        sys.exit(f"{method} {path} answered {r.status}: {raw[:300]!r}")
+    return json.loads(raw) if raw else None
+
+
+def pb_login(conn):
+    return pb_call(conn, "POST",
+                   "/api/collections/_superusers/auth-with-password",
+                   {"identity": PB_SUPERUSER[0],
+                    "password": PB_SUPERUSER[1]})["token"]
+
+
+def pb_ini(path, work, port, consumer, sink, settle, realtime, extra=""):
+    with open(path, "w") as f:
+        f.write(f"""
+[daemon]
+state = {work}/pb.db
+status_interval = 0
+log_level = error
+checkpoint_interval = 1s
+[upstream pb]
+type = pocketbase
+url = http://127.0.0.1:{port}
+auth = superuser
+identity = {PB_SUPERUSER[0]}
+password = {PB_SUPERUSER[1]}
+realtime = {realtime}
+[consumer {consumer}]
+upstream = pb
+collection = orders
+settle = {settle}
+poll_interval = 10s
+sink = {sink}
+{extra}
+""")
+
+
+def clean_pb(work):
+    for f in os.listdir(work):
+        if f.startswith("pb.db") or f.endswith(".ndjson"):
+            os.unlink(os.path.join(work, f))
+
+
+def pb_now():
+    """Now as PocketBase writes a datetime, to the millisecond (the server
+    runs on this machine, so its clock is this one)."""
+    now = time.time()
+    return (time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now))
+            + f".{int(now * 1000) % 1000:03d}Z")
+
+
+def pb_page_target(created, rid, upto, per_page):
+    """A page of the records after the cursor (created, id) and created by
+    `upto`, sorted by (created, id): the request tether sends. Its shape
+    is checked against one of tether's recorded requests in each run."""
+    flt = (f'(created > "{created}" || (created = "{created}" && '
+           f'id > "{rid}")) && created <= "{upto}"')
+    return (f"{PB_LIST}?page=1&perPage={per_page}&skipTotal=1"
+            f"&sort=created%2Cid&filter={urllib.parse.quote(flt, safe='')}")
+
+
+PB_FILTER = re.compile(r'^\(created > "([^"]*)" \|\| \(created = "\1" && '
+                       r'id > "([^"]*)"\)\) && created <= "([^"]*)"$')
+
+
+def check_pb_shape(conn, per_page):
+    """Fails unless pb_page_target rebuilds, byte for byte, a request
+    tether sent with a cursor in it."""
+    sent = pb_call(conn, "GET", f"/_requests?path={PB_LIST}")
+    for req in sent:
+        m = PB_FILTER.match(req["query"].get("filter", ""))
+        if m and m.group(1):
+            ours = pb_page_target(m.group(1), m.group(2), m.group(3),
+                                  req["query"]["perPage"])
+            if ours != req["target"]:
+                sys.exit(f"the baseline's request\n  {ours}\ndiffers from "
+                         f"tether's\n  {req['target']}")
+            return
+    sys.exit(f"no request of tether's has the expected filter; the first: "
+             f"{sent[:1]}")
+
+
+def pb_page_all(port, records, per_page):
+    """The server's ceiling: one keep-alive connection logged in as the
+    superuser pages through the collection with tether's requests, from
+    the empty cursor until a short page. Returns the seconds the paging
+    took (the login is not timed)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    token = pb_login(conn)
+    headers = {"Accept": "application/json", "Authorization": token}
+    created, rid, seen = "", "", 0
+    t0 = time.monotonic()
+    while True:
+        conn.request("GET", pb_page_target(created, rid, pb_now(), per_page),
+                     headers=headers)
+        r = conn.getresponse()
+        raw = r.read()
+        if r.status != 200:
+            sys.exit(f"the paging baseline got {r.status}: {raw[:300]!r}")
+        items = json.loads(raw)["items"]
+        seen += len(items)
+        if items:
+            created, rid = items[-1]["created"], items[-1]["id"]
+        if len(items) < per_page:
+            break
+    secs = time.monotonic() - t0
+    conn.close()
+    if seen != records:
+        sys.exit(f"the paging baseline read {seen} records of {records}")
+    return secs
+
+
+def count_lines(path, want, proc, log, timeout):
+    """Waits until the file at path holds `want` lines, reading only what
+    was appended since the last look; fails when proc exits or `timeout`
+    seconds pass first. Returns the monotonic time it saw the last one."""
+    deadline = time.monotonic() + timeout
+    lines, f = 0, None
+    try:
+        while True:
+            if f is None and os.path.exists(path):
+                f = open(path, "rb")
+            if f is not None:
+                lines += f.read().count(b"\n")
+                if lines >= want:
+                    return time.monotonic()
+            if proc.poll() is not None:
+                sys.exit(f"tether exited {proc.returncode} with {lines} of "
+                         f"{want} lines:\n{tether_log(log)}")
+            if time.monotonic() > deadline:
+                sys.exit(f"{lines} of {want} lines after {timeout} s:\n"
+                         f"{tether_log(log)}")
+            time.sleep(0.005)
+    finally:
+        if f is not None:
+            f.close()
+
+
+def stop_tether(tp, log):
+    tp.terminate()
+    try:
+        rc = tp.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        tp.kill()
+        tp.wait()
+        sys.exit(f"tether still ran 30 s after SIGTERM:\n{tether_log(log)}")
+    if rc != 0:
+        sys.exit(f"tether exited {rc} after SIGTERM:\n{tether_log(log)}")
+
+
+def pocketbase_file(work, records, runs, per_page=500):
+    """tether paging a collection of the reference server into a file,
+    against a plain client sending the same requests; the CPU the server
+    spent while tether ran is reported beside tether's own."""
+    srv, port = start_pb(work)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        pb_call(conn, "POST", "/_pb/collections",
+                {"name": "orders", "listRule": None, "fields": ["n"]})
+        for first in range(0, records, 1000):
+            pb_call(conn, "POST", "/_pb/create", {
+                "collection": "orders",
+                "records": [{"n": i} for i in
+                            range(first, min(records, first + 1000))]})
+        # tether's estimate of the server's clock comes from the whole
+        # seconds of Date and may lag it by up to a second; even with
+        # settle 0 it leaves records younger than that for a later poll
+        # (10 s here). This case measures paging, not that: the records
+        # are left to age past it first.
+        time.sleep(2)
+        out = os.path.join(work, "pb.ndjson")
+        ini = os.path.join(work, "pb.ini")
+        log = os.path.join(work, "tether.log")
+        results = []
+        for _ in range(runs):
+            clean_pb(work)
+            pb_ini(ini, work, port, "pb", f"file:{out}", "0", "false",
+                   f"batch_size = {per_page}")
+            pb_call(conn, "POST", "/_reset")  # an empty request record
+            srv_cpu = proc_stat(srv.pid)
+            with open(log, "w") as err:
+                t0 = time.monotonic()
+                tp = subprocess.Popen([TETHER, "run", "-c", ini], cwd=work,
+                                      stdout=subprocess.DEVNULL, stderr=err)
+            try:
+                wall = count_lines(out, records, tp, log, 300) - t0
+                cpu = proc_stat(tp.pid) / TICK
+                srv_cpu = (proc_stat(srv.pid) - srv_cpu) / TICK
+            except BaseException:
+                tp.kill()
+                tp.wait()
+                raise
+            stop_tether(tp, log)
+            with open(out, "rb") as f:
+                written = f.read().count(b"\n")
+            if written != records:
+                sys.exit(f"tether wrote {written} lines for {records} "
+                         "records")
+            check_pb_shape(conn, per_page)
+            base = pb_page_all(port, records, per_page)
+            results.append({"rps": records / wall, "wall": wall,
+                            "cpu": cpu, "srv_cpu": srv_cpu,
+                            "base_rps": records / base})
+        conn.close()
+        return {k: statistics.median(r[k] for r in results)
+                for k in results[0]}
+    finally:
+        stop_pb(srv)
+
+
+def pb_realtime_client(port, token, seen, ready):
+    """The realtime floor: subscribes to orders/* and stamps each create
+    event by the record's n. Runs until its connection is closed."""
+    stream = http.client.HTTPConnection("127.0.0.1", port, timeout=None)
+    stream.request("GET", "/api/realtime",
+                   headers={"Accept": "text/event-stream"})
+    r = stream.getresponse()
+    frame = {}
+    client_id = None
+    try:
+        while True:
+            line = r.readline()
+            if not line:
+                return
+            now = time.monotonic_ns()
+            line = line.rstrip(b"\r\n")
+            if line:
+                name, _, value = line.partition(b":")
+                frame[name] = frame.get(name, b"") + value
+                if name == b"event" and value == b"orders/*":
+                    frame["t"] = now
+                continue
+            if frame.get(b"event") == b"PB_CONNECT":
+                client_id = json.loads(frame[b"data"])["clientId"]
+                conn = http.client.HTTPConnection("127.0.0.1", port,
+                                                  timeout=10)
+                pb_call(conn, "POST", "/api/realtime",
+                        {"clientId": client_id,
+                         "subscriptions": ["orders/*"]},
+                        token=token, want=204)
+                conn.close()
+                ready.set()
+            elif frame.get(b"event") == b"orders/*":
+                doc = json.loads(frame[b"data"])
+                if doc["action"] == "create":
+                    seen[doc["record"]["n"]] = frame["t"]
+            frame = {}
+    except (OSError, ValueError):
+        return  # closed under it at the end
+    finally:
+        stream.close()
+
+
+def pocketbase_wakeup(work, creates, settle, pace=0.3):
+    """create -> stdout latency of tether with the realtime wake-up, against
+    a realtime client timing the create events of the same creates."""
+    import threading
+    srv, port = start_pb(work)
+    tp = None
+    base = None
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        pb_call(conn, "POST", "/_pb/collections",
+                {"name": "orders", "listRule": None, "fields": ["n"]})
+        token = pb_login(conn)
+        clean_pb(work)
+        ini = os.path.join(work, "pbw.ini")
+        log = os.path.join(work, "tether.log")
+        pb_ini(ini, work, port, "pbw", "stdout", settle, "true")
+        with open(log, "w") as err:
+            tp = subprocess.Popen([TETHER, "run", "-c", ini], cwd=work,
+                                  stdout=subprocess.PIPE, stderr=err)
+        ours, theirs = {}, {}
+
+        def read_tether():
+            for line in tp.stdout:
+                now = time.monotonic_ns()
+                ours[json.loads(line)["data"]["n"]] = now
+
+        reader = threading.Thread(target=read_tether, daemon=True)
+        reader.start()
+        ready = threading.Event()
+        base = threading.Thread(target=pb_realtime_client,
+                                args=(port, token, theirs, ready),
+                                daemon=True)
+        base.start()
+        # Both subscribed (tether's stream and the baseline's) before the
+        # first create.
+        deadline = time.monotonic() + 10
+        while True:
+            clients = pb_call(conn, "GET", "/_pb/clients")
+            if ready.is_set() and sum(
+                    1 for c in clients if c["subscriptions"]) >= 2:
+                break
+            if tp.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"no two realtime subscribers within 10 s "
+                         f"({clients}):\n{tether_log(log)}")
+            time.sleep(0.05)
+        time.sleep(0.5)  # tether's first (empty) poll is over
+        sent = {}
+        start = time.monotonic()
+        for i in range(creates):
+            # Paced by the clock: a slow answer never delays the next one.
+            delay = start + i * pace - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            sent[i] = time.monotonic_ns()
+            pb_call(conn, "POST", PB_LIST, {"n": i}, token=token)
+        deadline = time.monotonic() + 15
+        while len(ours) < creates or len(theirs) < creates:
+            if time.monotonic() > deadline:
+                sys.exit(f"after 15 s tether had {len(ours)} and the "
+                         f"realtime client {len(theirs)} of {creates} "
+                         f"creates:\n{tether_log(log)}")
+            time.sleep(0.01)
+        stop_tether(tp, log)
+        tp = None
+        conn.close()
+        lat = [(ours[i] - sent[i]) / 1e6 for i in range(creates)]
+        blat = [(theirs[i] - sent[i]) / 1e6 for i in range(creates)]
+        return {"n": creates, "p50": percentile(lat, 0.5),
+                "p99": percentile(lat, 0.99),
+                "base_p50": percentile(blat, 0.5),
+                "base_p99": percentile(blat, 0.99)}
+    finally:
+        if tp is not None:
+            tp.kill()
+            tp.wait()
+        stop_pb(srv)  # also ends the baseline's stream
+        if base is not None:
+            base.join(timeout=5)
+
+
 def machine():
     model = ""
     with open("/proc/cpuinfo") as f:
@@ -738,7 +1118,8 @@ def main():
     ap.add_argument("--case", choices=["generate_file", "sse_file",
                                        "sse_latency", "socket_sink",
                                        "exec_sink", "api_latency", "idle",
-                                       "binary"])
+                                       "binary", "pocketbase_file",
+                                       "pocketbase_wakeup"])
     args = ap.parse_args()
     build()
     events = 500_000 if args.quick else 2_000_000
@@ -812,6 +1193,29 @@ def main():
                 f"{r['base_p99']:.3f} ms ({r['base_size']} bytes)",
                 f"{r['p50'] / r['base_p50']:.0f}x at p50, "
                 f"{r['p99'] / r['base_p99']:.0f}x at p99"))
+        if args.case in (None, "pocketbase_file"):
+            n = 5_000 if args.quick else 20_000
+            r = pocketbase_file(work, n, runs)
+            rows.append((
+                f"pocketbase -> file, {n:,} records, pages of 500, settle 0, "
+                "realtime off",
+                f"{r['rps']:,.0f} records/s ({r['cpu']:.2f} CPU-s; the "
+                f"server meanwhile {r['srv_cpu']:.2f} CPU-s of "
+                f"{r['wall']:.2f} s)",
+                f"http.client, the same requests {r['base_rps']:,.0f} "
+                "records/s",
+                f"{r['rps'] / r['base_rps']:.2f}"))
+        if args.case in (None, "pocketbase_wakeup"):
+            n = 20 if args.quick else 50
+            for settle in ("0", "500ms"):
+                r = pocketbase_wakeup(work, n, settle)
+                rows.append((
+                    f"pocketbase create -> stdout, realtime on, poll_interval "
+                    f"10s, settle {settle}, {n} creates 300 ms apart",
+                    f"p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms",
+                    f"realtime client p50 {r['base_p50']:.2f} ms, p99 "
+                    f"{r['base_p99']:.2f} ms",
+                    f"{r['p99'] - r['base_p99']:+.2f} ms at p99"))
         if args.case in (None, "idle"):
             rss1, pss1, t1 = idle(work, 1, 1, 0, seconds)
             rss100, pss100, t100 = idle(work, 100, 1, 0, seconds)
@@ -873,6 +1277,14 @@ How to read it:
   wait4 counts it in tether's.
 - api_latency's client is Python's http.client; /v1/health shows that
   floor (client and server together).
+- The pocketbase cases run against the reference server in
+  tests/servers/pocketbase_server.py (Python, one thread), which filters
+  and sorts the whole collection for every page: pocketbase_file is bound
+  by the server's CPU (shown beside tether's), so its ratio says how much
+  tether adds to the server's cost, not what tether could read. The
+  records are left 2 s to age before the timed runs, past the lag of
+  tether's estimate of the server's clock (Date has whole seconds).
+- pocketbase_wakeup has 50 samples per row: its p99 is the slowest one.
 """)
 
 
