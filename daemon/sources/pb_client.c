@@ -136,6 +136,23 @@ void pb_client_observe(pb_client *pc, const http_response *resp) {
   }
 }
 
+void pb_client_observe_stamp(pb_client *pc, int64_t server_ms) {
+  uint64_t now = uv_now(pc->loop);
+  int64_t sample = server_ms - wall_ms();
+
+  /* A record the server shows was stamped at or before its clock's now:
+   * a lower bound with milliseconds, where Date has whole seconds. */
+  if (server_ms <= 0)
+    return;
+  if (!pc->have_offset || now - pc->offset_window_start > PB_CLOCK_WINDOW_MS) {
+    pc->offset_ms = sample;
+    pc->offset_window_start = now;
+    pc->have_offset = true;
+  } else if (sample > pc->offset_ms) {
+    pc->offset_ms = sample;
+  }
+}
+
 int64_t pb_client_server_now(const pb_client *pc) {
   return wall_ms() + (pc->have_offset ? pc->offset_ms : 0);
 }
@@ -317,7 +334,7 @@ static void on_auth_done(http_req *r, int status, const http_response *resp,
                          const char *msg, void *data) {
   pb_client *pc = data;
   bool refreshing = pc->auth_refreshing;
-  char why[512], path[512];
+  char why[1024], path[320];
   pb_error e;
   int code = resp != NULL ? resp->status : 0;
 
@@ -648,6 +665,8 @@ static int on_rt_event(void *data, const sse_event *ev) {
   }
   if (pb_event_parse(ev->data, ev->data_len, action, &created) != 0)
     created = 0;
+  /* Sent after the commit: the server's clock has passed created. */
+  pb_client_observe_stamp(pc, created);
   for (it = pc->watches.next; it != &pc->watches; it = next) {
     pb_watch *w = container_of(it, pb_watch, _node);
 

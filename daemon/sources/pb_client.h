@@ -75,8 +75,11 @@ const char *pb_client_auth_error(const pb_client *pc);
 
 /* Reads the Date header of a response: the server's clock. */
 void pb_client_observe(pb_client *pc, const http_response *resp);
-/* The server's time now, in Unix ms: the local clock corrected by the last
- * Date seen, erring early (Date has whole seconds). */
+/* A record's created (server Unix ms), seen now in an answer or an event:
+ * the server's clock has reached it. */
+void pb_client_observe_stamp(pb_client *pc, int64_t server_ms);
+/* The server's time now, in Unix ms: the local clock corrected by the best
+ * lower bound seen lately (Date headers, record stamps), erring early. */
 int64_t pb_client_server_now(const pb_client *pc);
 /* Unix ms on the server → ms on the loop clock (uv_now). */
 uint64_t pb_client_loop_time(const pb_client *pc, int64_t server_ms);

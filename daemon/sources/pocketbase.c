@@ -257,6 +257,7 @@ typedef struct pb_src {
   bool poll_due;
   bool backing_off; /* h.timer is a backoff: wake-ups do not cut it short */
   bool starting;    /* the mirror read or the start point comes first */
+  bool woken_in_flight; /* a wake-up came while a poll ran */
   int64_t poll_until; /* the bound W of the poll in flight (server ms) */
   int64_t wakes[PB_MAX_WAKES]; /* server ms of created, ascending */
   size_t n_wakes;
@@ -331,11 +332,16 @@ static void schedule_after_poll(pb_src *s) {
            at;
   size_t i, k = 0;
 
-  /* Wake-ups the finished poll covered are done. */
+  /* Wake-ups the finished poll covered are done: with a bound, those at
+   * or before it; without, all of them, and one that came while the poll
+   * ran asks for another at once (its record may have missed this one). */
   for (i = 0; i < s->n_wakes; i++)
-    if (s->poll_until == 0 || s->wakes[i] > s->poll_until)
+    if (s->poll_until != 0 && s->wakes[i] > s->poll_until)
       s->wakes[k++] = s->wakes[i];
   s->n_wakes = k;
+  if (s->woken_in_flight)
+    delay = 0;
+  s->woken_in_flight = false;
   if (k > 0) {
     at = pb_client_loop_time(s->pc, s->wakes[0] + (int64_t)c->settle) + 1;
     if (at - now < delay)
@@ -364,6 +370,11 @@ static void wake(pb_src *s, int64_t created) {
     s->wakes[i] = created;
     s->n_wakes++;
   }
+  /* A record the poll in flight should cover but may have missed (its
+   * commit came after the query): poll again when it ends. */
+  if (s->h.req != NULL && s->req_kind == REQ_POLL &&
+      (s->poll_until == 0 || created <= s->poll_until))
+    s->woken_in_flight = true;
   /* A timer that fires while a request runs leaves the poll due for when
    * it ends; a poll in flight reschedules from the wake-ups it left. */
   now = uv_now(consumer_loop(cons(s)));
@@ -470,7 +481,9 @@ static void start_poll(pb_src *s) {
 
   s->mirror_retry = false; /* a failed mirror write goes again after this */
   s->poll_until = 0;
-  if (c->offset == PB_OFFSET_CREATED) {
+  /* settle = 0 reads whatever is visible: no bound at all, so the clock
+   * estimate (which errs early) holds nothing back. */
+  if (c->offset == PB_OFFSET_CREATED && c->settle > 0) {
     s->poll_until = pb_client_server_now(s->pc) - (int64_t)c->settle;
     pb_time_format(s->poll_until, until);
   }
@@ -678,6 +691,21 @@ out:
   buf_free(&pos);
 }
 
+/* The newest created of a page is a stamp the server's clock has passed. */
+static void observe_newest(pb_src *s) {
+  size_t n = json_array_size(s->page.items);
+  json_t *created;
+  int64_t t;
+
+  if (n == 0 || s->conf->offset != PB_OFFSET_CREATED)
+    return;
+  created = json_object_get(json_array_get(s->page.items, n - 1), "created");
+  if (json_is_string(created) &&
+      pb_time_parse(json_string_value(created), json_string_length(created),
+                    &t) == 0)
+    pb_client_observe_stamp(s->pc, t);
+}
+
 static void take_page(pb_src *s, const http_response *resp) {
   char err[256];
 
@@ -694,6 +722,7 @@ static void take_page(pb_src *s, const http_response *resp) {
   }
   backoff_reset(&s->h.retry);
   consumer_source_connected(cons(s));
+  observe_newest(s);
   s->next = 0;
   hand_over(s);
 }

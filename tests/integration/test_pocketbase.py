@@ -425,6 +425,52 @@ def test_realtime_wakes_before_poll_interval(tether, tmp_path, pb, sock_dir):
     assert t.stop() == 0
 
 
+def test_settle_zero_wakes_at_once(tether, tmp_path, pb, sock_dir):
+    # No bound at all with settle = 0: a realtime event polls at once and
+    # the poll sees the record, whatever tether thinks the server's time is.
+    s = pb()
+    s.collection("orders")
+    out = tmp_path / "out.ndjson"
+    t = tether(config(out, s.base, sock_dir, settle="0",
+                      poll_interval="30s")).start()
+    wait_for(lambda: any(c["subscriptions"] for c in
+                         s.call("GET", "/_pb/clients")[1]), 20,
+             "the realtime subscription", t)
+    for i in range(5):
+        rid = s.create("orders", [{"n": i}])["ids"][0]
+        assert first_arrival(out, rid, 10, t) < 2
+    polls = s.requests("/api/collections/orders/records")
+    assert all("created <=" not in p["query"].get("filter", "")
+               for p in polls)
+    assert t.stop() == 0
+
+
+def test_offset_id_with_increasing_ids(tether, tmp_path, pb, sock_dir):
+    s = pb()
+    s.collection("orders", has_created=False)
+    ids = [f"k{i:014d}" for i in range(250)]
+    s.create("orders", [{"n": i} for i in range(250)], ids=ids)
+    out = tmp_path / "out.ndjson"
+    t = tether(config(out, s.base, sock_dir, collection="orders",
+                      poll_interval="300ms",
+                      consumer_keys="offset = id")).start()
+    wait_ids(t, out, ids)
+    recs = got(out)
+    assert [r["data"]["id"] for r in recs] == ids
+    assert recs[-1]["cursor"] == "|" + ids[-1]
+    more = [f"k{i:014d}" for i in range(250, 260)]
+    s.create("orders", [{"n": i} for i in range(10)], ids=more)
+    wait_ids(t, out, ids + more)
+    # Idle: polls come every poll_interval, not in a loop.
+    before = len(s.requests("/api/collections/orders/records"))
+    time.sleep(1.5)  # an observation window, not a wait for a condition
+    after = len(s.requests("/api/collections/orders/records"))
+    assert after - before <= 8, after - before
+    polls = s.requests("/api/collections/orders/records")
+    assert all(p["query"]["sort"] == "id" for p in polls)
+    assert t.stop() == 0
+
+
 def test_dropped_and_reordered_events_change_nothing(tether, tmp_path, pb,
                                                      sock_dir):
     s = pb()
