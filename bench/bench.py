@@ -1268,9 +1268,7 @@ How to read it:
   tests/servers/pocketbase_server.py (Python, one thread), which filters
   and sorts the whole collection for every page: pocketbase_file is bound
   by the server's CPU (shown beside tether's), so its ratio says how much
-  tether adds to the server's cost, not what tether could read. The
-  records are left 2 s to age before the timed runs, past the lag of
-  tether's estimate of the server's clock (Date has whole seconds).
+  tether adds to the server's cost, not what tether could read.
 - pocketbase_wakeup has 50 samples per row: its p99 is the slowest one.
 """)
 
