@@ -9,17 +9,24 @@
 #                                      server on loopback with a record
 #                                      created every second, consumed into
 #                                      ./.tether/orders.ndjson
+#
+# The tests run the demo with TETHER_BIN (a tether already built: no
+# install, no build) and TETHER_DEMO_DIR (where its files go).
 set -eu
 cd "$(dirname "$0")/.."
-if [ "${1:-}" = pocketbase ]; then
-  scripts/deps.sh demo
+if [ -n "${TETHER_BIN:-}" ]; then
+  tether=$TETHER_BIN
 else
-  scripts/deps.sh build
+  if [ "${1:-}" = pocketbase ]; then
+    scripts/deps.sh demo
+  else
+    scripts/deps.sh build
+  fi
+  [ -f build-release/build.ninja ] ||
+    meson setup build-release --buildtype=release >/dev/null
+  meson compile -C build-release tether >/dev/null
+  tether=./build-release/daemon/tether
 fi
-[ -f build-release/build.ninja ] ||
-  meson setup build-release --buildtype=release >/dev/null
-meson compile -C build-release tether >/dev/null
-tether=./build-release/daemon/tether
 
 if [ "${1:-}" != pocketbase ]; then
   echo "quickstart: tether runs; from another terminal here: $tether status" >&2
@@ -27,8 +34,9 @@ if [ "${1:-}" != pocketbase ]; then
 fi
 
 # The PocketBase demo. The server and the writer stop with this script.
-mkdir -p .tether
-fifo=.tether/pb-server.out
+dir=${TETHER_DEMO_DIR:-.tether}
+mkdir -p "$dir"
+fifo=$dir/pb-server.out
 rm -f "$fifo"
 mkfifo "$fifo"
 python3 tests/servers/pocketbase_server.py --port 0 >"$fifo" &
@@ -56,9 +64,10 @@ ctl /_pb/collections '{"name":"orders","listRule":null,"fields":["total","status
   done
 ) &
 writer=$!
-cat >.tether/pocketbase-demo.ini <<EOF
+cat >"$dir/pocketbase-demo.ini" <<EOF
 [daemon]
-state = .tether/pocketbase-demo.db
+state = $dir/pocketbase-demo.db
+socket = $dir/tether.sock
 status_interval = 5s
 
 [upstream pb]
@@ -73,9 +82,9 @@ upstream = pb
 collection = orders
 filter = status = "paid"
 settle = 500ms
-sink = file:.tether/orders.ndjson
+sink = file:$dir/orders.ndjson
 EOF
 echo "quickstart: PocketBase on $base, a new order every second" >&2
-echo "quickstart: from another terminal here: tail -f .tether/orders.ndjson" >&2
-echo "quickstart:                         or: $tether status" >&2
-"$tether" run -c .tether/pocketbase-demo.ini
+echo "quickstart: from another terminal here: tail -f $dir/orders.ndjson" >&2
+echo "quickstart:                         or: $tether status -s $dir/tether.sock" >&2
+"$tether" run -c "$dir/pocketbase-demo.ini"

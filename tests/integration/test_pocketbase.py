@@ -7,13 +7,15 @@ answers that must never move the cursor."""
 import json
 import os
 import random
+import signal
+import subprocess
 import threading
 import time
 
 import pytest
 
-from apiclient import consumer, remove_dir, short_dir
-from conftest import read_lines, wait_for
+from apiclient import cli, consumer, remove_dir, short_dir
+from conftest import BIN, SRC, read_lines, wait_for
 from peers import free_port, http
 
 SUPERUSER = ("admin@example.com", "secret-password-1")
@@ -667,3 +669,35 @@ def test_offset_mirror_resumes_an_empty_store(tether, tmp_path, pb, sock_dir):
     assert got_ids(out) == order[10:]
     assert "resuming from the offset mirror" in t.log()
     assert t.stop() == 0
+
+
+# ---- the quickstart demo -------------------------------------------------
+
+
+def test_quickstart_pocketbase_demo(tmp_path, sock_dir):
+    # scripts/quickstart.sh pocketbase with this build's tether: the
+    # reference server, a writer creating an order every second, and
+    # tether consuming them into a file, its status on the socket.
+    env = dict(os.environ, TETHER_BIN=BIN, TETHER_DEMO_DIR=sock_dir)
+    log = open(tmp_path / "demo.log", "wb")
+    p = subprocess.Popen([os.path.join(SRC, "scripts", "quickstart.sh"),
+                          "pocketbase"], stdout=log, stderr=subprocess.STDOUT,
+                         stdin=subprocess.DEVNULL, env=env,
+                         start_new_session=True)
+    out = os.path.join(sock_dir, "orders.ndjson")
+    try:
+        wait_for(lambda: len(read_lines(out, running=True)[0]) >= 3, 30,
+                 "three orders in the demo's file")
+        r = cli("status", sock=f"{sock_dir}/tether.sock")
+        assert r.returncode == 0, r.stderr
+        assert "orders" in r.stdout and "connected" in r.stdout
+        recs = read_lines(out, running=True)[0]
+        assert [r["data"]["total"] for r in recs[:3]] == [1, 2, 3]
+        assert all(r["kind"] == "orders" for r in recs)
+    finally:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(timeout=30)
+        log.close()
+    text = (tmp_path / "demo.log").read_text()
+    assert "a new order every second" in text, text
+    assert "tether stopped" in text, text
