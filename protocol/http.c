@@ -8,18 +8,9 @@
 
 #include <uv.h>
 
+#include "protocol/errmsg.h"
+
 static const char hex_digits[] = "0123456789ABCDEF";
-
-__attribute__((format(printf, 3, 4))) static void
-set_err(char *err, size_t errlen, const char *fmt, ...) {
-  va_list ap;
-
-  if (err == NULL || errlen == 0)
-    return;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
 
 /* The ASCII helpers below never depend on the locale. */
 static int lower(int c) {
@@ -94,17 +85,17 @@ int http_url_parse(http_url *u, const char *url, char *err, size_t errlen) {
 
   memset(u, 0, sizeof *u);
   if (url == NULL) {
-    set_err(err, errlen, "URL is missing");
+    errmsg_set(err, errlen, "URL is missing");
     return UV_EINVAL;
   }
   n = strlen(url);
   if (n > HTTP_URL_MAX) {
-    set_err(err, errlen, "URL longer than %d bytes", HTTP_URL_MAX);
+    errmsg_set(err, errlen, "URL longer than %d bytes", HTTP_URL_MAX);
     return UV_E2BIG;
   }
   for (i = 0; i < n; i++)
     if ((unsigned char)url[i] <= 0x20 || url[i] == 0x7f) {
-      set_err(err, errlen,
+      errmsg_set(err, errlen,
               "URL contains a space or control character at "
               "offset %zu",
               i);
@@ -114,7 +105,7 @@ int http_url_parse(http_url *u, const char *url, char *err, size_t errlen) {
        is_alpha(*p) || is_digit(*p) || *p == '+' || *p == '-' || *p == '.'; p++)
     ;
   if (p == url || strncmp(p, "://", 3) != 0) {
-    set_err(err, errlen, "URL must start with http:// or https://");
+    errmsg_set(err, errlen, "URL must start with http:// or https://");
     return UV_EINVAL;
   }
   if ((size_t)(p - url) == 4 && ieq_n(url, "http", 4))
@@ -122,14 +113,14 @@ int http_url_parse(http_url *u, const char *url, char *err, size_t errlen) {
   else if ((size_t)(p - url) == 5 && ieq_n(url, "https", 5))
     u->https = true;
   else {
-    set_err(err, errlen, "URL scheme must be http or https, not %.*s",
+    errmsg_set(err, errlen, "URL scheme must be http or https, not %.*s",
             (int)(p - url), url);
     return UV_EINVAL;
   }
   auth = p + 3;
   auth_end = auth + strcspn(auth, "/?#");
   if (memchr(auth, '@', (size_t)(auth_end - auth)) != NULL) {
-    set_err(err, errlen, "URL must not contain userinfo (user:password@)");
+    errmsg_set(err, errlen, "URL must not contain userinfo (user:password@)");
     return UV_EINVAL;
   }
   if (*auth == '[') {
@@ -139,19 +130,19 @@ int http_url_parse(http_url *u, const char *url, char *err, size_t errlen) {
     host = auth + 1;
     host_end = memchr(host, ']', (size_t)(auth_end - host));
     if (host_end == NULL || (size_t)(host_end - host) >= sizeof v6) {
-      set_err(err, errlen, "URL has an invalid IPv6 literal");
+      errmsg_set(err, errlen, "URL has an invalid IPv6 literal");
       return UV_EINVAL;
     }
     memcpy(v6, host, (size_t)(host_end - host));
     v6[host_end - host] = '\0';
     if (inet_pton(AF_INET6, v6, bin) != 1) {
-      set_err(err, errlen, "URL has an invalid IPv6 literal [%s]", v6);
+      errmsg_set(err, errlen, "URL has an invalid IPv6 literal [%s]", v6);
       return UV_EINVAL;
     }
     u->ipv6 = true;
     p = host_end + 1;
     if (p < auth_end && *p != ':') {
-      set_err(err, errlen, "URL has text after the IPv6 literal");
+      errmsg_set(err, errlen, "URL has text after the IPv6 literal");
       return UV_EINVAL;
     }
   } else {
@@ -163,17 +154,17 @@ int http_url_parse(http_url *u, const char *url, char *err, size_t errlen) {
     for (const char *q = host; q < host_end; q++)
       if (!is_alpha(*q) && !is_digit(*q) && *q != '-' && *q != '.' &&
           *q != '_') {
-        set_err(err, errlen, "URL host has an invalid character '%c'", *q);
+        errmsg_set(err, errlen, "URL host has an invalid character '%c'", *q);
         return UV_EINVAL;
       }
   }
   hl = (size_t)(host_end - host);
   if (hl == 0) {
-    set_err(err, errlen, "URL has no host");
+    errmsg_set(err, errlen, "URL has no host");
     return UV_EINVAL;
   }
   if (hl > HTTP_HOST_MAX) {
-    set_err(err, errlen, "URL host longer than %d bytes", HTTP_HOST_MAX);
+    errmsg_set(err, errlen, "URL host longer than %d bytes", HTTP_HOST_MAX);
     return UV_E2BIG;
   }
   u->port = default_port(u->https);
@@ -190,7 +181,7 @@ int http_url_parse(http_url *u, const char *url, char *err, size_t errlen) {
         port = port * 10 + (unsigned long)(*p - '0');
       }
       if (port == 0 || port > 65535) {
-        set_err(err, errlen, "URL port must be a number from 1 to 65535");
+        errmsg_set(err, errlen, "URL port must be a number from 1 to 65535");
         return UV_EINVAL;
       }
       u->port = (uint16_t)port;
@@ -420,12 +411,12 @@ int http_url_resolve(const char *base, const char *ref, char **out, char *err,
 
   *out = NULL;
   if (base == NULL || ref == NULL) {
-    set_err(err, errlen, "URL is missing");
+    errmsg_set(err, errlen, "URL is missing");
     return UV_EINVAL;
   }
   n = strlen(ref);
   if (n > HTTP_URL_MAX || strlen(base) > HTTP_URL_MAX) {
-    set_err(err, errlen, "URL longer than %d bytes", HTTP_URL_MAX);
+    errmsg_set(err, errlen, "URL longer than %d bytes", HTTP_URL_MAX);
     return UV_E2BIG;
   }
   /* Browsers send a Location with raw spaces or UTF-8 percent-encoded;
@@ -435,7 +426,7 @@ int http_url_resolve(const char *base, const char *ref, char **out, char *err,
     unsigned char c = (unsigned char)ref[i];
 
     if ((c < 0x20 && c != ' ') || c == 0x7f) {
-      set_err(err, errlen,
+      errmsg_set(err, errlen,
               "URL reference contains a control character at "
               "offset %zu",
               i);
@@ -459,7 +450,7 @@ int http_url_resolve(const char *base, const char *ref, char **out, char *err,
   uri_split(base, &b);
   uri_split(clean.data, &r);
   if (b.scheme.p == NULL) {
-    set_err(err, errlen, "base URL is not absolute");
+    errmsg_set(err, errlen, "base URL is not absolute");
     buf_free(&clean);
     return UV_EINVAL;
   }
@@ -513,7 +504,7 @@ int http_url_resolve(const char *base, const char *ref, char **out, char *err,
       rc = buf_append(&res, r.fragment.p, r.fragment.n);
   }
   if (rc == 0 && res.len > HTTP_URL_MAX) {
-    set_err(err, errlen, "URL longer than %d bytes", HTTP_URL_MAX);
+    errmsg_set(err, errlen, "URL longer than %d bytes", HTTP_URL_MAX);
     rc = UV_E2BIG;
   }
   if (rc == 0 && buf_cstr(&res) == NULL)
@@ -574,18 +565,18 @@ int http_request_build(buf *out, const http_request_head *h, char *err,
   int rc;
 
   if (m == NULL || !is_token(m)) {
-    set_err(err, errlen, "request method must be a token");
+    errmsg_set(err, errlen, "request method must be a token");
     return UV_EINVAL;
   }
   for (i = 0; i < h->n_headers; i++) {
     const char *name = h->headers[i].name, *value = h->headers[i].value;
 
     if (name == NULL || !is_token(name)) {
-      set_err(err, errlen, "request header %zu: name must be a token", i);
+      errmsg_set(err, errlen, "request header %zu: name must be a token", i);
       return UV_EINVAL;
     }
     if (value == NULL || strpbrk(value, "\r\n") != NULL) {
-      set_err(err, errlen,
+      errmsg_set(err, errlen,
               "request header %s: value must not contain CR or "
               "LF",
               name);
@@ -593,12 +584,12 @@ int http_request_build(buf *out, const http_request_head *h, char *err,
     }
     if ((strlen(name) == 14 && ieq_n(name, "Content-Length", 14)) ||
         (strlen(name) == 17 && ieq_n(name, "Transfer-Encoding", 17))) {
-      set_err(err, errlen, "request header %s is set by the client", name);
+      errmsg_set(err, errlen, "request header %s is set by the client", name);
       return UV_EINVAL;
     }
   }
   if (http_url_authority(h->url, false, auth, sizeof auth) < 0) {
-    set_err(err, errlen, "URL host too long");
+    errmsg_set(err, errlen, "URL host too long");
     return UV_EINVAL;
   }
 
@@ -624,11 +615,11 @@ int http_request_build(buf *out, const http_request_head *h, char *err,
   if (rc != 0) {
     out->len = old;
     if (rc == UV_E2BIG || rc == UV_ENOBUFS) {
-      set_err(err, errlen, "request head longer than %d bytes",
+      errmsg_set(err, errlen, "request head longer than %d bytes",
               HTTP_REQUEST_HEAD_MAX);
       rc = UV_E2BIG;
     } else {
-      set_err(err, errlen, "out of memory");
+      errmsg_set(err, errlen, "out of memory");
     }
   }
   return rc;
@@ -811,7 +802,7 @@ int http_retry_after(const char *value, const char *date_header, int64_t now,
 
   *delay_ms = 0;
   if (value == NULL) {
-    set_err(err, errlen, "Retry-After is missing");
+    errmsg_set(err, errlen, "Retry-After is missing");
     return UV_EINVAL;
   }
   p = value;
@@ -835,7 +826,7 @@ int http_retry_after(const char *value, const char *date_header, int64_t now,
     }
   }
   if (http_date_parse(value, now, &when) != 0) {
-    set_err(err, errlen,
+    errmsg_set(err, errlen,
             "Retry-After is neither delay-seconds nor an HTTP-date: \"%s\"",
             excerpt(value, ex, sizeof ex));
     return UV_EINVAL;
@@ -905,7 +896,7 @@ int http_link_find(const char *value, const char *rel, char **target, char *err,
     return UV_ENOENT;
   n = strlen(s);
   if (n > HTTP_LINK_MAX) {
-    set_err(err, errlen, "Link header longer than %d bytes", HTTP_LINK_MAX);
+    errmsg_set(err, errlen, "Link header longer than %d bytes", HTTP_LINK_MAX);
     return UV_E2BIG;
   }
   buf_init(&qv, 0);
@@ -918,7 +909,7 @@ int http_link_find(const char *value, const char *rel, char **target, char *err,
     if (i == n)
       break;
     if (s[i] != '<') {
-      set_err(err, errlen, "Link: expected '<' at offset %zu", i);
+      errmsg_set(err, errlen, "Link: expected '<' at offset %zu", i);
       rc = UV_EINVAL;
       break;
     }
@@ -926,7 +917,7 @@ int http_link_find(const char *value, const char *rel, char **target, char *err,
     while (i < n && s[i] != '>')
       i++;
     if (i == n) {
-      set_err(err, errlen, "Link: unterminated '<' at offset %zu",
+      errmsg_set(err, errlen, "Link: unterminated '<' at offset %zu",
               uri_start - 1);
       rc = UV_EINVAL;
       break;
@@ -943,7 +934,7 @@ int http_link_find(const char *value, const char *rel, char **target, char *err,
       if (i == n || s[i] == ',')
         break;
       if (s[i] != ';') {
-        set_err(err, errlen, "Link: unexpected '%c' at offset %zu", s[i], i);
+        errmsg_set(err, errlen, "Link: unexpected '%c' at offset %zu", s[i], i);
         rc = UV_EINVAL;
         break;
       }
@@ -960,7 +951,7 @@ int http_link_find(const char *value, const char *rel, char **target, char *err,
           continue;
         if (i == n)
           break;
-        set_err(err, errlen, "Link: expected a parameter name at offset %zu",
+        errmsg_set(err, errlen, "Link: expected a parameter name at offset %zu",
                 i);
         rc = UV_EINVAL;
         break;
@@ -987,7 +978,7 @@ int http_link_find(const char *value, const char *rel, char **target, char *err,
           if (rc == UV_ENOMEM)
             break;
           if (i == n) {
-            set_err(err, errlen,
+            errmsg_set(err, errlen,
                     "Link: unterminated quoted string at "
                     "offset %zu",
                     q);

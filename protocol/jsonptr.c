@@ -10,6 +10,8 @@
 
 #include <uv.h>
 
+#include "protocol/errmsg.h"
+
 /* How many bytes of a member name or a pointer prefix a message shows. A
  * pointer comes from a config file and a name from the upstream; either may
  * be long or hold control bytes, and a message must stay one short line. */
@@ -18,19 +20,6 @@
 
 /* Room for JSONPTR_SHOW_PREFIX bytes escaped as \xNN, quotes and "...". */
 #define JSONPTR_SHOWN_MAX (4 * JSONPTR_SHOW_PREFIX + 8)
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-  va_list ap;
-
-  if (err == NULL || errlen == 0)
-    return;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
 
 /* Writes up to max bytes of s into out (JSONPTR_SHOWN_MAX bytes), with
  * control bytes as \xNN. When quoted, the text is wrapped in '"' and '"' and
@@ -93,7 +82,7 @@ int jsonptr_parse(const char *text, size_t len, jsonptr *out, char *err,
   assert(text != NULL || len == 0);
   memset(out, 0, sizeof *out);
   if (len > 0 && text[0] != '/') {
-    set_err(err, errlen,
+    errmsg_set(err, errlen,
             "offset 0: a pointer is empty or starts with \"/\", not %s",
             show(shown, text, 1, 1, true));
     return UV_EINVAL;
@@ -103,14 +92,14 @@ int jsonptr_parse(const char *text, size_t len, jsonptr *out, char *err,
       n++;
     } else if (text[i] == '~') {
       if (i + 1 == len) {
-        set_err(err, errlen,
+        errmsg_set(err, errlen,
                 "offset %zu: \"~\" ends the pointer (write \"~0\" for \"~\" "
                 "and \"~1\" for \"/\")",
                 i);
         return UV_EINVAL;
       }
       if (text[i + 1] != '0' && text[i + 1] != '1') {
-        set_err(err, errlen,
+        errmsg_set(err, errlen,
                 "offset %zu: %s is not an escape (write \"~0\" for \"~\" and "
                 "\"~1\" for \"/\")",
                 i, show(shown, text + i, 2, 2, true));
@@ -125,12 +114,12 @@ int jsonptr_parse(const char *text, size_t len, jsonptr *out, char *err,
    * bytes plus one NUL per token bound the names. */
   if (len > SIZE_MAX / 4 ||
       n > (SIZE_MAX - 2 * (len + 1)) / (sizeof *tok + 1)) {
-    set_err(err, errlen, "out of memory");
+    errmsg_set(err, errlen, "out of memory");
     return UV_ENOMEM;
   }
   block = malloc(n * sizeof *tok + 2 * (len + 1) + n);
   if (block == NULL) {
-    set_err(err, errlen, "out of memory");
+    errmsg_set(err, errlen, "out of memory");
     return UV_ENOMEM;
   }
   tok = (jsonptr_token *)(void *)block;
@@ -206,7 +195,7 @@ int jsonptr_resolve(const jsonptr *p, json_t *doc, json_t **out,
   assert(p != NULL && out != NULL);
   *out = NULL;
   if (doc == NULL) {
-    set_err(err, errlen, "no document");
+    errmsg_set(err, errlen, "no document");
     r = UV_EINVAL;
     goto done;
   }
@@ -224,27 +213,27 @@ int jsonptr_resolve(const jsonptr *p, json_t *doc, json_t **out,
     }
     show(name, k->name, k->len, JSONPTR_SHOW_NAME, true);
     if (json_is_object(cur)) {
-      set_err(err, errlen, "no member %s%s", name, at);
+      errmsg_set(err, errlen, "no member %s%s", name, at);
       r = UV_ENOENT;
     } else if (json_is_array(cur)) {
       if (k->len == 1 && k->name[0] == '-') {
-        set_err(err, errlen, "\"-\" names no element%s", at);
+        errmsg_set(err, errlen, "\"-\" names no element%s", at);
         r = UV_ENOENT;
       } else if (!k->is_index) {
-        set_err(err, errlen, "%s is not an array index%s", name, at);
+        errmsg_set(err, errlen, "%s is not an array index%s", name, at);
         r = UV_EINVAL;
       } else {
         /* The token's own digits, so a huge index reads as written. */
-        set_err(err, errlen, "index %s past the end (length %zu)%s",
+        errmsg_set(err, errlen, "index %s past the end (length %zu)%s",
                 show(name, k->name, k->len, JSONPTR_SHOW_NAME, false),
                 json_array_size(cur), at);
         r = UV_ENOENT;
       }
     } else if (prefix == 0) {
-      set_err(err, errlen, "the document is not an object or array");
+      errmsg_set(err, errlen, "the document is not an object or array");
       r = UV_EINVAL;
     } else {
-      set_err(err, errlen, "not an object or array%s", at);
+      errmsg_set(err, errlen, "not an object or array%s", at);
       r = UV_EINVAL;
     }
     goto done;
@@ -265,7 +254,7 @@ int jsonptr_cursor_append(const json_t *v, buf *out, char *err, size_t errlen) {
 
   assert(out != NULL);
   if (v == NULL) {
-    set_err(err, errlen, "no cursor value");
+    errmsg_set(err, errlen, "no cursor value");
     return UV_EINVAL;
   }
   switch (json_typeof(v)) {
@@ -279,7 +268,7 @@ int jsonptr_cursor_append(const json_t *v, buf *out, char *err, size_t errlen) {
   case JSON_REAL:
     /* 1.0 and 1 are the same number to the server but different text to
      * us, and %.17g can print a value the server never sent. */
-    set_err(err, errlen,
+    errmsg_set(err, errlen,
             "a cursor cannot be a real number (%.17g): use an integer or a "
             "string",
             json_real_value(v));
@@ -287,20 +276,20 @@ int jsonptr_cursor_append(const json_t *v, buf *out, char *err, size_t errlen) {
   default:
     need = json_dumpb(v, NULL, 0, flags);
     if (need == 0) {
-      set_err(err, errlen, "cannot encode the cursor value as JSON");
+      errmsg_set(err, errlen, "cannot encode the cursor value as JSON");
       return UV_EINVAL;
     }
     if ((r = buf_reserve(out, need)) != 0)
       break;
     /* Nothing else touches v between the two calls, so the size holds. */
     if (json_dumpb(v, out->data + out->len, need, flags) != need) {
-      set_err(err, errlen, "cannot encode the cursor value as JSON");
+      errmsg_set(err, errlen, "cannot encode the cursor value as JSON");
       return UV_EINVAL;
     }
     out->len += need;
     break;
   }
   if (r != 0)
-    set_err(err, errlen, r == UV_ENOBUFS ? "cursor too long" : "out of memory");
+    errmsg_set(err, errlen, r == UV_ENOBUFS ? "cursor too long" : "out of memory");
   return r;
 }

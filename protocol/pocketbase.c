@@ -19,6 +19,7 @@
 
 #include <uv.h>
 
+#include "protocol/errmsg.h"
 #include "protocol/http.h"
 
 /* The user's part of a filter leaves this much of PB_FILTER_MAX for the
@@ -51,19 +52,6 @@
 #define EPOCH_DAYS 719528LL
 
 static const char shape[] = "\"2026-01-02 10:00:00.123Z\"";
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-  va_list ap;
-
-  if (err == NULL || errlen == 0)
-    return;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
 
 /* Quotes up to PB_SHOW_MAX bytes of s into out (PB_SHOWN_SIZE bytes) so a
  * message stays one printable line: control bytes become \xNN, '"' and '\'
@@ -246,14 +234,14 @@ int pb_cursor_parse(const char *pos, pb_cursor *out, char *err, size_t errlen) {
   assert(out != NULL);
   memset(out, 0, sizeof *out);
   if (pos == NULL) {
-    set_err(err, errlen, "position: none given");
+    errmsg_set(err, errlen, "position: none given");
     return UV_EINVAL;
   }
   if (pos[0] == '\0')
     return 0;
   bar = strchr(pos, '|');
   if (bar == NULL) {
-    set_err(err, errlen,
+    errmsg_set(err, errlen,
             "position %s has no \"|\" (expected \"CREATED|ID\", either half "
             "may be empty)",
             show(shown, pos, strlen(pos)));
@@ -262,13 +250,13 @@ int pb_cursor_parse(const char *pos, pb_cursor *out, char *err, size_t errlen) {
   clen = (size_t)(bar - pos);
   ilen = strlen(bar + 1);
   if (clen != 0 && pb_time_parse(pos, clen, NULL) != 0) {
-    set_err(err, errlen,
+    errmsg_set(err, errlen,
             "position: created %s is not empty or a datetime like %s",
             show(shown, pos, clen), shape);
     return UV_EINVAL;
   }
   if (ilen != 0 && !pb_id_ok(bar + 1, ilen)) {
-    set_err(err, errlen,
+    errmsg_set(err, errlen,
             "position: id %s is not usable in a filter (at most %d bytes, no "
             "'\"', '\\', '|' or control byte)",
             show(shown, bar + 1, ilen), PB_ID_MAX);
@@ -307,12 +295,12 @@ int pb_filter_check(const char *filter, char *err, size_t errlen) {
   bool blank = true;
 
   if (filter == NULL) {
-    set_err(err, errlen, "filter: none given");
+    errmsg_set(err, errlen, "filter: none given");
     return UV_EINVAL;
   }
   len = strlen(filter);
   if (len > PB_USER_FILTER_MAX) {
-    set_err(err, errlen,
+    errmsg_set(err, errlen,
             "filter: %zu bytes is over the limit of %d (the server refuses "
             "%d, and the cursor part needs the rest)",
             len, PB_USER_FILTER_MAX, PB_FILTER_MAX);
@@ -325,14 +313,14 @@ int pb_filter_check(const char *filter, char *err, size_t errlen) {
      * backslash reads changed in fexpr v0.6.0, and a newline ends a
      * comment. */
     if (c == '\\') {
-      set_err(err, errlen,
+      errmsg_set(err, errlen,
               "filter: a backslash at byte %zu (not portable across "
               "PocketBase versions)",
               i);
       return UV_EINVAL;
     }
     if (is_control(c)) {
-      set_err(err, errlen,
+      errmsg_set(err, errlen,
               "filter: a control byte 0x%02X at byte %zu (tabs and newlines "
               "included; use spaces)",
               c, i);
@@ -357,7 +345,7 @@ int pb_filter_check(const char *filter, char *err, size_t errlen) {
       break;
     case ')':
       if (depth == 0) {
-        set_err(err, errlen,
+        errmsg_set(err, errlen,
                 "filter: unbalanced \")\" at byte %zu (it would close the "
                 "parenthesis tether wraps the filter in)",
                 i);
@@ -367,7 +355,7 @@ int pb_filter_check(const char *filter, char *err, size_t errlen) {
       break;
     case '/':
       if (i + 1 < len && filter[i + 1] == '/') {
-        set_err(err, errlen,
+        errmsg_set(err, errlen,
                 "filter: \"//\" starts a comment at byte %zu, which would "
                 "swallow the closing parenthesis",
                 i);
@@ -379,17 +367,17 @@ int pb_filter_check(const char *filter, char *err, size_t errlen) {
     }
   }
   if (quote != 0) {
-    set_err(err, errlen, "filter: unclosed quote starting at byte %zu",
+    errmsg_set(err, errlen, "filter: unclosed quote starting at byte %zu",
             quote_at);
     return UV_EINVAL;
   }
   if (depth != 0) {
-    set_err(err, errlen, "filter: unbalanced \"(\" at byte %zu (never closed)",
+    errmsg_set(err, errlen, "filter: unbalanced \"(\" at byte %zu (never closed)",
             open_at);
     return UV_EINVAL;
   }
   if (blank) {
-    set_err(err, errlen, "filter: empty (leave the option out instead)");
+    errmsg_set(err, errlen, "filter: empty (leave the option out instead)");
     return UV_EINVAL;
   }
   return 0;
@@ -612,17 +600,17 @@ static int check_item(json_t *item, size_t i, bool need_created, pb_cursor *cur,
   json_t *id, *created;
 
   if (!json_is_object(item)) {
-    set_err(err, errlen, "items[%zu]: expected an object", i);
+    errmsg_set(err, errlen, "items[%zu]: expected an object", i);
     return UV_EINVAL;
   }
   id = json_object_get(item, "id");
   if (!json_is_string(id)) {
-    set_err(err, errlen, "items[%zu].id: %s", i,
+    errmsg_set(err, errlen, "items[%zu].id: %s", i,
             id == NULL ? "missing" : "expected a string");
     return UV_EINVAL;
   }
   if (!pb_id_ok(json_string_value(id), json_string_length(id))) {
-    set_err(err, errlen,
+    errmsg_set(err, errlen,
             "items[%zu].id: %s is not usable in a filter (1 to %d bytes, no "
             "'\"', '\\', '|' or control byte)",
             i, show(shown, json_string_value(id), json_string_length(id)),
@@ -632,7 +620,7 @@ static int check_item(json_t *item, size_t i, bool need_created, pb_cursor *cur,
   if (need_created) {
     created = json_object_get(item, "created");
     if (created == NULL) {
-      set_err(err, errlen,
+      errmsg_set(err, errlen,
               "items[%zu].created: missing (does the collection have a "
               "created field, and do \"fields\" leave it out?)",
               i);
@@ -642,7 +630,7 @@ static int check_item(json_t *item, size_t i, bool need_created, pb_cursor *cur,
         (json_string_length(created) != 0 &&
          pb_time_parse(json_string_value(created), json_string_length(created),
                        NULL) != 0)) {
-      set_err(err, errlen, "items[%zu].created: expected a datetime like %s", i,
+      errmsg_set(err, errlen, "items[%zu].created: expected a datetime like %s", i,
               shape);
       return UV_EINVAL;
     }
@@ -671,23 +659,23 @@ int pb_page_parse(const char *body, size_t len, bool need_created, pb_page *out,
   if (doc == NULL) {
     /* jansson quotes the bad token, which may hold control bytes. */
     copy_line(text, sizeof text, jerr.text, strlen(jerr.text));
-    set_err(err, errlen, "list response is not JSON: %s (line %d, column %d)",
+    errmsg_set(err, errlen, "list response is not JSON: %s (line %d, column %d)",
             text, jerr.line, jerr.column);
     return UV_EINVAL;
   }
   if (!json_is_object(doc)) {
-    set_err(err, errlen, "list response is not a JSON object");
+    errmsg_set(err, errlen, "list response is not a JSON object");
     goto fail;
   }
   items = json_object_get(doc, "items");
   if (!json_is_array(items)) {
-    set_err(err, errlen, "list response: \"items\" is %s",
+    errmsg_set(err, errlen, "list response: \"items\" is %s",
             items == NULL ? "missing" : "not an array");
     goto fail;
   }
   per_page = json_object_get(doc, "perPage");
   if (!json_is_integer(per_page) || json_integer_value(per_page) < 1) {
-    set_err(err, errlen, "list response: \"perPage\" is %s",
+    errmsg_set(err, errlen, "list response: \"perPage\" is %s",
             per_page == NULL ? "missing" : "not an integer >= 1");
     goto fail;
   }
@@ -698,13 +686,13 @@ int pb_page_parse(const char *body, size_t len, bool need_created, pb_page *out,
       goto fail;
     if (i > 0 && pb_cursor_cmp(&prev, &cur) >= 0) {
       if (need_created)
-        set_err(err, errlen,
+        errmsg_set(err, errlen,
                 "items[%zu]: (created, id) = (%s, %s) does not come after the "
                 "previous item's: the server did not sort by created,id",
                 i, show(a, cur.created, strlen(cur.created)),
                 show(b, cur.id, strlen(cur.id)));
       else
-        set_err(err, errlen,
+        errmsg_set(err, errlen,
                 "items[%zu]: id %s does not come after the previous item's: "
                 "the server did not sort by id",
                 i, show(a, cur.id, strlen(cur.id)));
@@ -986,12 +974,12 @@ int pb_jwt_exp(const char *token, int64_t *exp, char *err, size_t errlen) {
   assert(exp != NULL);
   *exp = 0;
   if (token == NULL || token[0] == '\0') {
-    set_err(err, errlen, "no token");
+    errmsg_set(err, errlen, "no token");
     return UV_EINVAL;
   }
   len = strlen(token);
   if (len > PB_TOKEN_MAX) {
-    set_err(err, errlen, "token is %zu bytes, over the limit of %d", len,
+    errmsg_set(err, errlen, "token is %zu bytes, over the limit of %d", len,
             PB_TOKEN_MAX);
     return UV_EINVAL;
   }
@@ -999,7 +987,7 @@ int pb_jwt_exp(const char *token, int64_t *exp, char *err, size_t errlen) {
   dot2 = dot1 != NULL ? strchr(dot1 + 1, '.') : NULL;
   if (dot2 == NULL || strchr(dot2 + 1, '.') != NULL || dot1 == token ||
       dot2 == dot1 + 1) {
-    set_err(err, errlen,
+    errmsg_set(err, errlen,
             "token is not a JWT (expected three dot-separated parts)");
     return UV_EINVAL;
   }
@@ -1008,7 +996,7 @@ int pb_jwt_exp(const char *token, int64_t *exp, char *err, size_t errlen) {
   for (i = 0; i < len; i++) {
     if (token[i] != '.' && token[i] != '=' &&
         b64url((unsigned char)token[i]) < 0) {
-      set_err(err, errlen,
+      errmsg_set(err, errlen,
               "token is not a JWT (byte %zu is not base64url: 0x%02X)", i,
               (unsigned char)token[i]);
       return UV_EINVAL;
@@ -1018,17 +1006,17 @@ int pb_jwt_exp(const char *token, int64_t *exp, char *err, size_t errlen) {
   plen = (size_t)(dot2 - payload);
   raw = malloc(plen * 3 / 4 + 1);
   if (raw == NULL) {
-    set_err(err, errlen, "out of memory");
+    errmsg_set(err, errlen, "out of memory");
     return UV_ENOMEM;
   }
   n = b64url_decode(payload, plen, raw);
   if (n < 0) {
-    set_err(err, errlen, "token payload is not base64url");
+    errmsg_set(err, errlen, "token payload is not base64url");
     goto done;
   }
   doc = json_loadb((const char *)raw, (size_t)n, 0, NULL);
   if (!json_is_object(doc)) {
-    set_err(err, errlen, "token payload is not a JSON object");
+    errmsg_set(err, errlen, "token payload is not a JSON object");
     goto done;
   }
   v = json_object_get(doc, "exp");
@@ -1038,7 +1026,7 @@ int pb_jwt_exp(const char *token, int64_t *exp, char *err, size_t errlen) {
   } else if (json_is_real(v)) {
     d = json_real_value(v);
     if (!(d >= -9.2e18 && d <= 9.2e18)) {
-      set_err(err, errlen, "token exp is out of range");
+      errmsg_set(err, errlen, "token exp is out of range");
       goto done;
     }
     /* Round down, not toward zero: a token is better refreshed a moment
@@ -1047,7 +1035,7 @@ int pb_jwt_exp(const char *token, int64_t *exp, char *err, size_t errlen) {
     *exp = (double)t > d ? t - 1 : t;
     r = 0;
   } else {
-    set_err(err, errlen, "token payload has no numeric exp");
+    errmsg_set(err, errlen, "token payload has no numeric exp");
   }
 
 done:
@@ -1067,18 +1055,18 @@ int pb_auth_parse(const char *body, size_t len, char **token, int64_t *exp,
   /* NUL is allowed in strings: the auth record may hold one anywhere. */
   doc = body != NULL ? json_loadb(body, len, JSON_ALLOW_NUL, NULL) : NULL;
   if (!json_is_object(doc)) {
-    set_err(err, errlen, "auth answer is not a JSON object");
+    errmsg_set(err, errlen, "auth answer is not a JSON object");
     json_decref(doc);
     return UV_EINVAL;
   }
   t = json_object_get(doc, "token");
   if (!json_is_string(t) || json_string_length(t) == 0) {
-    set_err(err, errlen, "auth answer has no \"token\" string");
+    errmsg_set(err, errlen, "auth answer has no \"token\" string");
     json_decref(doc);
     return UV_EINVAL;
   }
   if (strlen(json_string_value(t)) != json_string_length(t)) {
-    set_err(err, errlen, "token is not a JWT (byte %zu is not base64url: 0x00)",
+    errmsg_set(err, errlen, "token is not a JWT (byte %zu is not base64url: 0x00)",
             strlen(json_string_value(t)));
     json_decref(doc);
     return UV_EINVAL;
@@ -1086,7 +1074,7 @@ int pb_auth_parse(const char *body, size_t len, char **token, int64_t *exp,
   if ((r = pb_jwt_exp(json_string_value(t), exp, err, errlen)) == 0) {
     *token = strdup(json_string_value(t));
     if (*token == NULL) {
-      set_err(err, errlen, "out of memory");
+      errmsg_set(err, errlen, "out of memory");
       r = UV_ENOMEM;
     }
   }
@@ -1110,30 +1098,30 @@ int pb_connect_parse(const char *data, size_t len, char *id, size_t idsize,
   id[0] = '\0';
   doc = data != NULL ? json_loadb(data, len, JSON_ALLOW_NUL, NULL) : NULL;
   if (!json_is_object(doc)) {
-    set_err(err, errlen, "PB_CONNECT data is not a JSON object");
+    errmsg_set(err, errlen, "PB_CONNECT data is not a JSON object");
     goto done;
   }
   v = json_object_get(doc, "clientId");
   if (!json_is_string(v)) {
-    set_err(err, errlen, "PB_CONNECT data has no \"clientId\" string");
+    errmsg_set(err, errlen, "PB_CONNECT data has no \"clientId\" string");
     goto done;
   }
   s = json_string_value(v);
   n = json_string_length(v);
   if (n == 0 || n > PB_ID_MAX) {
-    set_err(err, errlen, "PB_CONNECT clientId is %zu bytes (expected 1 to %d)",
+    errmsg_set(err, errlen, "PB_CONNECT clientId is %zu bytes (expected 1 to %d)",
             n, PB_ID_MAX);
     goto done;
   }
   for (i = 0; i < n; i++) {
     if (is_control((unsigned char)s[i])) {
-      set_err(err, errlen, "PB_CONNECT clientId %s holds a control byte",
+      errmsg_set(err, errlen, "PB_CONNECT clientId %s holds a control byte",
               show(shown, s, n));
       goto done;
     }
   }
   if (n >= idsize) {
-    set_err(err, errlen, "PB_CONNECT clientId is %zu bytes, over room for %zu",
+    errmsg_set(err, errlen, "PB_CONNECT clientId is %zu bytes, over room for %zu",
             n, idsize - 1);
     r = UV_ENOBUFS;
     goto done;
@@ -1213,45 +1201,45 @@ int pb_mirror_parse(const char *body, size_t len, char **id, char **offset,
   *offset = NULL;
   doc = body != NULL ? json_loadb(body, len, JSON_ALLOW_NUL, NULL) : NULL;
   if (!json_is_object(doc)) {
-    set_err(err, errlen, "offset mirror answer is not a JSON object");
+    errmsg_set(err, errlen, "offset mirror answer is not a JSON object");
     goto done;
   }
   items = json_object_get(doc, "items");
   if (!json_is_array(items)) {
-    set_err(err, errlen, "offset mirror answer: \"items\" is %s",
+    errmsg_set(err, errlen, "offset mirror answer: \"items\" is %s",
             items == NULL ? "missing" : "not an array");
     goto done;
   }
   if (json_array_size(items) == 0) {
-    set_err(err, errlen, "offset mirror: no row for this group");
+    errmsg_set(err, errlen, "offset mirror: no row for this group");
     r = UV_ENOENT;
     goto done;
   }
   item = json_array_get(items, 0);
   if (!json_is_object(item)) {
-    set_err(err, errlen, "offset mirror answer: items[0] is not an object");
+    errmsg_set(err, errlen, "offset mirror answer: items[0] is not an object");
     goto done;
   }
   v = json_object_get(item, "id");
   if (!json_is_string(v)) {
-    set_err(err, errlen, "offset mirror answer: items[0].id is %s",
+    errmsg_set(err, errlen, "offset mirror answer: items[0].id is %s",
             v == NULL ? "missing" : "not a string");
     goto done;
   }
   if (!pb_id_ok(json_string_value(v), json_string_length(v))) {
-    set_err(err, errlen,
+    errmsg_set(err, errlen,
             "offset mirror answer: items[0].id %s is not a usable record id",
             show(shown, json_string_value(v), json_string_length(v)));
     goto done;
   }
   o = json_object_get(item, "offset");
   if (!json_is_string(o)) {
-    set_err(err, errlen, "offset mirror answer: items[0].offset is %s",
+    errmsg_set(err, errlen, "offset mirror answer: items[0].offset is %s",
             o == NULL ? "missing" : "not a string");
     goto done;
   }
   if (strlen(json_string_value(o)) != json_string_length(o)) {
-    set_err(err, errlen, "offset mirror answer: items[0].offset holds a NUL");
+    errmsg_set(err, errlen, "offset mirror answer: items[0].offset holds a NUL");
     goto done;
   }
   *id = strdup(json_string_value(v));
@@ -1261,7 +1249,7 @@ int pb_mirror_parse(const char *body, size_t len, char **id, char **offset,
     free(*offset);
     *id = NULL;
     *offset = NULL;
-    set_err(err, errlen, "out of memory");
+    errmsg_set(err, errlen, "out of memory");
     r = UV_ENOMEM;
     goto done;
   }

@@ -102,10 +102,6 @@ const char *pb_client_base(const pb_client *pc) {
   return pc->base;
 }
 
-uint64_t pb_client_request_timeout(const pb_client *pc) {
-  return pc->conf->request_timeout;
-}
-
 bool pb_client_legacy(const pb_client *pc) {
   return pc->legacy;
 }
@@ -116,17 +112,11 @@ const char *pb_client_auth_error(const pb_client *pc) {
 
 /* ---- clock ---- */
 
-void pb_client_observe(pb_client *pc, const http_response *resp) {
-  const char *date = resp != NULL ? http_response_header(resp, "Date") : NULL;
-  int64_t secs, sample;
+/* sample is a lower bound of (server clock - local clock). The best bound
+ * of a window is kept; a new window lets a stepped clock in. */
+static void take_sample(pb_client *pc, int64_t sample) {
   uint64_t now = uv_now(pc->loop);
 
-  if (date == NULL || http_date_parse(date, 0, &secs) != 0)
-    return;
-  /* Date has whole seconds: the server's clock read somewhere in
-   * [secs, secs + 1), so this sample is a lower bound of the offset. The
-   * best bound of a window is kept; a new window lets a stepped clock in. */
-  sample = secs * 1000 - wall_ms();
   if (!pc->have_offset || now - pc->offset_window_start > PB_CLOCK_WINDOW_MS) {
     pc->offset_ms = sample;
     pc->offset_window_start = now;
@@ -136,21 +126,22 @@ void pb_client_observe(pb_client *pc, const http_response *resp) {
   }
 }
 
-void pb_client_observe_stamp(pb_client *pc, int64_t server_ms) {
-  uint64_t now = uv_now(pc->loop);
-  int64_t sample = server_ms - wall_ms();
+void pb_client_observe(pb_client *pc, const http_response *resp) {
+  const char *date = resp != NULL ? http_response_header(resp, "Date") : NULL;
+  int64_t secs;
 
+  if (date == NULL || http_date_parse(date, 0, &secs) != 0)
+    return;
+  /* Date has whole seconds: the server's clock read somewhere in
+   * [secs, secs + 1), so this is a lower bound of the offset. */
+  take_sample(pc, secs * 1000 - wall_ms());
+}
+
+void pb_client_observe_stamp(pb_client *pc, int64_t server_ms) {
   /* A record the server shows was stamped at or before its clock's now:
    * a lower bound with milliseconds, where Date has whole seconds. */
-  if (server_ms <= 0)
-    return;
-  if (!pc->have_offset || now - pc->offset_window_start > PB_CLOCK_WINDOW_MS) {
-    pc->offset_ms = sample;
-    pc->offset_window_start = now;
-    pc->have_offset = true;
-  } else if (sample > pc->offset_ms) {
-    pc->offset_ms = sample;
-  }
+  if (server_ms > 0)
+    take_sample(pc, server_ms - wall_ms());
 }
 
 int64_t pb_client_server_now(const pb_client *pc) {
@@ -166,9 +157,9 @@ uint64_t pb_client_loop_time(const pb_client *pc, int64_t server_ms) {
 
 /* ---- requests of the client itself ---- */
 
-static int request(pb_client *pc, const char *method, const char *path,
-                   const char *body, size_t body_len, const char *token,
-                   const http_callbacks *cbs, http_req **out) {
+int pb_client_request(pb_client *pc, const char *method, const char *path,
+                      const char *body, size_t body_len, const char *token,
+                      const http_callbacks *cbs, void *data, http_req **out) {
   http_header headers[64];
   const http_header *extra;
   size_t n = 0, n_extra, i;
@@ -194,7 +185,7 @@ static int request(pb_client *pc, const char *method, const char *path,
   req.body = body;
   req.body_len = body_len;
   req.timeout = pc->conf->request_timeout;
-  rc = http_request_start(upstream_http(pc->up), &req, cbs, pc, out);
+  rc = http_request_start(upstream_http(pc->up), &req, cbs, data, out);
   free(url);
   return rc;
 }
@@ -438,11 +429,11 @@ static void start_auth(pb_client *pc, bool refresh) {
     auth_retry_later(pc, "out of memory");
     return;
   }
-  rc = request(pc, "POST", auth_path(pc, pc->auth_refreshing, path, sizeof path),
-               pc->auth_refreshing ? NULL : body.data,
-               pc->auth_refreshing ? 0 : body.len,
-               pc->auth_refreshing ? pc->token : NULL, &auth_callbacks,
-               &pc->auth_req);
+  rc = pb_client_request(
+      pc, "POST", auth_path(pc, pc->auth_refreshing, path, sizeof path),
+      pc->auth_refreshing ? NULL : body.data, pc->auth_refreshing ? 0 : body.len,
+      pc->auth_refreshing ? pc->token : NULL, &auth_callbacks, pc,
+      &pc->auth_req);
   buf_free(&body);
   if (rc != 0) {
     snprintf(err, sizeof err, "cannot start the login: %s", http_strerror(rc));
@@ -589,8 +580,8 @@ static void post_topics(pb_client *pc) {
   free(topics);
   pc->sub_again = false;
   if (rc == 0)
-    rc = request(pc, "POST", "/api/realtime", body.data, body.len, token,
-                 &sub_callbacks, &pc->sub_req);
+    rc = pb_client_request(pc, "POST", "/api/realtime", body.data, body.len,
+                           token, &sub_callbacks, pc, &pc->sub_req);
   buf_free(&body);
   if (rc != 0 && pc->rt_req != NULL)
     http_req_cancel(pc->rt_req); /* a new stream posts again */

@@ -52,9 +52,15 @@ pb_client *pb_client_of(upstream *up);
 
 /* The base URL without a trailing slash, for request targets "/api/...". */
 const char *pb_client_base(const pb_client *pc);
-uint64_t pb_client_request_timeout(const pb_client *pc);
 /* True once a superuser login fell back to /api/admins (≤ v0.22). */
 bool pb_client_legacy(const pb_client *pc);
+
+/* Starts method on base + path ("/api/...") with the JSON body (or NULL),
+ * the token (or NULL) and the upstream's headers; see
+ * http_request_start. */
+int pb_client_request(pb_client *pc, const char *method, const char *path,
+                      const char *body, size_t body_len, const char *token,
+                      const http_callbacks *cbs, void *data, http_req **out);
 
 /* The token to send, or NULL when none is needed (auth = none). *gen
  * names the token, for pb_client_reject. Returns false when a token is

@@ -421,14 +421,9 @@ static void on_token(pb_waiter *w, int status, const char *why) {
 
 /* Starts a request of kind on path ("/api/..."); false when it must wait
  * for a token (the waiter kicks again) or failed. */
-static bool send_req(pb_src *s, int kind, const char *method, const char *path,
-                 const char *body, size_t body_len) {
-  http_header headers[64];
-  const http_header *extra;
-  size_t n = 0, n_extra, i;
+static bool send_req(pb_src *s, int kind, const char *method,
+                     const char *path, const char *body, size_t body_len) {
   const char *token;
-  http_request req;
-  char *url;
   int rc;
 
   if (!pb_client_token(s->pc, &token, &s->req_gen)) {
@@ -440,30 +435,9 @@ static bool send_req(pb_src *s, int kind, const char *method, const char *path,
     pb_client_wait(s->pc, &s->waiter);
     return false;
   }
-  if (asprintf(&url, "%s%s", pb_client_base(s->pc), path) < 0) {
-    fail(s, "out of memory");
-    return false;
-  }
-  headers[n++] = (http_header){ "Accept", "application/json" };
-  if (body != NULL)
-    headers[n++] = (http_header){ "Content-Type", "application/json" };
-  if (token != NULL)
-    headers[n++] = (http_header){ "Authorization", token };
-  extra = upstream_headers(s->h.up, &n_extra);
-  for (i = 0; i < n_extra && n < sizeof headers / sizeof headers[0]; i++)
-    headers[n++] = extra[i];
-  memset(&req, 0, sizeof req);
-  req.method = method;
-  req.url = url;
-  req.headers = headers;
-  req.n_headers = n;
-  req.body = body;
-  req.body_len = body_len;
-  req.timeout = pb_client_request_timeout(s->pc);
   s->req_kind = kind;
-  rc = http_request_start(upstream_http(s->h.up), &req, &pb_http_callbacks, s,
-                          &s->h.req);
-  free(url);
+  rc = pb_client_request(s->pc, method, path, body, body_len, token,
+                         &pb_http_callbacks, s, &s->h.req);
   if (rc != 0) {
     fail(s, "cannot start a request: %s", http_strerror(rc));
     return false;
