@@ -217,6 +217,15 @@ const http_header *upstream_headers(const upstream *up, size_t *n) {
   return up->headers;
 }
 
+size_t upstream_add_headers(const upstream *up, http_header *headers, size_t n,
+                            size_t cap) {
+  size_t i;
+
+  for (i = 0; i < up->n_headers && n < cap; i++)
+    headers[n++] = up->headers[i];
+  return n;
+}
+
 void upstream_backoff_init(const upstream *up, backoff *b) {
   backoff_init(b, up->http->reconnect_min, up->http->reconnect_max,
                (unsigned)up->http->immediate_retries, 0);

@@ -131,6 +131,10 @@ http_client *upstream_http(upstream *up);
  * logged). */
 const http_header *upstream_headers(const upstream *up, size_t *n);
 
+/* Appends those headers to headers[n..cap); returns the new count. */
+size_t upstream_add_headers(const upstream *up, http_header *headers, size_t n,
+                            size_t cap);
+
 /* A reconnect backoff set up from the upstream's reconnect options. */
 void upstream_backoff_init(const upstream *up, backoff *b);
 

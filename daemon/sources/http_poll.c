@@ -518,8 +518,7 @@ static const http_callbacks poll_http_callbacks = {
 static void request_page(poll_src *s, const char *url) {
   const char *t = s->conf->path, *hit;
   http_header headers[64];
-  const http_header *extra;
-  size_t n_extra, n = 0, i;
+  size_t n = 0;
   http_request req;
   char err[256], *full = NULL;
   buf target;
@@ -551,9 +550,8 @@ static void request_page(poll_src *s, const char *url) {
   if (s->conf->conditional && s->etag != NULL && s->last_url != NULL &&
       strcmp(s->last_url, url) == 0)
     headers[n++] = (http_header){ "If-None-Match", s->etag };
-  extra = upstream_headers(s->h.up, &n_extra);
-  for (i = 0; i < n_extra && n < sizeof headers / sizeof headers[0]; i++)
-    headers[n++] = extra[i];
+  n = upstream_add_headers(s->h.up, headers, n,
+                           sizeof headers / sizeof headers[0]);
   memset(&req, 0, sizeof req);
   req.method = "GET";
   req.url = url;

@@ -161,8 +161,7 @@ int pb_client_request(pb_client *pc, const char *method, const char *path,
                       const char *body, size_t body_len, const char *token,
                       const http_callbacks *cbs, void *data, http_req **out) {
   http_header headers[64];
-  const http_header *extra;
-  size_t n = 0, n_extra, i;
+  size_t n = 0;
   http_request req;
   char *url;
   int rc;
@@ -174,9 +173,8 @@ int pb_client_request(pb_client *pc, const char *method, const char *path,
     headers[n++] = (http_header){ "Content-Type", "application/json" };
   if (token != NULL)
     headers[n++] = (http_header){ "Authorization", token };
-  extra = upstream_headers(pc->up, &n_extra);
-  for (i = 0; i < n_extra && n < sizeof headers / sizeof headers[0]; i++)
-    headers[n++] = extra[i];
+  n = upstream_add_headers(pc->up, headers, n,
+                           sizeof headers / sizeof headers[0]);
   memset(&req, 0, sizeof req);
   req.method = method;
   req.url = url;
@@ -725,8 +723,7 @@ static const http_callbacks rt_callbacks = {
 
 static void start_stream(pb_client *pc) {
   http_header headers[64];
-  const http_header *extra;
-  size_t n = 0, n_extra, i;
+  size_t n = 0;
   http_request req;
   char *url;
   int rc;
@@ -738,9 +735,8 @@ static void start_stream(pb_client *pc) {
     return;
   headers[n++] = (http_header){ "Accept", "text/event-stream" };
   headers[n++] = (http_header){ "Cache-Control", "no-store" };
-  extra = upstream_headers(pc->up, &n_extra);
-  for (i = 0; i < n_extra && n < sizeof headers / sizeof headers[0]; i++)
-    headers[n++] = extra[i];
+  n = upstream_add_headers(pc->up, headers, n,
+                           sizeof headers / sizeof headers[0]);
   memset(&req, 0, sizeof req);
   req.method = "GET";
   req.url = url;

@@ -320,8 +320,7 @@ static const http_callbacks sse_http_callbacks = {
 
 static void connect_now(sse_src *s) {
   http_header headers[64];
-  const http_header *extra;
-  size_t n_extra, n = 0, i;
+  size_t n = 0;
   http_request req;
   char *url = s->url, *with_query = NULL;
   buf q;
@@ -348,9 +347,8 @@ static void connect_now(sse_src *s) {
       url = with_query;
     }
   }
-  extra = upstream_headers(s->h.up, &n_extra);
-  for (i = 0; i < n_extra && n < sizeof headers / sizeof headers[0]; i++)
-    headers[n++] = extra[i];
+  n = upstream_add_headers(s->h.up, headers, n,
+                           sizeof headers / sizeof headers[0]);
   memset(&req, 0, sizeof req);
   req.method = "GET";
   req.url = url;

@@ -473,6 +473,43 @@ def test_offset_id_with_increasing_ids(tether, tmp_path, pb, sock_dir):
     assert t.stop() == 0
 
 
+def test_one_stream_for_every_consumer_start_now_and_fields(tether, tmp_path,
+                                                           pb, sock_dir):
+    s = pb()
+    s.collection("orders")
+    s.collection("refunds")
+    old = s.create("orders", [{"n": i, "status": "paid"} for i in range(5)])
+    out = tmp_path / "out.ndjson"
+    refunds = tmp_path / "refunds.ndjson"
+    cfg = config(out, s.base, sock_dir, poll_interval="30s",
+                 consumer_keys="start = now\nfields = n")
+    cfg += f"""
+[consumer refunds]
+upstream = pb
+collection = refunds
+settle = 200ms
+poll_interval = 30s
+sink = file:{refunds}
+"""
+    t = tether(cfg).start()
+    wait_for(lambda: sorted(sum((c["subscriptions"] for c in
+                                 s.call("GET", "/_pb/clients")[1]), [])) ==
+             ["orders/*", "refunds/*"], 20, "both topics", t)
+    # One realtime connection carries both consumers' topics.
+    assert len(s.call("GET", "/_pb/clients")[1]) == 1
+    new = s.create("orders", [{"n": 10, "status": "paid"}])["ids"]
+    r = s.create("refunds", [{"n": 1}])["ids"]
+    wait_ids(t, out, new, 10)
+    wait_ids(t, refunds, r, 10)
+    recs = got(out)
+    # start = now: what existed before the start is not delivered.
+    assert not set(old["ids"]) & set(got_ids(out))
+    # fields = n: id and created come too (the cursor needs them).
+    assert set(recs[0]["data"]) == {"n", "id", "created"}
+    assert recs[0]["cursor"] == f'{recs[0]["data"]["created"]}|{new[0]}'
+    assert t.stop() == 0
+
+
 def test_dropped_and_reordered_events_change_nothing(tether, tmp_path, pb,
                                                      sock_dir):
     s = pb()
