@@ -767,6 +767,11 @@ void pb_client_watch(pb_client *pc, pb_watch *w) {
     post_topics(pc);
 }
 
+void pb_client_topics_changed(pb_client *pc) {
+  if (pc->conf->realtime && !pc->closing)
+    post_topics(pc);
+}
+
 void pb_client_unwatch(pb_client *pc, pb_watch *w) {
   list_remove(&w->_node);
   if (!pc->conf->realtime || pc->closing)

@@ -94,5 +94,7 @@ uint64_t pb_client_loop_time(const pb_client *pc, int64_t server_ms);
  * off nothing happens. */
 void pb_client_watch(pb_client *pc, pb_watch *w);
 void pb_client_unwatch(pb_client *pc, pb_watch *w);
+/* A watch's topic string changed: the topics are posted again. */
+void pb_client_topics_changed(pb_client *pc);
 
 #endif

@@ -2,20 +2,24 @@
  * cursor (protocols/pocketbase.md §2.5) and the settle window of §2.6,
  * variant A.
  *
- * Each poll asks for the records strictly after the cursor whose created
- * is at or before W = server time - settle, sorted by (created, id). Ties
- * in one millisecond are safe because the id breaks them; a late commit (a
- * record stamped before one already visible) is safe while it lands within
- * settle, because nothing newer than W has been handed on. Variant A, not
- * B: the cursor of every record is exactly its own (created, id), so the
- * committed position is what the envelope shows and a restart re-reads
- * nothing; the price is settle of latency (2 s by default, 0 turns it off
- * for writers that never hold a transaction open).
+ * Each poll asks for the records strictly after the cursor, sorted by
+ * (created, id), and hands on those whose created is at or before W =
+ * server time - settle. Ties in one millisecond are safe because the id
+ * breaks them; a late commit (a record stamped before one already visible)
+ * is safe while it lands within settle, because nothing newer than W has
+ * been handed on. Variant A, not B: the cursor of every record is exactly
+ * its own (created, id), so the committed position is what the envelope
+ * shows and a restart re-reads nothing; the price is settle of latency (2 s
+ * by default, 0 turns it off for writers that never hold a transaction
+ * open). W is applied here rather than in the filter, so a poll also sees
+ * the records still settling and the next one is timed for the first of
+ * them, with realtime or without.
  *
  * A full page polls again at once; otherwise the next poll is after
- * poll_interval, or earlier when realtime says a record was created: at
- * its created + settle, when the bound will include it. Realtime never
- * hands records on itself: it has no replay and no order (§6).
+ * poll_interval, or earlier: when a record seen settling has settled, or
+ * when realtime says a record was created (at its created + settle).
+ * Realtime never hands records on itself: it has no replay and no order
+ * (§6).
  *
  * One request at a time per consumer (http_source): polls, the probe that
  * explains a 400, and the offset mirror's writes take turns.
@@ -107,7 +111,7 @@ static const option pb_consumer_options[] = {
     "it earlier",
     10, 86400000, NULL, 0 },
   { "settle", OPT_DURATION, "2s", offsetof(pb_consumer_conf, settle),
-    "records are read only once they are this old by the server's clock, so "
+    "records are handed on only once they are this old by the server's clock, so "
     "a write committed late is not skipped; 0 = at once",
     0, 600000, NULL, 0 },
   { "start", OPT_ENUM, "beginning", offsetof(pb_consumer_conf, start),
@@ -350,17 +354,11 @@ static void schedule_after_poll(pb_src *s) {
   schedule(s, delay);
 }
 
-static void wake(pb_src *s, int64_t created) {
-  const pb_consumer_conf *c = s->conf;
-  uint64_t now, at;
+/* Keeps created (server ms) among the pending wake-ups, sorted; when they
+ * are full, the last one only grows. */
+static void add_wake(pb_src *s, int64_t created) {
   size_t i;
 
-  if (s->h.stopping || s->h.failed)
-    return;
-  if (c->offset == PB_OFFSET_ID || c->settle == 0 || created == 0) {
-    created = pb_client_server_now(s->pc) - (int64_t)c->settle;
-  }
-  /* Keep the times sorted; when full, the last one only grows. */
   if (s->n_wakes == PB_MAX_WAKES) {
     if (created > s->wakes[PB_MAX_WAKES - 1])
       s->wakes[PB_MAX_WAKES - 1] = created;
@@ -370,6 +368,18 @@ static void wake(pb_src *s, int64_t created) {
     s->wakes[i] = created;
     s->n_wakes++;
   }
+}
+
+static void wake(pb_src *s, int64_t created) {
+  const pb_consumer_conf *c = s->conf;
+  uint64_t now, at;
+
+  if (s->h.stopping || s->h.failed)
+    return;
+  if (c->offset == PB_OFFSET_ID || c->settle == 0 || created == 0) {
+    created = pb_client_server_now(s->pc) - (int64_t)c->settle;
+  }
+  add_wake(s, created);
   /* A record the poll in flight should cover but may have missed (its
    * commit came after the query): poll again when it ends. */
   if (s->h.req != NULL && s->req_kind == REQ_POLL &&
@@ -447,27 +457,26 @@ static bool send_req(pb_src *s, int kind, const char *method,
 
 static void start_poll(pb_src *s) {
   const pb_consumer_conf *c = s->conf;
-  char until[PB_TIME_LEN + 1] = "";
   pb_list_query q;
   int64_t per_page = c->batch_size;
   buf target;
   int rc;
 
   s->mirror_retry = false; /* a failed mirror write goes again after this */
+  /* The bound W is applied here, not in the filter: the page then shows
+   * the records still settling too, and the next poll is timed for the
+   * first of them. settle = 0 has no bound at all, so the clock estimate
+   * (which errs early) holds nothing back. */
   s->poll_until = 0;
-  /* settle = 0 reads whatever is visible: no bound at all, so the clock
-   * estimate (which errs early) holds nothing back. */
-  if (c->offset == PB_OFFSET_CREATED && c->settle > 0) {
+  if (c->offset == PB_OFFSET_CREATED && c->settle > 0)
     s->poll_until = pb_client_server_now(s->pc) - (int64_t)c->settle;
-    pb_time_format(s->poll_until, until);
-  }
   if (pb_client_legacy(s->pc) && per_page > 500)
     per_page = 500;
   memset(&q, 0, sizeof q);
   q.collection = c->collection;
   q.offset = c->offset;
   q.after = &s->cursor;
-  q.until = until;
+  q.until = NULL;
   q.filter = c->filter;
   q.per_page = per_page;
   q.fields = c->fields;
@@ -599,11 +608,13 @@ static void on_mirror_done(pb_src *s, int kind, const http_response *resp) {
 static void hand_over(pb_src *s) {
   consumer *c = cons(s);
   size_t n = json_array_size(s->page.items);
+  int64_t held;
   buf pos;
   event e;
 
   buf_init(&pos, 0);
   s->handing = true;
+  held = 0;
   while (s->next < n) {
     json_t *item = json_array_get(s->page.items, s->next);
     json_t *created;
@@ -614,6 +625,14 @@ static void hand_over(pb_src *s) {
 
     if (consumer_room(c) == 0)
       goto out; /* on_room goes on */
+    created = json_object_get(item, "created");
+    if (json_is_string(created))
+      pb_time_parse(json_string_value(created), json_string_length(created),
+                    &t);
+    if (s->poll_until != 0 && t > s->poll_until) {
+      held = t; /* still settling, and so is everything after it */
+      break;
+    }
     pb_item_cursor(item, &cur);
     if (s->conf->offset == PB_OFFSET_ID)
       cur.created[0] = '\0'; /* an id cursor is "|id" */
@@ -628,10 +647,6 @@ static void hand_over(pb_src *s) {
       fail(s, "out of memory handing over a page");
       return;
     }
-    created = json_object_get(item, "created");
-    if (json_is_string(created))
-      pb_time_parse(json_string_value(created), json_string_length(created),
-                    &t);
     memset(&e, 0, sizeof e);
     e.name = "create";
     e.kind = s->conf->collection;
@@ -651,8 +666,14 @@ static void hand_over(pb_src *s) {
     s->cursor = cur;
   }
   s->handing = false;
-  /* A full page: more may follow at once. */
-  if ((int64_t)n >= s->page.per_page && n > 0) {
+  if (held != 0) {
+    /* Come back when the first record still settling has settled. */
+    pb_page_free(&s->page);
+    add_wake(s, held);
+    schedule_after_poll(s);
+    kick(s);
+  } else if ((int64_t)n >= s->page.per_page && n > 0) {
+    /* A full page: more may follow at once. */
     pb_page_free(&s->page);
     s->poll_due = true;
     kick(s);
@@ -680,6 +701,31 @@ static void observe_newest(pb_src *s) {
     pb_client_observe_stamp(s->pc, t);
 }
 
+/* Realtime topics match the collection's exact name, where the REST path
+ * matches it in any case (§6): once a record shows the canonical name, the
+ * topic follows it, or wake-ups would never come. */
+static void follow_canonical_name(pb_src *s) {
+  json_t *name;
+  char *topic;
+
+  if (s->topic == NULL || json_array_size(s->page.items) == 0)
+    return;
+  name = json_object_get(json_array_get(s->page.items, 0), "collectionName");
+  if (!json_is_string(name) || !pb_value_ok(json_string_value(name)) ||
+      asprintf(&topic, "%s/*", json_string_value(name)) < 0)
+    return;
+  if (strcmp(topic, s->topic) == 0) {
+    free(topic);
+    return;
+  }
+  log_info("realtime topic follows the collection's exact name",
+           LS("consumer", consumer_name(cons(s))), LS("topic", topic));
+  free(s->topic);
+  s->topic = topic;
+  s->watch.topic = topic;
+  pb_client_topics_changed(s->pc);
+}
+
 static void take_page(pb_src *s, const http_response *resp) {
   char err[256];
 
@@ -697,6 +743,7 @@ static void take_page(pb_src *s, const http_response *resp) {
   backoff_reset(&s->h.retry);
   consumer_source_connected(cons(s));
   observe_newest(s);
+  follow_canonical_name(s);
   s->next = 0;
   hand_over(s);
 }

@@ -427,6 +427,48 @@ def test_realtime_wakes_before_poll_interval(tether, tmp_path, pb, sock_dir):
     assert t.stop() == 0
 
 
+def test_topic_follows_the_exact_collection_name(tether, tmp_path, pb,
+                                                 sock_dir):
+    # REST matches a collection name in any case, realtime topics only
+    # exactly: once a record shows the name, the topic follows it.
+    s = pb()
+    s.collection("orders")
+    first = s.create("orders", [{"n": 0}])["ids"]
+    out = tmp_path / "out.ndjson"
+    t = tether(config(out, s.base, sock_dir, collection="ORDERS",
+                      poll_interval="30s")).start()
+    wait_ids(t, out, first, 10)
+    wait_for(lambda: [c["subscriptions"] for c in
+                      s.call("GET", "/_pb/clients")[1]] == [["orders/*"]],
+             20, "the topic orders/*", t)
+    rid = s.create("orders", [{"n": 1}])["ids"][0]
+    assert first_arrival(out, rid, 10, t) < 5
+    assert t.stop() == 0
+
+
+def test_a_settling_record_times_the_next_poll(tether, tmp_path, pb,
+                                               sock_dir):
+    # Realtime off, poll_interval 30 s: the first poll sees a record still
+    # settling, holds it back, and comes again when it has settled rather
+    # than after poll_interval.
+    s = pb()
+    s.collection("orders")
+    rid = s.create("orders", [{"n": 1}])["ids"]
+    out = tmp_path / "out.ndjson"
+    t = tether(config(out, s.base, sock_dir, settle="2s", poll_interval="30s",
+                      upstream="realtime = false"))
+    start = time.monotonic()
+    t.start()
+    wait_ids(t, out, rid, 10)
+    took = time.monotonic() - start
+    assert 1 < took < 8, took
+    polls = s.requests("/api/collections/orders/records")
+    assert len(polls) == 2  # one saw it settling, the next handed it on
+    assert all("created <=" not in p["query"]["filter"] for p in polls)
+    assert not s.requests("/api/realtime")
+    assert t.stop() == 0
+
+
 def test_settle_zero_wakes_at_once(tether, tmp_path, pb, sock_dir):
     # No bound at all with settle = 0: a realtime event polls at once and
     # the poll sees the record, whatever tether thinks the server's time is.
