@@ -807,9 +807,8 @@ void consumer_committed(consumer *c, uint64_t seq) {
    * commit (the flusher commits nothing else). */
   if (c->src_running && c->src->type->on_committed != NULL &&
       seq == c->snap_seq)
-    c->src->type->on_committed(c->src, seq,
-                               c->snap_pos.data != NULL ? c->snap_pos.data
-                                                        : "");
+    c->src->type->on_committed(
+        c->src, seq, c->snap_pos.data != NULL ? c->snap_pos.data : "");
 }
 
 void consumer_reopen(consumer *c) {

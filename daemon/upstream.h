@@ -63,45 +63,116 @@ int upstream_http_check(void *conf, uint64_t explicit, char *err,
 
 /* The option entries of every HTTP upstream, for the table of a type
  * whose conf struct starts with an http_upstream_conf. */
-#define UPSTREAM_HTTP_OPTIONS \
-  { "url", OPT_STRING, NULL, offsetof(http_upstream_conf, url), \
-    "base URL of the service: http:// or https://, host, port and a base " \
-    "path", \
-    0, 0, NULL, OPT_REQUIRED }, \
-  { "unix_socket", OPT_STRING, "", offsetof(http_upstream_conf, unix_socket), \
-    "reach the service over this unix socket (the url still names the host)", 0, \
-    0, NULL, 0 }, \
-  { "ca_file", OPT_STRING, "", offsetof(http_upstream_conf, ca_file), \
-    "PEM file of the CAs to trust; empty = the system bundle", 0, 0, NULL, 0 }, \
-  { "client_cert", OPT_STRING, "", offsetof(http_upstream_conf, client_cert), \
-    "PEM certificate tether presents (mutual TLS)", 0, 0, NULL, 0 }, \
-  { "client_key", OPT_STRING, "", offsetof(http_upstream_conf, client_key), \
-    "PEM key of client_cert", 0, 0, NULL, 0 }, \
-  { "tls_verify", OPT_BOOL, "true", offsetof(http_upstream_conf, tls_verify), \
-    "check the server's certificate and name; false is logged as a warning", 0, \
-    0, NULL, 0 }, \
-  { "max_connections", OPT_INT, "4", \
-    offsetof(http_upstream_conf, max_connections), \
-    "connections kept open to the service, shared by its consumers", 1, 256, \
-    NULL, 0 }, \
-  { "connect_timeout", OPT_DURATION, "10s", \
-    offsetof(http_upstream_conf, connect_timeout), \
-    "limit on name lookup, connect and TLS handshake", 10, 600000, NULL, 0 }, \
-  { "reconnect_min", OPT_DURATION, "250ms", \
-    offsetof(http_upstream_conf, reconnect_min), \
-    "shortest wait before reconnecting after a failure", 1, 3600000, NULL, 0 }, \
-  { "reconnect_max", OPT_DURATION, "30s", \
-    offsetof(http_upstream_conf, reconnect_max), \
-    "longest wait before reconnecting, hints such as Retry-After included", 1, \
-    86400000, NULL, 0 }, \
-  { "immediate_retries", OPT_INT, "3", \
-    offsetof(http_upstream_conf, immediate_retries), \
-    "failures retried at once before the waits begin", 0, 100, NULL, 0 }, \
-  { "proxy_from_env", OPT_BOOL, "true", \
-    offsetof(http_upstream_conf, proxy_from_env), \
-    "use HTTP_PROXY, HTTPS_PROXY and NO_PROXY from the environment", 0, 0, NULL, \
-    0 }
-
+#define UPSTREAM_HTTP_OPTIONS                                                  \
+  { "url",                                                                     \
+    OPT_STRING,                                                                \
+    NULL,                                                                      \
+    offsetof(http_upstream_conf, url),                                         \
+    "base URL of the service: http:// or https://, host, port and a base "     \
+    "path",                                                                    \
+    0,                                                                         \
+    0,                                                                         \
+    NULL,                                                                      \
+    OPT_REQUIRED },                                                            \
+      { "unix_socket",                                                         \
+        OPT_STRING,                                                            \
+        "",                                                                    \
+        offsetof(http_upstream_conf, unix_socket),                             \
+        "reach the service over this unix socket (the url still names the "    \
+        "host)",                                                               \
+        0,                                                                     \
+        0,                                                                     \
+        NULL,                                                                  \
+        0 },                                                                   \
+      { "ca_file",                                                             \
+        OPT_STRING,                                                            \
+        "",                                                                    \
+        offsetof(http_upstream_conf, ca_file),                                 \
+        "PEM file of the CAs to trust; empty = the system bundle",             \
+        0,                                                                     \
+        0,                                                                     \
+        NULL,                                                                  \
+        0 },                                                                   \
+      { "client_cert",                                                         \
+        OPT_STRING,                                                            \
+        "",                                                                    \
+        offsetof(http_upstream_conf, client_cert),                             \
+        "PEM certificate tether presents (mutual TLS)",                        \
+        0,                                                                     \
+        0,                                                                     \
+        NULL,                                                                  \
+        0 },                                                                   \
+      { "client_key",                                                          \
+        OPT_STRING,                                                            \
+        "",                                                                    \
+        offsetof(http_upstream_conf, client_key),                              \
+        "PEM key of client_cert",                                              \
+        0,                                                                     \
+        0,                                                                     \
+        NULL,                                                                  \
+        0 },                                                                   \
+      { "tls_verify",                                                          \
+        OPT_BOOL,                                                              \
+        "true",                                                                \
+        offsetof(http_upstream_conf, tls_verify),                              \
+        "check the server's certificate and name; false is logged as a "       \
+        "warning",                                                             \
+        0,                                                                     \
+        0,                                                                     \
+        NULL,                                                                  \
+        0 },                                                                   \
+      { "max_connections",                                                     \
+        OPT_INT,                                                               \
+        "4",                                                                   \
+        offsetof(http_upstream_conf, max_connections),                         \
+        "connections kept open to the service, shared by its consumers",       \
+        1,                                                                     \
+        256,                                                                   \
+        NULL,                                                                  \
+        0 },                                                                   \
+      { "connect_timeout",                                                     \
+        OPT_DURATION,                                                          \
+        "10s",                                                                 \
+        offsetof(http_upstream_conf, connect_timeout),                         \
+        "limit on name lookup, connect and TLS handshake",                     \
+        10,                                                                    \
+        600000,                                                                \
+        NULL,                                                                  \
+        0 },                                                                   \
+      { "reconnect_min",                                                       \
+        OPT_DURATION,                                                          \
+        "250ms",                                                               \
+        offsetof(http_upstream_conf, reconnect_min),                           \
+        "shortest wait before reconnecting after a failure",                   \
+        1,                                                                     \
+        3600000,                                                               \
+        NULL,                                                                  \
+        0 },                                                                   \
+      { "reconnect_max",                                                       \
+        OPT_DURATION,                                                          \
+        "30s",                                                                 \
+        offsetof(http_upstream_conf, reconnect_max),                           \
+        "longest wait before reconnecting, hints such as Retry-After "         \
+        "included",                                                            \
+        1,                                                                     \
+        86400000,                                                              \
+        NULL,                                                                  \
+        0 },                                                                   \
+      { "immediate_retries",                                                   \
+        OPT_INT,                                                               \
+        "3",                                                                   \
+        offsetof(http_upstream_conf, immediate_retries),                       \
+        "failures retried at once before the waits begin",                     \
+        0,                                                                     \
+        100,                                                                   \
+        NULL,                                                                  \
+        0 },                                                                   \
+  {                                                                            \
+    "proxy_from_env", OPT_BOOL, "true",                                        \
+        offsetof(http_upstream_conf, proxy_from_env),                          \
+        "use HTTP_PROXY, HTTPS_PROXY and NO_PROXY from the environment", 0, 0, \
+        NULL, 0                                                                \
+  }
 
 /* The runtime of one [upstream NAME] section. */
 typedef struct upstream upstream;

@@ -96,9 +96,9 @@ int http_url_parse(http_url *u, const char *url, char *err, size_t errlen) {
   for (i = 0; i < n; i++)
     if ((unsigned char)url[i] <= 0x20 || url[i] == 0x7f) {
       errmsg_set(err, errlen,
-              "URL contains a space or control character at "
-              "offset %zu",
-              i);
+                 "URL contains a space or control character at "
+                 "offset %zu",
+                 i);
       return UV_EINVAL;
     }
   for (p = url;
@@ -114,7 +114,7 @@ int http_url_parse(http_url *u, const char *url, char *err, size_t errlen) {
     u->https = true;
   else {
     errmsg_set(err, errlen, "URL scheme must be http or https, not %.*s",
-            (int)(p - url), url);
+               (int)(p - url), url);
     return UV_EINVAL;
   }
   auth = p + 3;
@@ -427,9 +427,9 @@ int http_url_resolve(const char *base, const char *ref, char **out, char *err,
 
     if ((c < 0x20 && c != ' ') || c == 0x7f) {
       errmsg_set(err, errlen,
-              "URL reference contains a control character at "
-              "offset %zu",
-              i);
+                 "URL reference contains a control character at "
+                 "offset %zu",
+                 i);
       buf_free(&clean);
       return UV_EINVAL;
     }
@@ -577,9 +577,9 @@ int http_request_build(buf *out, const http_request_head *h, char *err,
     }
     if (value == NULL || strpbrk(value, "\r\n") != NULL) {
       errmsg_set(err, errlen,
-              "request header %s: value must not contain CR or "
-              "LF",
-              name);
+                 "request header %s: value must not contain CR or "
+                 "LF",
+                 name);
       return UV_EINVAL;
     }
     if ((strlen(name) == 14 && ieq_n(name, "Content-Length", 14)) ||
@@ -616,7 +616,7 @@ int http_request_build(buf *out, const http_request_head *h, char *err,
     out->len = old;
     if (rc == UV_E2BIG || rc == UV_ENOBUFS) {
       errmsg_set(err, errlen, "request head longer than %d bytes",
-              HTTP_REQUEST_HEAD_MAX);
+                 HTTP_REQUEST_HEAD_MAX);
       rc = UV_E2BIG;
     } else {
       errmsg_set(err, errlen, "out of memory");
@@ -827,8 +827,8 @@ int http_retry_after(const char *value, const char *date_header, int64_t now,
   }
   if (http_date_parse(value, now, &when) != 0) {
     errmsg_set(err, errlen,
-            "Retry-After is neither delay-seconds nor an HTTP-date: \"%s\"",
-            excerpt(value, ex, sizeof ex));
+               "Retry-After is neither delay-seconds nor an HTTP-date: \"%s\"",
+               excerpt(value, ex, sizeof ex));
     return UV_EINVAL;
   }
   if (date_header == NULL || http_date_parse(date_header, now, &base) != 0)
@@ -918,7 +918,7 @@ int http_link_find(const char *value, const char *rel, char **target, char *err,
       i++;
     if (i == n) {
       errmsg_set(err, errlen, "Link: unterminated '<' at offset %zu",
-              uri_start - 1);
+                 uri_start - 1);
       rc = UV_EINVAL;
       break;
     }
@@ -952,7 +952,7 @@ int http_link_find(const char *value, const char *rel, char **target, char *err,
         if (i == n)
           break;
         errmsg_set(err, errlen, "Link: expected a parameter name at offset %zu",
-                i);
+                   i);
         rc = UV_EINVAL;
         break;
       }
@@ -979,9 +979,9 @@ int http_link_find(const char *value, const char *rel, char **target, char *err,
             break;
           if (i == n) {
             errmsg_set(err, errlen,
-                    "Link: unterminated quoted string at "
-                    "offset %zu",
-                    q);
+                       "Link: unterminated quoted string at "
+                       "offset %zu",
+                       q);
             rc = UV_EINVAL;
             break;
           }

@@ -83,8 +83,8 @@ int jsonptr_parse(const char *text, size_t len, jsonptr *out, char *err,
   memset(out, 0, sizeof *out);
   if (len > 0 && text[0] != '/') {
     errmsg_set(err, errlen,
-            "offset 0: a pointer is empty or starts with \"/\", not %s",
-            show(shown, text, 1, 1, true));
+               "offset 0: a pointer is empty or starts with \"/\", not %s",
+               show(shown, text, 1, 1, true));
     return UV_EINVAL;
   }
   for (i = 0; i < len; i++) {
@@ -93,16 +93,17 @@ int jsonptr_parse(const char *text, size_t len, jsonptr *out, char *err,
     } else if (text[i] == '~') {
       if (i + 1 == len) {
         errmsg_set(err, errlen,
-                "offset %zu: \"~\" ends the pointer (write \"~0\" for \"~\" "
-                "and \"~1\" for \"/\")",
-                i);
+                   "offset %zu: \"~\" ends the pointer (write \"~0\" for \"~\" "
+                   "and \"~1\" for \"/\")",
+                   i);
         return UV_EINVAL;
       }
       if (text[i + 1] != '0' && text[i + 1] != '1') {
-        errmsg_set(err, errlen,
-                "offset %zu: %s is not an escape (write \"~0\" for \"~\" and "
-                "\"~1\" for \"/\")",
-                i, show(shown, text + i, 2, 2, true));
+        errmsg_set(
+            err, errlen,
+            "offset %zu: %s is not an escape (write \"~0\" for \"~\" and "
+            "\"~1\" for \"/\")",
+            i, show(shown, text + i, 2, 2, true));
         return UV_EINVAL;
       }
       i++;
@@ -225,8 +226,8 @@ int jsonptr_resolve(const jsonptr *p, json_t *doc, json_t **out,
       } else {
         /* The token's own digits, so a huge index reads as written. */
         errmsg_set(err, errlen, "index %s past the end (length %zu)%s",
-                show(name, k->name, k->len, JSONPTR_SHOW_NAME, false),
-                json_array_size(cur), at);
+                   show(name, k->name, k->len, JSONPTR_SHOW_NAME, false),
+                   json_array_size(cur), at);
         r = UV_ENOENT;
       }
     } else if (prefix == 0) {
@@ -269,9 +270,9 @@ int jsonptr_cursor_append(const json_t *v, buf *out, char *err, size_t errlen) {
     /* 1.0 and 1 are the same number to the server but different text to
      * us, and %.17g can print a value the server never sent. */
     errmsg_set(err, errlen,
-            "a cursor cannot be a real number (%.17g): use an integer or a "
-            "string",
-            json_real_value(v));
+               "a cursor cannot be a real number (%.17g): use an integer or a "
+               "string",
+               json_real_value(v));
     return UV_EINVAL;
   default:
     need = json_dumpb(v, NULL, 0, flags);
@@ -290,6 +291,7 @@ int jsonptr_cursor_append(const json_t *v, buf *out, char *err, size_t errlen) {
     break;
   }
   if (r != 0)
-    errmsg_set(err, errlen, r == UV_ENOBUFS ? "cursor too long" : "out of memory");
+    errmsg_set(err, errlen,
+               r == UV_ENOBUFS ? "cursor too long" : "out of memory");
   return r;
 }

@@ -242,24 +242,25 @@ int pb_cursor_parse(const char *pos, pb_cursor *out, char *err, size_t errlen) {
   bar = strchr(pos, '|');
   if (bar == NULL) {
     errmsg_set(err, errlen,
-            "position %s has no \"|\" (expected \"CREATED|ID\", either half "
-            "may be empty)",
-            show(shown, pos, strlen(pos)));
+               "position %s has no \"|\" (expected \"CREATED|ID\", either half "
+               "may be empty)",
+               show(shown, pos, strlen(pos)));
     return UV_EINVAL;
   }
   clen = (size_t)(bar - pos);
   ilen = strlen(bar + 1);
   if (clen != 0 && pb_time_parse(pos, clen, NULL) != 0) {
     errmsg_set(err, errlen,
-            "position: created %s is not empty or a datetime like %s",
-            show(shown, pos, clen), shape);
+               "position: created %s is not empty or a datetime like %s",
+               show(shown, pos, clen), shape);
     return UV_EINVAL;
   }
   if (ilen != 0 && !pb_id_ok(bar + 1, ilen)) {
-    errmsg_set(err, errlen,
-            "position: id %s is not usable in a filter (at most %d bytes, no "
-            "'\"', '\\', '|' or control byte)",
-            show(shown, bar + 1, ilen), PB_ID_MAX);
+    errmsg_set(
+        err, errlen,
+        "position: id %s is not usable in a filter (at most %d bytes, no "
+        "'\"', '\\', '|' or control byte)",
+        show(shown, bar + 1, ilen), PB_ID_MAX);
     return UV_EINVAL;
   }
   memcpy(out->created, pos, clen);
@@ -301,9 +302,9 @@ int pb_filter_check(const char *filter, char *err, size_t errlen) {
   len = strlen(filter);
   if (len > PB_USER_FILTER_MAX) {
     errmsg_set(err, errlen,
-            "filter: %zu bytes is over the limit of %d (the server refuses "
-            "%d, and the cursor part needs the rest)",
-            len, PB_USER_FILTER_MAX, PB_FILTER_MAX);
+               "filter: %zu bytes is over the limit of %d (the server refuses "
+               "%d, and the cursor part needs the rest)",
+               len, PB_USER_FILTER_MAX, PB_FILTER_MAX);
     return UV_EINVAL;
   }
   for (i = 0; i < len; i++) {
@@ -314,16 +315,16 @@ int pb_filter_check(const char *filter, char *err, size_t errlen) {
      * comment. */
     if (c == '\\') {
       errmsg_set(err, errlen,
-              "filter: a backslash at byte %zu (not portable across "
-              "PocketBase versions)",
-              i);
+                 "filter: a backslash at byte %zu (not portable across "
+                 "PocketBase versions)",
+                 i);
       return UV_EINVAL;
     }
     if (is_control(c)) {
       errmsg_set(err, errlen,
-              "filter: a control byte 0x%02X at byte %zu (tabs and newlines "
-              "included; use spaces)",
-              c, i);
+                 "filter: a control byte 0x%02X at byte %zu (tabs and newlines "
+                 "included; use spaces)",
+                 c, i);
       return UV_EINVAL;
     }
     if (c != ' ')
@@ -346,9 +347,9 @@ int pb_filter_check(const char *filter, char *err, size_t errlen) {
     case ')':
       if (depth == 0) {
         errmsg_set(err, errlen,
-                "filter: unbalanced \")\" at byte %zu (it would close the "
-                "parenthesis tether wraps the filter in)",
-                i);
+                   "filter: unbalanced \")\" at byte %zu (it would close the "
+                   "parenthesis tether wraps the filter in)",
+                   i);
         return UV_EINVAL;
       }
       depth--;
@@ -356,9 +357,9 @@ int pb_filter_check(const char *filter, char *err, size_t errlen) {
     case '/':
       if (i + 1 < len && filter[i + 1] == '/') {
         errmsg_set(err, errlen,
-                "filter: \"//\" starts a comment at byte %zu, which would "
-                "swallow the closing parenthesis",
-                i);
+                   "filter: \"//\" starts a comment at byte %zu, which would "
+                   "swallow the closing parenthesis",
+                   i);
         return UV_EINVAL;
       }
       break;
@@ -368,12 +369,12 @@ int pb_filter_check(const char *filter, char *err, size_t errlen) {
   }
   if (quote != 0) {
     errmsg_set(err, errlen, "filter: unclosed quote starting at byte %zu",
-            quote_at);
+               quote_at);
     return UV_EINVAL;
   }
   if (depth != 0) {
-    errmsg_set(err, errlen, "filter: unbalanced \"(\" at byte %zu (never closed)",
-            open_at);
+    errmsg_set(err, errlen,
+               "filter: unbalanced \"(\" at byte %zu (never closed)", open_at);
     return UV_EINVAL;
   }
   if (blank) {
@@ -606,32 +607,32 @@ static int check_item(json_t *item, size_t i, bool need_created, pb_cursor *cur,
   id = json_object_get(item, "id");
   if (!json_is_string(id)) {
     errmsg_set(err, errlen, "items[%zu].id: %s", i,
-            id == NULL ? "missing" : "expected a string");
+               id == NULL ? "missing" : "expected a string");
     return UV_EINVAL;
   }
   if (!pb_id_ok(json_string_value(id), json_string_length(id))) {
     errmsg_set(err, errlen,
-            "items[%zu].id: %s is not usable in a filter (1 to %d bytes, no "
-            "'\"', '\\', '|' or control byte)",
-            i, show(shown, json_string_value(id), json_string_length(id)),
-            PB_ID_MAX);
+               "items[%zu].id: %s is not usable in a filter (1 to %d bytes, no "
+               "'\"', '\\', '|' or control byte)",
+               i, show(shown, json_string_value(id), json_string_length(id)),
+               PB_ID_MAX);
     return UV_EINVAL;
   }
   if (need_created) {
     created = json_object_get(item, "created");
     if (created == NULL) {
       errmsg_set(err, errlen,
-              "items[%zu].created: missing (does the collection have a "
-              "created field, and do \"fields\" leave it out?)",
-              i);
+                 "items[%zu].created: missing (does the collection have a "
+                 "created field, and do \"fields\" leave it out?)",
+                 i);
       return UV_EINVAL;
     }
     if (!json_is_string(created) ||
         (json_string_length(created) != 0 &&
          pb_time_parse(json_string_value(created), json_string_length(created),
                        NULL) != 0)) {
-      errmsg_set(err, errlen, "items[%zu].created: expected a datetime like %s", i,
-              shape);
+      errmsg_set(err, errlen, "items[%zu].created: expected a datetime like %s",
+                 i, shape);
       return UV_EINVAL;
     }
   }
@@ -659,8 +660,9 @@ int pb_page_parse(const char *body, size_t len, bool need_created, pb_page *out,
   if (doc == NULL) {
     /* jansson quotes the bad token, which may hold control bytes. */
     copy_line(text, sizeof text, jerr.text, strlen(jerr.text));
-    errmsg_set(err, errlen, "list response is not JSON: %s (line %d, column %d)",
-            text, jerr.line, jerr.column);
+    errmsg_set(err, errlen,
+               "list response is not JSON: %s (line %d, column %d)", text,
+               jerr.line, jerr.column);
     return UV_EINVAL;
   }
   if (!json_is_object(doc)) {
@@ -670,13 +672,13 @@ int pb_page_parse(const char *body, size_t len, bool need_created, pb_page *out,
   items = json_object_get(doc, "items");
   if (!json_is_array(items)) {
     errmsg_set(err, errlen, "list response: \"items\" is %s",
-            items == NULL ? "missing" : "not an array");
+               items == NULL ? "missing" : "not an array");
     goto fail;
   }
   per_page = json_object_get(doc, "perPage");
   if (!json_is_integer(per_page) || json_integer_value(per_page) < 1) {
     errmsg_set(err, errlen, "list response: \"perPage\" is %s",
-            per_page == NULL ? "missing" : "not an integer >= 1");
+               per_page == NULL ? "missing" : "not an integer >= 1");
     goto fail;
   }
   n = json_array_size(items);
@@ -686,16 +688,17 @@ int pb_page_parse(const char *body, size_t len, bool need_created, pb_page *out,
       goto fail;
     if (i > 0 && pb_cursor_cmp(&prev, &cur) >= 0) {
       if (need_created)
-        errmsg_set(err, errlen,
-                "items[%zu]: (created, id) = (%s, %s) does not come after the "
-                "previous item's: the server did not sort by created,id",
-                i, show(a, cur.created, strlen(cur.created)),
-                show(b, cur.id, strlen(cur.id)));
+        errmsg_set(
+            err, errlen,
+            "items[%zu]: (created, id) = (%s, %s) does not come after the "
+            "previous item's: the server did not sort by created,id",
+            i, show(a, cur.created, strlen(cur.created)),
+            show(b, cur.id, strlen(cur.id)));
       else
         errmsg_set(err, errlen,
-                "items[%zu]: id %s does not come after the previous item's: "
-                "the server did not sort by id",
-                i, show(a, cur.id, strlen(cur.id)));
+                   "items[%zu]: id %s does not come after the previous item's: "
+                   "the server did not sort by id",
+                   i, show(a, cur.id, strlen(cur.id)));
       goto fail;
     }
     prev = cur;
@@ -980,7 +983,7 @@ int pb_jwt_exp(const char *token, int64_t *exp, char *err, size_t errlen) {
   len = strlen(token);
   if (len > PB_TOKEN_MAX) {
     errmsg_set(err, errlen, "token is %zu bytes, over the limit of %d", len,
-            PB_TOKEN_MAX);
+               PB_TOKEN_MAX);
     return UV_EINVAL;
   }
   dot1 = strchr(token, '.');
@@ -988,7 +991,7 @@ int pb_jwt_exp(const char *token, int64_t *exp, char *err, size_t errlen) {
   if (dot2 == NULL || strchr(dot2 + 1, '.') != NULL || dot1 == token ||
       dot2 == dot1 + 1) {
     errmsg_set(err, errlen,
-            "token is not a JWT (expected three dot-separated parts)");
+               "token is not a JWT (expected three dot-separated parts)");
     return UV_EINVAL;
   }
   /* Every byte is checked, the signature's too: the token goes into an
@@ -997,8 +1000,8 @@ int pb_jwt_exp(const char *token, int64_t *exp, char *err, size_t errlen) {
     if (token[i] != '.' && token[i] != '=' &&
         b64url((unsigned char)token[i]) < 0) {
       errmsg_set(err, errlen,
-              "token is not a JWT (byte %zu is not base64url: 0x%02X)", i,
-              (unsigned char)token[i]);
+                 "token is not a JWT (byte %zu is not base64url: 0x%02X)", i,
+                 (unsigned char)token[i]);
       return UV_EINVAL;
     }
   }
@@ -1066,8 +1069,9 @@ int pb_auth_parse(const char *body, size_t len, char **token, int64_t *exp,
     return UV_EINVAL;
   }
   if (strlen(json_string_value(t)) != json_string_length(t)) {
-    errmsg_set(err, errlen, "token is not a JWT (byte %zu is not base64url: 0x00)",
-            strlen(json_string_value(t)));
+    errmsg_set(err, errlen,
+               "token is not a JWT (byte %zu is not base64url: 0x00)",
+               strlen(json_string_value(t)));
     json_decref(doc);
     return UV_EINVAL;
   }
@@ -1109,20 +1113,22 @@ int pb_connect_parse(const char *data, size_t len, char *id, size_t idsize,
   s = json_string_value(v);
   n = json_string_length(v);
   if (n == 0 || n > PB_ID_MAX) {
-    errmsg_set(err, errlen, "PB_CONNECT clientId is %zu bytes (expected 1 to %d)",
-            n, PB_ID_MAX);
+    errmsg_set(err, errlen,
+               "PB_CONNECT clientId is %zu bytes (expected 1 to %d)", n,
+               PB_ID_MAX);
     goto done;
   }
   for (i = 0; i < n; i++) {
     if (is_control((unsigned char)s[i])) {
       errmsg_set(err, errlen, "PB_CONNECT clientId %s holds a control byte",
-              show(shown, s, n));
+                 show(shown, s, n));
       goto done;
     }
   }
   if (n >= idsize) {
-    errmsg_set(err, errlen, "PB_CONNECT clientId is %zu bytes, over room for %zu",
-            n, idsize - 1);
+    errmsg_set(err, errlen,
+               "PB_CONNECT clientId is %zu bytes, over room for %zu", n,
+               idsize - 1);
     r = UV_ENOBUFS;
     goto done;
   }
@@ -1207,7 +1213,7 @@ int pb_mirror_parse(const char *body, size_t len, char **id, char **offset,
   items = json_object_get(doc, "items");
   if (!json_is_array(items)) {
     errmsg_set(err, errlen, "offset mirror answer: \"items\" is %s",
-            items == NULL ? "missing" : "not an array");
+               items == NULL ? "missing" : "not an array");
     goto done;
   }
   if (json_array_size(items) == 0) {
@@ -1223,23 +1229,24 @@ int pb_mirror_parse(const char *body, size_t len, char **id, char **offset,
   v = json_object_get(item, "id");
   if (!json_is_string(v)) {
     errmsg_set(err, errlen, "offset mirror answer: items[0].id is %s",
-            v == NULL ? "missing" : "not a string");
+               v == NULL ? "missing" : "not a string");
     goto done;
   }
   if (!pb_id_ok(json_string_value(v), json_string_length(v))) {
     errmsg_set(err, errlen,
-            "offset mirror answer: items[0].id %s is not a usable record id",
-            show(shown, json_string_value(v), json_string_length(v)));
+               "offset mirror answer: items[0].id %s is not a usable record id",
+               show(shown, json_string_value(v), json_string_length(v)));
     goto done;
   }
   o = json_object_get(item, "offset");
   if (!json_is_string(o)) {
     errmsg_set(err, errlen, "offset mirror answer: items[0].offset is %s",
-            o == NULL ? "missing" : "not a string");
+               o == NULL ? "missing" : "not a string");
     goto done;
   }
   if (strlen(json_string_value(o)) != json_string_length(o)) {
-    errmsg_set(err, errlen, "offset mirror answer: items[0].offset holds a NUL");
+    errmsg_set(err, errlen,
+               "offset mirror answer: items[0].offset holds a NUL");
     goto done;
   }
   *id = strdup(json_string_value(v));

@@ -427,11 +427,12 @@ static void start_auth(pb_client *pc, bool refresh) {
     auth_retry_later(pc, "out of memory");
     return;
   }
-  rc = pb_client_request(
-      pc, "POST", auth_path(pc, pc->auth_refreshing, path, sizeof path),
-      pc->auth_refreshing ? NULL : body.data, pc->auth_refreshing ? 0 : body.len,
-      pc->auth_refreshing ? pc->token : NULL, &auth_callbacks, pc,
-      &pc->auth_req);
+  rc = pb_client_request(pc, "POST",
+                         auth_path(pc, pc->auth_refreshing, path, sizeof path),
+                         pc->auth_refreshing ? NULL : body.data,
+                         pc->auth_refreshing ? 0 : body.len,
+                         pc->auth_refreshing ? pc->token : NULL,
+                         &auth_callbacks, pc, &pc->auth_req);
   buf_free(&body);
   if (rc != 0) {
     snprintf(err, sizeof err, "cannot start the login: %s", http_strerror(rc));
@@ -465,8 +466,8 @@ bool pb_client_token(pb_client *pc, const char **token, unsigned *gen) {
     return false;
   /* A token at its end (a process stopped past its refresh) is a guest's
    * in the server's eyes: never send it. */
-  if (pc->token != NULL &&
-      pc->exp_ms != 0 && pb_client_server_now(pc) >= pc->exp_ms - 1000) {
+  if (pc->token != NULL && pc->exp_ms != 0 &&
+      pb_client_server_now(pc) >= pc->exp_ms - 1000) {
     free(pc->token);
     pc->token = NULL;
   }
@@ -609,8 +610,8 @@ static void on_sub_done(http_req *r, int status, const http_response *resp,
      * never sent on this stream. */
     for (it = pc->watches.next; it != &pc->watches; it = next) {
       next = it->next;
-      container_of(it, pb_watch, _node)->on_connect(
-          container_of(it, pb_watch, _node));
+      container_of(it, pb_watch, _node)
+          ->on_connect(container_of(it, pb_watch, _node));
     }
     return;
   }
@@ -810,7 +811,8 @@ int pb_client_open(upstream *up, void **ext, char *err, size_t errlen) {
   n = strlen(pc->base);
   while (n > 0 && pc->base[n - 1] == '/')
     pc->base[--n] = '\0';
-  if (conf->auth == PB_AUTH_TOKEN && (pc->token = strdup(conf->token)) == NULL) {
+  if (conf->auth == PB_AUTH_TOKEN &&
+      (pc->token = strdup(conf->token)) == NULL) {
     free(pc->base);
     free(pc);
     snprintf(err, errlen, "out of memory");
@@ -823,8 +825,8 @@ int pb_client_open(upstream *up, void **ext, char *err, size_t errlen) {
   backoff_init(&pc->auth_retry, conf->http.reconnect_min,
                conf->http.reconnect_max, 1, 0);
   backoff_init(&pc->rt_retry, conf->http.reconnect_min,
-               conf->http.reconnect_max,
-               (unsigned)conf->http.immediate_retries, 0);
+               conf->http.reconnect_max, (unsigned)conf->http.immediate_retries,
+               0);
   memset(&cbs, 0, sizeof cbs);
   cbs.on_event = on_rt_event;
   sse_parser_init(&pc->parser, NULL, &cbs, pc);

@@ -111,7 +111,8 @@ static const option pb_consumer_options[] = {
     "it earlier",
     10, 86400000, NULL, 0 },
   { "settle", OPT_DURATION, "2s", offsetof(pb_consumer_conf, settle),
-    "records are handed on only once they are this old by the server's clock, so "
+    "records are handed on only once they are this old by the server's clock, "
+    "so "
     "a write committed late is not skipped; 0 = at once",
     0, 600000, NULL, 0 },
   { "start", OPT_ENUM, "beginning", offsetof(pb_consumer_conf, start),
@@ -119,8 +120,8 @@ static const option pb_consumer_options[] = {
     "created from the server's time at start)",
     0, 0, start_choices, 0 },
   { "fields", OPT_STRING, "", offsetof(pb_consumer_conf, fields),
-    "the fields to return (PocketBase fields=); id and created are added", 0,
-    0, NULL, 0 },
+    "the fields to return (PocketBase fields=); id and created are added", 0, 0,
+    NULL, 0 },
   { "expand", OPT_STRING, "", offsetof(pb_consumer_conf, expand),
     "relations to expand into each record (PocketBase expand=)", 0, 0, NULL,
     0 },
@@ -205,7 +206,8 @@ static int pb_consumer_check(void *conf, uint64_t explicit, char *err,
              c->collection);
     return UV_EINVAL;
   }
-  if (c->filter[0] != '\0' && pb_filter_check(c->filter, why, sizeof why) != 0) {
+  if (c->filter[0] != '\0' &&
+      pb_filter_check(c->filter, why, sizeof why) != 0) {
     snprintf(err, errlen, "%s", why);
     return UV_EINVAL;
   }
@@ -259,10 +261,10 @@ typedef struct pb_src {
   bool reauthed;    /* a 401/403 led to a new login; another one fails */
   bool waiting_token;
   bool poll_due;
-  bool backing_off; /* h.timer is a backoff: wake-ups do not cut it short */
-  bool starting;    /* the mirror read or the start point comes first */
+  bool backing_off;     /* h.timer is a backoff: wake-ups do not cut it short */
+  bool starting;        /* the mirror read or the start point comes first */
   bool woken_in_flight; /* a wake-up came while a poll ran */
-  int64_t poll_until; /* the bound W of the poll in flight (server ms) */
+  int64_t poll_until;   /* the bound W of the poll in flight (server ms) */
   int64_t wakes[PB_MAX_WAKES]; /* server ms of created, ascending */
   size_t n_wakes;
   /* The page being handed over. */
@@ -270,7 +272,7 @@ typedef struct pb_src {
   size_t next;
   bool handing;
   /* Offset mirror. */
-  char *mirror;  /* the collection, or NULL */
+  char *mirror; /* the collection, or NULL */
   const char *group;
   char *mirror_id;      /* the row's record id, once known */
   char *mirror_due;     /* a committed position not yet written */
@@ -332,8 +334,7 @@ static void back_off(pb_src *s, uint64_t delay, const char *why) {
  * or when the earliest pending wake-up's record has settled. */
 static void schedule_after_poll(pb_src *s) {
   const pb_consumer_conf *c = s->conf;
-  uint64_t now = uv_now(consumer_loop(cons(s))), delay = c->poll_interval,
-           at;
+  uint64_t now = uv_now(consumer_loop(cons(s))), delay = c->poll_interval, at;
   size_t i, k = 0;
 
   /* Wake-ups the finished poll covered are done: with a bound, those at
@@ -431,8 +432,8 @@ static void on_token(pb_waiter *w, int status, const char *why) {
 
 /* Starts a request of kind on path ("/api/..."); false when it must wait
  * for a token (the waiter kicks again) or failed. */
-static bool send_req(pb_src *s, int kind, const char *method,
-                     const char *path, const char *body, size_t body_len) {
+static bool send_req(pb_src *s, int kind, const char *method, const char *path,
+                     const char *body, size_t body_len) {
   const char *token;
   int rc;
 
@@ -488,12 +489,14 @@ static void start_poll(pb_src *s) {
   if (rc != 0) {
     buf_free(&target);
     if (rc == UV_E2BIG)
-      fail(s, "the filter with the cursor would pass PocketBase's limit of "
-              "%d bytes: shorten filter",
+      fail(s,
+           "the filter with the cursor would pass PocketBase's limit of "
+           "%d bytes: shorten filter",
            PB_FILTER_MAX);
     else if (rc == UV_EINVAL)
-      fail(s, "cannot write a poll for cursor \"%s|%s\": a value is not "
-              "portable into a filter",
+      fail(s,
+           "cannot write a poll for cursor \"%s|%s\": a value is not "
+           "portable into a filter",
            s->cursor.created, s->cursor.id);
     else
       fail(s, "out of memory building a request");
@@ -532,8 +535,9 @@ static void start_mirror(pb_src *s) {
     else
       snprintf(path, sizeof path, "/api/collections/%s/records/%s", s->mirror,
                s->mirror_id);
-    if (!send_req(s, REQ_MIRROR_WRITE, s->mirror_id[0] == '\0' ? "POST" : "PATCH",
-              path, b.data, b.len) &&
+    if (!send_req(s, REQ_MIRROR_WRITE,
+                  s->mirror_id[0] == '\0' ? "POST" : "PATCH", path, b.data,
+                  b.len) &&
         s->mirror_due == NULL) {
       s->mirror_due = s->mirror_sending; /* waits for the token */
       s->mirror_sending = NULL;
@@ -757,8 +761,8 @@ static void on_bad_request(pb_src *s, const http_response *resp) {
     /* Ask once more with nothing but sort=created to tell a missing field
      * from a bad filter. */
     buf_init(&b, 0);
-    if (pb_probe_target(s->conf->collection, &b) == 0 &&
-        buf_cstr(&b) != NULL && send_req(s, REQ_PROBE, "GET", b.data, NULL, 0)) {
+    if (pb_probe_target(s->conf->collection, &b) == 0 && buf_cstr(&b) != NULL &&
+        send_req(s, REQ_PROBE, "GET", b.data, NULL, 0)) {
       buf_free(&b);
       return;
     }
@@ -1030,8 +1034,8 @@ static int pb_start(consumer *c, const void *conf, const source_resume *r,
   }
   if (strncmp(pcf->offset_store, "upstream:", 9) == 0) {
     s->mirror = strdup(pcf->offset_store + 9);
-    s->group = pcf->consumer_group[0] != '\0' ? pcf->consumer_group
-                                              : consumer_name(c);
+    s->group =
+        pcf->consumer_group[0] != '\0' ? pcf->consumer_group : consumer_name(c);
     if (s->mirror == NULL || !pb_value_ok(s->group)) {
       snprintf(err, errlen,
                s->mirror == NULL ? "out of memory"

@@ -17,9 +17,9 @@
 #define JWT_HEAD "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"
 #define JWT_AUTH                                                               \
   JWT_HEAD                                                                     \
-      ".eyJjb2xsZWN0aW9uSWQiOiJwYmNfMzE0MjYzNTgyMyIsImV4cCI6MTc2NzIyNTYw"      \
-      "MCwiaWQiOiJyMWEyYjNjNGQ1ZTZmN2ciLCJyZWZyZXNoYWJsZSI6dHJ1ZSwidHlwZSI"    \
-      "6ImF1dGgifQ.sig_0-AbC"
+  ".eyJjb2xsZWN0aW9uSWQiOiJwYmNfMzE0MjYzNTgyMyIsImV4cCI6MTc2NzIyNTYw"          \
+  "MCwiaWQiOiJyMWEyYjNjNGQ1ZTZmN2ciLCJyZWZyZXNoYWJsZSI6dHJ1ZSwidHlwZSI"        \
+  "6ImF1dGgifQ.sig_0-AbC"
 
 #define C1   "2026-01-02 10:00:00.123Z"
 #define I1   "r1a2b3c4d5e6f7g"
