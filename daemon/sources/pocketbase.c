@@ -264,6 +264,7 @@ typedef struct pb_src {
   bool backing_off;     /* h.timer is a backoff: wake-ups do not cut it short */
   bool starting;        /* the mirror read or the start point comes first */
   bool woken_in_flight; /* a wake-up came while a poll ran */
+  bool warned_future;   /* a far-future stamp was reported */
   int64_t poll_until;   /* the bound W of the poll in flight (server ms) */
   int64_t wakes[PB_MAX_WAKES]; /* server ms of created, ascending */
   size_t n_wakes;
@@ -671,7 +672,16 @@ static void hand_over(pb_src *s) {
   }
   s->handing = false;
   if (held != 0) {
-    /* Come back when the first record still settling has settled. */
+    /* Come back when the first record still settling has settled. A stamp
+     * far ahead of the server's clock (set by a hook or a migration) holds
+     * everything after it: say so once. */
+    if (held - s->poll_until > 60000 && !s->warned_future) {
+      s->warned_future = true;
+      log_warn("a record is stamped ahead of the server's clock; records "
+               "after it wait until it settles",
+               LS("consumer", consumer_name(c)),
+               LI("ahead_s", (held - s->poll_until) / 1000));
+    }
     pb_page_free(&s->page);
     add_wake(s, held);
     schedule_after_poll(s);
