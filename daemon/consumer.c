@@ -42,6 +42,8 @@ struct consumer {
   bool src_stopped;   /* told to stop (drain, failure or close) */
   bool src_done;      /* a finite source emitted everything */
   bool failed;        /* the sink or the source failed for good */
+  bool sink_dead;     /* the sink failed for good: nothing more is written;
+                         a failed source still lets the window drain */
   bool held;          /* consumer_hold: room is 0 */
   bool abandoned;     /* consumer_abandon: undelivered events dropped */
   bool paused;        /* consumer_pause: the source stays stopped */
@@ -141,7 +143,7 @@ static uint64_t in_flight(const consumer *c) {
 /* Nothing waits to be written and nothing written waits for its ack. */
 bool consumer_drained(const consumer *c) {
   return c->staged.len == 0 && !c->write_outstanding && !c->retry_wait &&
-         (c->abandoned || c->failed || in_flight(c) == 0);
+         (c->abandoned || c->sink_dead || in_flight(c) == 0);
 }
 
 size_t consumer_room(const consumer *c) {
@@ -180,7 +182,8 @@ static void issue_write(consumer *c) {
 
 /* Turns the staged lines into the next batch when the sink is idle. */
 static void start_batch(consumer *c) {
-  if (c->write_outstanding || c->retry_wait || c->staged.len == 0 || c->failed)
+  if (c->write_outstanding || c->retry_wait || c->staged.len == 0 ||
+      c->sink_dead)
     return;
   assert(c->writing.len == 0);
   buf_swap(&c->staged, &c->writing);
@@ -326,6 +329,7 @@ static void on_sink_failed(sink *s, const char *why, void *data) {
             LS("err", why));
   snprintf(c->last_error, sizeof c->last_error, "%s", why);
   c->failed = true;
+  c->sink_dead = true;
   drop_undelivered(c);
   consumer_stop_source(c);
   set_state(c, CONSUMER_FAILED);
@@ -409,6 +413,7 @@ static void on_written(sink *s, sink_outcome outcome, const char *msg,
               LS("consumer", c->conf->name), LS("sink", c->snk->type->name),
               LS("err", msg));
     c->failed = true;
+    c->sink_dead = true;
     buf_reset(&c->writing);
     drop_undelivered(c);
     consumer_stop_source(c);

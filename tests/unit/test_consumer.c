@@ -481,6 +481,33 @@ static void test_stop_source_still_delivers(void) {
   teardown(&f);
 }
 
+/* A source that fails while lines wait behind a slow write: they are
+ * still written, and the window drains (a shutdown waits for that). */
+static void test_source_failure_still_delivers_staged(void) {
+  fixture f;
+  consumer_stats st;
+
+  setup(&f, 10, 0, "");
+  emit(&f, "p1", "{}");
+  run_until_writes(&f, 1);
+  emit(&f, "p2", "{}");
+  emit(&f, "p3", "{}");
+  consumer_source_failed(f.c, "tie_group_exceeds_page");
+  ASSERT_EQ(CONSUMER_FAILED, consumer_get_state(f.c));
+  ASSERT(!consumer_drained(f.c));
+  complete_write(SINK_DELIVERED, NULL);
+  run_until_writes(&f, 2);
+  ASSERT_EQ(2, fs.first_seq);
+  ASSERT_EQ(3, fs.last_seq);
+  complete_write(SINK_DELIVERED, NULL);
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(3, st.delivered_seq);
+  ASSERT(consumer_drained(f.c));
+  ASSERT(hk.drained_hooks >= 1);
+  ASSERT_EQ(CONSUMER_FAILED, consumer_get_state(f.c));
+  teardown(&f);
+}
+
 static void ack(uint64_t first, uint64_t last) {
   fs.s.report.delivered(&fs.s, first, last, fs.s.report.data);
 }
@@ -733,6 +760,7 @@ static void test_flusher_when_idle(void) {
 
 static const test_case tests[] = {
   TEST(test_flusher_when_idle),
+  TEST(test_source_failure_still_delivers_staged),
   TEST(test_pause_and_resume),
   TEST(test_reset_to_needs_a_drained_window),
   TEST(test_acks_in_any_order),
