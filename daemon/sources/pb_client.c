@@ -444,6 +444,13 @@ static void start_login(pb_client *pc) {
   start_auth(pc, false);
 }
 
+/* A login now, unless one failed lately and its retry is scheduled: many
+ * pollers asking must not cut the login's own backoff short. */
+static void login_unless_waiting(pb_client *pc) {
+  if (!uv_is_active((uv_handle_t *)&pc->auth_timer))
+    start_login(pc);
+}
+
 static void on_auth_timer(uv_timer_t *t) {
   pb_client *pc = t->data;
 
@@ -470,9 +477,10 @@ bool pb_client_token(pb_client *pc, const char **token, unsigned *gen) {
       pb_client_server_now(pc) >= pc->exp_ms - 1000) {
     free(pc->token);
     pc->token = NULL;
+    uv_timer_stop(&pc->auth_timer); /* the refresh is moot */
   }
   if (pc->token == NULL) {
-    start_login(pc);
+    login_unless_waiting(pc);
     return false;
   }
   *token = pc->token;
@@ -486,7 +494,7 @@ void pb_client_wait(pb_client *pc, pb_waiter *w) {
   if (pc->auth_error != NULL || pc->token != NULL || !needs_login(pc))
     notify(pc);
   else
-    start_login(pc);
+    login_unless_waiting(pc);
 }
 
 void pb_client_cancel_wait(pb_client *pc, pb_waiter *w) {
@@ -538,8 +546,14 @@ static void on_rt_token(pb_waiter *w, int status, const char *why) {
   pb_client *pc = container_of(w, pb_client, rt_waiter);
 
   (void)why;
-  if (status == 0 || status == UV_EAGAIN)
-    post_topics(pc); /* EAGAIN: it waits again */
+  if (status == 0) {
+    post_topics(pc);
+  } else if (status == UV_EAGAIN && !pc->closing) {
+    /* The login failed for now and retries on its own timer: wait for
+     * its outcome rather than ask for another login at once. */
+    list_push_back(&pc->waiters, &w->_node);
+    w->_queued = true;
+  }
 }
 
 static void post_topics(pb_client *pc) {

@@ -352,6 +352,25 @@ def test_mfa_is_a_clear_config_error(tether, tmp_path, pb, sock_dir):
     assert len(s.requests("/api/collections/_superusers/auth-with-password")) == 1
 
 
+def test_login_5xx_backs_off_then_recovers(tether, tmp_path, pb, sock_dir):
+    # Logins that fail with 503 are retried on the login's own backoff:
+    # neither the realtime stream nor the poller asks for more logins.
+    s = pb()
+    s.collection("orders")
+    s.faults(auth_status=503, auth_fail=3)
+    a = s.create("orders", [{"n": 1}])
+    out = tmp_path / "out.ndjson"
+    t = tether(config(out, s.base, sock_dir, poll_interval="200ms")).start()
+    wait_ids(t, out, a["ids"], 30)
+    logins = s.requests("/api/collections/_superusers/auth-with-password")
+    assert len(logins) == 4, [r["time"] for r in logins]
+    times = [r["time"] for r in logins]
+    # After the first retry, each waits longer than reconnect_min (50 ms).
+    assert all(b - a >= 0.05 for a, b in zip(times[1:], times[2:])), times
+    assert "PocketBase login failed; retrying" in t.log()
+    assert t.stop() == 0
+
+
 def test_user_auth_rules(tether, tmp_path, pb, sock_dir):
     s = pb()
     s.collection("secret")  # listRule null: superusers only

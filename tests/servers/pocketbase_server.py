@@ -776,6 +776,7 @@ class PocketBaseApp(httpbase.App):
         self.rowid = 0
         self.faults = {}
         self.list_fail_left = None  # None: every list request fails
+        self.auth_fail_left = None  # the same for logins and refreshes
         self.buckets = {}  # ip -> [window start, count] for rate_limit
         email, _, password = args.superuser.partition(":")
         ttl = args.token_ttl
@@ -1172,6 +1173,7 @@ class PocketBaseApp(httpbase.App):
         super().reset()
         self.faults = {}
         self.list_fail_left = None
+        self.auth_fail_left = None
         self.buckets.clear()
 
     async def route(self, req, conn):
@@ -1604,7 +1606,20 @@ class PocketBaseApp(httpbase.App):
             raise PbError(400, MSG_AUTH_FAILED)
         return rec
 
+    def auth_fault(self):
+        """auth_status: the next auth_fail logins and refreshes (every one
+        without auth_fail) answer that status."""
+        status = self.faults.get("auth_status")
+        if status is None:
+            return
+        if self.auth_fail_left is not None:
+            if self.auth_fail_left <= 0:
+                return
+            self.auth_fail_left -= 1
+        raise PbError(status)
+
     async def auth_with_password(self, req, conn, ident):
+        self.auth_fault()
         coll = self.find_collection(ident)
         if coll is None or not coll.is_auth:
             raise PbError(404, MSG_NO_AUTH_COLLECTION)
@@ -1619,6 +1634,7 @@ class PocketBaseApp(httpbase.App):
             "record": self.export(rec, auth), "token": self.issue_token(coll, rec)})
 
     async def auth_refresh(self, req, conn, ident):
+        self.auth_fault()
         auth = self.auth_of(req)
         if auth is None or (self.legacy and auth.superuser):
             raise PbError(401, MSG_NEED_TOKEN + (" to be set." if self.legacy else ""))
@@ -1636,6 +1652,7 @@ class PocketBaseApp(httpbase.App):
                 "updated": rec.data.get("updated", "")}
 
     async def admin_auth(self, req, conn):
+        self.auth_fault()
         coll = self.control_collection(SUPERUSERS)
         rec = self.password_login(coll, self.read_body(req))
         return await self.send_json(req, conn, 200, {
@@ -1914,7 +1931,8 @@ class PocketBaseApp(httpbase.App):
         if req.method == "GET":
             return {"faults": self.faults, "list_fail_left": self.list_fail_left}
         known = {"list_status", "list_fail", "list_malformed", "realtime_drop",
-                 "realtime_reorder", "rate_limit", "auth_mfa"}
+                 "realtime_reorder", "rate_limit", "auth_mfa", "auth_status",
+                 "auth_fail"}
         unknown = set(body) - known
         if unknown:
             raise HttpError(400, "unknown fault switches: %s" % ", ".join(sorted(unknown)))
@@ -1927,6 +1945,12 @@ class PocketBaseApp(httpbase.App):
         lf = body.get("list_fail")
         if lf is not None and (not isinstance(lf, int) or lf < 0):
             raise HttpError(400, "list_fail: a count >= 0")
+        ast = body.get("auth_status")
+        if ast is not None and (not isinstance(ast, int) or not 100 <= ast <= 999):
+            raise HttpError(400, "auth_status: an HTTP status")
+        af = body.get("auth_fail")
+        if af is not None and (not isinstance(af, int) or af < 0):
+            raise HttpError(400, "auth_fail: a count >= 0")
         rr = body.get("realtime_reorder")
         if rr is not None and (not isinstance(rr, int) or rr < 0):
             raise HttpError(400, "realtime_reorder: a group size")
@@ -1937,7 +1961,7 @@ class PocketBaseApp(httpbase.App):
                 and rl["window_ms"] > 0):
             raise HttpError(400, "rate_limit: {\"max\": N, \"window_ms\": W}")
         for key, value in body.items():
-            if key == "list_fail":
+            if key in ("list_fail", "auth_fail"):
                 continue
             if value is None or value is False:
                 self.faults.pop(key, None)
@@ -1949,6 +1973,8 @@ class PocketBaseApp(httpbase.App):
             self.list_fail_left = lf
         if "rate_limit" in body:
             self.buckets.clear()
+        if {"auth_status", "auth_fail"} & set(body):
+            self.auth_fail_left = af
         return {"faults": self.faults}
 
     def ctl_drop_streams(self, req, body):

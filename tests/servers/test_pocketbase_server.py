@@ -676,6 +676,17 @@ def test_mfa_fault(pb):
     assert r.status == 400
 
 
+def test_auth_status_fault(pb):
+    ctl(pb, "/_pb/faults", {"auth_status": 503, "auth_fail": 2})
+    for _ in range(2):
+        r = call(pb, "POST", "/api/collections/_superusers/auth-with-password",
+                 {"identity": SU_EMAIL, "password": SU_PASSWORD})
+        assert r.status == 503 and r.json()["status"] == 503
+        assert r.header("Retry-After") is None
+    token = login(pb)  # the third one passes
+    assert claims(token)["type"] == "auth"
+
+
 def test_expired_or_bad_token_is_a_guest(pb):
     closed = new_collection(pb)  # listRule null
     owned = new_collection(pb, fields=["owner", "n"], listRule="owner = @request.auth.id")
