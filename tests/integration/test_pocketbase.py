@@ -423,6 +423,17 @@ def test_legacy_server_superuser(tether, tmp_path, pb, sock_dir):
 # ---- realtime ----------------------------------------------------------------
 
 
+def subscriptions(s):
+    return [c["subscriptions"] for c in s.call("GET", "/_pb/clients")[1]]
+
+
+def wait_subscribed(s, t, want):
+    """Waits until the server's realtime clients hold exactly want (one
+    list of topics per client)."""
+    wait_for(lambda: subscriptions(s) == want, 20, f"realtime topics {want}",
+             t)
+
+
 def first_arrival(out, rid, timeout, t):
     start = time.monotonic()
     wait_for(lambda: rid in got_ids(out), timeout, f"record {rid}", t)
@@ -435,11 +446,7 @@ def test_realtime_wakes_before_poll_interval(tether, tmp_path, pb, sock_dir):
     out = tmp_path / "out.ndjson"
     t = tether(config(out, s.base, sock_dir, settle="300ms",
                       poll_interval="30s")).start()
-    wait_for(lambda: any(c["subscriptions"] for c in
-                         s.call("GET", "/_pb/clients")[1]), 20,
-             "the realtime subscription", t)
-    clients = s.call("GET", "/_pb/clients")[1]
-    assert len(clients) == 1 and clients[0]["subscriptions"] == ["orders/*"]
+    wait_subscribed(s, t, [["orders/*"]])
     for i in range(3):
         rid = s.create("orders", [{"n": i}])["ids"][0]
         assert first_arrival(out, rid, 10, t) < 5  # well before 30 s
@@ -457,9 +464,7 @@ def test_topic_follows_the_exact_collection_name(tether, tmp_path, pb,
     t = tether(config(out, s.base, sock_dir, collection="ORDERS",
                       poll_interval="30s")).start()
     wait_ids(t, out, first, 10)
-    wait_for(lambda: [c["subscriptions"] for c in
-                      s.call("GET", "/_pb/clients")[1]] == [["orders/*"]],
-             20, "the topic orders/*", t)
+    wait_subscribed(s, t, [["orders/*"]])
     rid = s.create("orders", [{"n": 1}])["ids"][0]
     assert first_arrival(out, rid, 10, t) < 5
     assert t.stop() == 0
@@ -496,9 +501,7 @@ def test_settle_zero_wakes_at_once(tether, tmp_path, pb, sock_dir):
     out = tmp_path / "out.ndjson"
     t = tether(config(out, s.base, sock_dir, settle="0",
                       poll_interval="30s")).start()
-    wait_for(lambda: any(c["subscriptions"] for c in
-                         s.call("GET", "/_pb/clients")[1]), 20,
-             "the realtime subscription", t)
+    wait_subscribed(s, t, [["orders/*"]])
     for i in range(5):
         rid = s.create("orders", [{"n": i}])["ids"][0]
         assert first_arrival(out, rid, 10, t) < 2
@@ -553,11 +556,9 @@ poll_interval = 30s
 sink = file:{refunds}
 """
     t = tether(cfg).start()
-    wait_for(lambda: sorted(sum((c["subscriptions"] for c in
-                                 s.call("GET", "/_pb/clients")[1]), [])) ==
-             ["orders/*", "refunds/*"], 20, "both topics", t)
     # One realtime connection carries both consumers' topics.
-    assert len(s.call("GET", "/_pb/clients")[1]) == 1
+    wait_for(lambda: [sorted(x) for x in subscriptions(s)] ==
+             [["orders/*", "refunds/*"]], 20, "both topics on one stream", t)
     new = s.create("orders", [{"n": 10, "status": "paid"}])["ids"]
     r = s.create("refunds", [{"n": 1}])["ids"]
     wait_ids(t, out, new, 10)
