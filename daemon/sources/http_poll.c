@@ -123,18 +123,8 @@ typedef struct poll_src {
 static void request_page(poll_src *s, const char *url);
 static void next_cycle(poll_src *s, bool at_once);
 
-static void fail(poll_src *s, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void fail(poll_src *s, const char *fmt, ...) {
-  char why[512];
-  va_list ap;
-
-  va_start(ap, fmt);
-  vsnprintf(why, sizeof why, fmt, ap);
-  va_end(ap);
-  http_source_fail(&s->h, why);
-}
+/* Fails the consumer for good; see http_source_fail. */
+#define fail(s, ...) http_source_fail(&(s)->h, __VA_ARGS__)
 
 static void drop_page(poll_src *s) {
   json_decref(s->doc);

@@ -1,6 +1,8 @@
 #include "daemon/sources/http_source.h"
 
 #include <assert.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -84,7 +86,13 @@ uint64_t http_source_retry_delay(http_source *hs, const http_response *resp) {
   return backoff_next_at(&hs->retry, uv_now(loop));
 }
 
-void http_source_fail(http_source *hs, const char *why) {
+void http_source_fail(http_source *hs, const char *fmt, ...) {
+  char why[768];
+  va_list ap;
+
+  va_start(ap, fmt);
+  vsnprintf(why, sizeof why, fmt, ap);
+  va_end(ap);
   hs->failed = true;
   consumer_source_failed(hs->base.consumer, why);
 }

@@ -66,7 +66,9 @@ bool http_source_retryable(int status);
  * one, else the next step of the backoff. */
 uint64_t http_source_retry_delay(http_source *hs, const http_response *resp);
 
-/* Fails the consumer for good with why; nothing more is started. */
-void http_source_fail(http_source *hs, const char *why);
+/* Fails the consumer for good with the formatted reason; nothing more is
+ * started. */
+void http_source_fail(http_source *hs, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 #endif

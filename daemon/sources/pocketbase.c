@@ -284,18 +284,8 @@ typedef struct pb_src {
 static void kick(pb_src *s);
 static void start_poll(pb_src *s);
 
-static void fail(pb_src *s, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void fail(pb_src *s, const char *fmt, ...) {
-  char why[768];
-  va_list ap;
-
-  va_start(ap, fmt);
-  vsnprintf(why, sizeof why, fmt, ap);
-  va_end(ap);
-  http_source_fail(&s->h, why);
-}
+/* Fails the consumer for good; see http_source_fail. */
+#define fail(s, ...) http_source_fail(&(s)->h, __VA_ARGS__)
 
 static consumer *cons(pb_src *s) {
   return s->h.base.consumer;

@@ -168,7 +168,7 @@ static void reconnect_after(sse_src *s, uint64_t delay_ms, const char *why,
 }
 
 static void fail(sse_src *s, const char *why) {
-  http_source_fail(&s->h, why);
+  http_source_fail(&s->h, "%s", why);
 }
 
 /* Feeds bytes to the parser, or keeps them while the window is full: the
