@@ -352,7 +352,8 @@ static void ack(api *a, http_conn *c, const http_srv_request *req,
   } else {
     json_array_foreach(seqs, i, v) {
       if (json_is_integer(v) && json_integer_value(v) >= 0)
-        n += socket_sink_ack(consumer_sink(k), (uint64_t)json_integer_value(v));
+        n += socket_sink_ack(consumer_sink(k), (uint64_t)json_integer_value(v),
+                             json_string_value(who));
     }
   }
   json_decref(body);

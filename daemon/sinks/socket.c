@@ -261,36 +261,42 @@ static void arm_deadlines(sock_sink *k) {
     uv_timer_start(&k->deadlines, on_deadlines, k->ack_timeout, 0);
 }
 
-static bool sent_to(const item *it, const char *name) {
-  return name == NULL || (it->to != NULL && it->to->name != NULL &&
-                          strcmp(it->to->name, name) == 0);
+/* An event may be acknowledged only while it is out with a subscriber: one
+ * still waiting was never sent, so no one can have it. With a name, only
+ * the subscriber of that name may acknowledge it. */
+static bool ackable(const item *it, const char *name) {
+  if (it->acked || it->to == NULL)
+    return false;
+  return name == NULL ||
+         (it->to->name != NULL && strcmp(it->to->name, name) == 0);
 }
 
-/* Reports the acknowledged events as delivered, in runs. With a name,
- * only the events now with the subscriber of that name. */
-static size_t deliver(sock_sink *k, uint64_t first, uint64_t last,
-                      const char *name) {
-  uint64_t seq, run = 0;
-  size_t n = 0;
-  item *it;
+/* Reports the acknowledged events of items[from, to) as delivered, in
+ * runs. The walk is over the events held, never over the numbers the
+ * request names, so an acknowledgement costs O(events held) whatever it
+ * says. */
+static size_t deliver(sock_sink *k, size_t from, size_t to, const char *name) {
+  uint64_t run = 0, prev = 0;
+  size_t i, n = 0;
 
-  for (seq = first; seq <= last; seq++) {
-    it = find(k, seq);
-    if (it == NULL || it->acked || !sent_to(it, name)) {
+  for (i = from; i < to; i++) {
+    item *it = &k->items[i];
+
+    if (!ackable(it, name)) {
       if (run != 0)
-        k->base.report.delivered(&k->base, run, seq - 1, k->base.report.data);
+        k->base.report.delivered(&k->base, run, prev, k->base.report.data);
       run = 0;
       continue;
     }
-    if (it->to != NULL)
-      k->assigned--;
+    k->assigned--;
     it->acked = true;
     n++;
     if (run == 0)
-      run = seq;
+      run = it->seq;
+    prev = it->seq;
   }
   if (run != 0)
-    k->base.report.delivered(&k->base, run, last, k->base.report.data);
+    k->base.report.delivered(&k->base, run, prev, k->base.report.data);
   trim(k);
   arm_deadlines(k);
   return n;
@@ -298,14 +304,29 @@ static size_t deliver(sock_sink *k, uint64_t first, uint64_t last,
 
 size_t socket_sink_ack_through(sink *s, uint64_t seq, const char *name) {
   sock_sink *k = (sock_sink *)s;
+  uint64_t first;
+  size_t to;
 
   if (k->head == k->n)
     return 0;
-  return deliver(k, k->items[k->head].seq, seq, name);
+  first = k->items[k->head].seq;
+  if (seq < first)
+    return 0;
+  /* items are consecutive seqs, so the end is found without a walk. */
+  to = seq - first >= k->n - k->head ? k->n
+                                     : k->head + (size_t)(seq - first) + 1;
+  return deliver(k, k->head, to, name);
 }
 
-size_t socket_sink_ack(sink *s, uint64_t seq) {
-  return deliver((sock_sink *)s, seq, seq, NULL);
+size_t socket_sink_ack(sink *s, uint64_t seq, const char *name) {
+  sock_sink *k = (sock_sink *)s;
+  item *it = find(k, seq);
+  size_t i;
+
+  if (it == NULL)
+    return 0;
+  i = (size_t)(it - k->items);
+  return deliver(k, i, i + 1, name);
 }
 
 size_t socket_sink_subscribers(const sink *s) {

@@ -31,14 +31,17 @@ typedef enum socket_format {
 int socket_sink_subscribe(sink *s, http_conn *c, socket_format format,
                           bool peek, const char *name, long uid, long pid);
 
-/* Acknowledges every outstanding event up to seq (cumulative): with a name,
- * only those now with the subscriber of that name (so competing
- * subscribers never acknowledge each other's events); with NULL, all of
- * them. Returns how many events it delivered. */
+/* Acknowledges every event up to seq (cumulative) that is out with a
+ * subscriber: with a name, only those now with the subscriber of that name
+ * (so competing subscribers never acknowledge each other's events); with
+ * NULL, those with any subscriber. An event not sent to anyone is never
+ * acknowledged. Costs O(events held), whatever seq is. Returns how many
+ * events it delivered. */
 size_t socket_sink_ack_through(sink *s, uint64_t seq, const char *name);
 
-/* Acknowledges one event. Returns 1 when it was outstanding, else 0. */
-size_t socket_sink_ack(sink *s, uint64_t seq);
+/* Acknowledges one event, under the same rule. Returns 1 when it was out
+ * with the (named) subscriber, else 0. */
+size_t socket_sink_ack(sink *s, uint64_t seq, const char *name);
 
 /* Subscribers now attached (peekers not counted). */
 size_t socket_sink_subscribers(const sink *s);

@@ -103,6 +103,63 @@ def test_no_subscriber_fills_the_window_and_pauses_the_source(tether,
     sub.kill()
 
 
+def test_ack_takes_only_events_out_with_a_subscriber(tether, sockdir):
+    """An acknowledgement names events the application has: one never sent
+    to any subscriber, or sent to another than the one named, is not
+    acknowledged, and the answer counts only what was."""
+    t, sock = start(tether, sockdir, count=50, window=50)
+    wait_for(lambda: consumer(sock, "q")["in_flight"] == 50, 20,
+             "the window to fill", t)
+
+    def ack(body):
+        status, _, answer = request(sock, "POST", "/v1/consumers/q/ack", body)
+        assert status == 200, answer
+        return answer["acknowledged"]
+
+    # No subscriber: nothing was sent, so nothing can be acknowledged. The
+    # ack is carried out before it is answered, so the cursor would already
+    # show it.
+    assert ack({"seq": 5000}) == 0
+    assert ack({"seqs": [1, 2, 50, 150]}) == 0
+    assert consumer(sock, "q")["cursor"]["seq"] == 0
+    assert consumer(sock, "q")["in_flight"] == 50
+
+    a = Subscriber(sock, "q", who="a")
+    got = a.take(50)
+    assert [e["seq"] for e in got] == list(range(1, 51))
+    # Named for a subscriber that holds none of them: nothing.
+    assert ack({"seq": 5000, "subscriber": "b"}) == 0
+    assert ack({"seqs": [3], "subscriber": "b"}) == 0
+    assert consumer(sock, "q")["cursor"]["seq"] == 0
+    # The holder's name, or none: exactly what is out, however far the
+    # number reaches.
+    assert ack({"seqs": [1, 2, 2, 9999], "subscriber": "a"}) == 2
+    assert ack({"seq": 5000, "subscriber": "a"}) == 48
+    assert ack({"seq": 5000}) == 0
+    wait_for(lambda: committed_seq(t.state, "q") == 50, 20, "cursor 50", t)
+    a.kill()
+
+
+def test_an_ack_naming_a_huge_seq_costs_what_is_held(tether, sockdir):
+    """An acknowledgement costs O(events held): a seq near 2^63 once walked
+    every number up to it and froze the loop for good."""
+    t, sock = start(tether, sockdir, count=50, window=50)
+    sub = Subscriber(sock, "q", who="a")
+    sub.take(50)
+    for body in ({"seq": 9223372036854775807},
+                 {"seq": 9223372036854775807, "subscriber": "nobody"},
+                 {"seqs": [9223372036854775807, 0, 1]}):
+        began = time.monotonic()
+        status, _, answer = request(sock, "POST", "/v1/consumers/q/ack", body)
+        assert status == 200, answer
+        # Generous for a loaded machine; the walk took hours.
+        assert time.monotonic() - began < 5, body
+        assert get(sock, "/v1/health")[0] == 200
+    # The first one acknowledged the 50 held, the third one nothing new.
+    wait_for(lambda: committed_seq(t.state, "q") >= 50, 20, "cursor 50", t)
+    sub.kill()
+
+
 def test_competing_subscribers_one_killed_mid_stream(tether, sockdir):
     total = 2000
     t, sock = start(tether, sockdir, count=total, window=200)
