@@ -2,7 +2,8 @@
  * accepts (within our depth bound) we accept, and whatever we accept that
  * jansson refuses is one of the things jansson is stricter about than
  * RFC 8259 (integers past long long, reals past double, lone UTF-16
- * surrogate escapes). */
+ * surrogate escapes, and a \u0000 escape in an object key, which jansson
+ * refuses even with JSON_ALLOW_NUL because its keys are C strings). */
 #include <assert.h>
 #include <stdint.h>
 #include <string.h>
@@ -51,7 +52,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             strstr(err.text, "overflow") != NULL ||
             strstr(err.text, "nvalid Unicode") != NULL ||
             strstr(err.text, "surrogate") != NULL ||
-            strstr(err.text, "maximum parsing depth") != NULL) &&
+            strstr(err.text, "maximum parsing depth") != NULL ||
+            strstr(err.text, "NUL byte in object key") != NULL) &&
            "we accept what jansson rejects");
   }
   json_decref(j);
