@@ -238,6 +238,8 @@ static json_t *consumer_json(api *a, consumer *c) {
     return NULL;
   json_object_set_new(o, "events_retried",
                       json_integer((json_int_t)st.retried));
+  json_object_set_new(o, "cursor_stalls",
+                      json_integer((json_int_t)st.cursor_stalls));
   json_object_set_new(o, "events_failed", json_integer((json_int_t)st.failed));
   json_object_set_new(o, "events_dead_lettered",
                       json_integer((json_int_t)st.dead_lettered));
@@ -742,6 +744,10 @@ static void metrics(api *a, http_conn *c) {
   PER_CONSUMER(&b, "tether_upstream_reconnects_total", "counter",
                "times the source lost its upstream and backed off",
                st.reconnects);
+  PER_CONSUMER(&b, "tether_source_cursor_stalls_total", "counter",
+               "pages that brought items but came back with the cursor they "
+               "were asked with (http-poll)",
+               st.cursor_stalls);
   metric_help(&b, "tether_consumer_state", "gauge",
               "1 for the state each consumer is in");
   for (i = 0; i < a->env.n; i++) {

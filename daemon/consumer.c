@@ -742,6 +742,10 @@ void consumer_source_done(consumer *c) {
            LU("last_seq", c->next_seq - 1));
 }
 
+void consumer_source_stalled(consumer *c) {
+  c->stats.cursor_stalls++;
+}
+
 void consumer_source_failed(consumer *c, const char *why) {
   snprintf(c->last_error, sizeof c->last_error, "%s", why);
   log_error("source failed; the consumer stops", LS("consumer", c->conf->name),

@@ -67,6 +67,7 @@ typedef struct consumer_stats {
   const char *position;   /* the cursor's position (not NUL-terminated) */
   size_t position_len;
   uint64_t reconnects;    /* times the source backed off */
+  uint64_t cursor_stalls; /* pages whose next cursor was the one asked for */
   int64_t backoff_until;  /* Unix ms the source waits until; 0 = none */
   unsigned attempt;       /* failures since the source last connected */
   const char *last_error; /* "" when none; borrowed */
@@ -125,6 +126,9 @@ void consumer_source_connected(consumer *c);
 void consumer_source_backoff(consumer *c, uint64_t delay_ms, unsigned attempt,
                              const char *why);
 void consumer_source_done(consumer *c);
+/* A page brought items but not a new cursor (counted for the metrics; the
+ * source decides what to do and logs). */
+void consumer_source_stalled(consumer *c);
 void consumer_source_failed(consumer *c, const char *why);
 void consumer_source_closed(consumer *c);
 uv_loop_t *consumer_loop(const consumer *c);

@@ -1784,6 +1784,7 @@ static void free_headers(http_header *h, size_t n) {
 int http_request_start(http_client *c, const http_request *req,
                        const http_callbacks *cbs, void *data, http_req **out) {
   http_request_head h;
+  http__limits lim;
   http_req *r;
   char err[256];
   buf probe;
@@ -1805,7 +1806,10 @@ int http_request_start(http_client *c, const http_request *req,
   r->max_redirects = req->max_redirects;
   list_init(&r->node);
   buf_init(&r->pending, 0);
-  http__parser_init(&r->p, &c->lim);
+  lim = c->lim;
+  if (req->max_body > 0)
+    lim.max_body = req->max_body;
+  http__parser_init(&r->p, &lim);
   r->method = strdup(req->method != NULL ? req->method : "GET");
   r->url = strdup(req->url);
   if (r->method == NULL || r->url == NULL)

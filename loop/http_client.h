@@ -77,6 +77,7 @@ typedef struct http_request {
   uint64_t timeout;       /* ms for the whole request; 0 = none */
   uint64_t idle_timeout;  /* ms without a byte in a streaming body; 0 = none */
   unsigned max_redirects; /* 0 = do not follow */
+  size_t max_body; /* bytes of a buffered body; 0 = the client's max_body */
 } http_request;
 
 typedef struct http_callbacks {

@@ -81,6 +81,10 @@ static const option http_poll_options[] = {
     offsetof(http_poll_conf, request_timeout),
     "limit on one whole request (in longpoll above the server's hold time)",
     100, 86400000, NULL, 0 },
+  { "max_page_size", OPT_SIZE, "16MiB", offsetof(http_poll_conf, max_page_size),
+    "largest response body; a page over it is retried, and the consumer "
+    "fails after 3 at one cursor",
+    1024, 1073741824, NULL, 0 },
   { "follow_next", OPT_BOOL, "false", offsetof(http_poll_conf, follow_next),
     "follow Link: rel=\"next\" within a cycle (same origin only)", 0, 0, NULL,
     0 },
@@ -118,6 +122,10 @@ typedef struct poll_src {
   char *etag;
   char *last_url;
   bool waiting; /* the page waits for room */
+  bool stalled; /* pages come back with the cursor they were asked with */
+  /* Pages over max_page_size in a row at one cursor (see on_done). */
+  unsigned cap_hits;
+  char *cap_cursor;
 } poll_src;
 
 static void request_page(poll_src *s, const char *url);
@@ -255,6 +263,45 @@ static int text_at(poll_src *s, const jsonptr *p, json_t *v, const char *what,
   return 0;
 }
 
+/* A page that brought items but whose next cursor is the one it was asked
+ * with: a server that ignores the cursor (or a cursor pointer that names
+ * something else) would hand the same page back at once, for ever, and
+ * every round would deliver it again. Such a page ends the cycle: the next
+ * one waits poll_interval, whatever the mode, so at most one page of
+ * repeats comes per interval. Warned once per episode and counted. With an
+ * inclusive bound a page at the same cursor may bring new ids of a tie
+ * group: that is progress, and a repeat brings nothing fresh. */
+static bool stalled_page(poll_src *s) {
+  consumer *c = s->h.base.consumer;
+  bool same = s->page_start != NULL && strlen(s->page_start) == s->cursor.len &&
+              memcmp(s->page_start, s->cursor.data, s->cursor.len) == 0;
+
+  if (s->fresh == 0 || s->conf->cursor_bound == POLL_INCLUSIVE || !same) {
+    if (s->stalled && s->fresh > 0) {
+      s->stalled = false;
+      log_info("the poll cursor advances again",
+               LS("consumer", consumer_name(c)),
+               LS("cursor", s->cursor.data ? s->cursor.data : ""));
+    }
+    return false;
+  }
+  consumer_source_stalled(c);
+  if (!s->stalled) {
+    s->stalled = true;
+    log_warn("a page brought items but its next cursor is the one it was "
+             "asked with; the items may come again, once per poll_interval: "
+             "check that the path sends {cursor} the way the server reads it "
+             "and that item_cursor or page_cursor points at the server's "
+             "cursor",
+             LS("consumer", consumer_name(c)), LS("cursor", s->page_start),
+             LU("items", s->fresh),
+             LU("poll_interval_ms", s->conf->poll_interval));
+  }
+  drop_page(s);
+  next_cycle(s, false);
+  return true;
+}
+
 /* Hands over the items of the page while the window has room. */
 static void hand_over(poll_src *s) {
   consumer *c = s->h.base.consumer;
@@ -343,6 +390,8 @@ static void hand_over(poll_src *s) {
          s->conf->page_size);
     goto out;
   }
+  if (stalled_page(s))
+    goto out;
   /* An ETag stands for "nothing new since": only a page that brought
    * nothing may be asked for conditionally. After a page with new items
    * the same URL must come back whole, or its items could not be checked
@@ -435,9 +484,39 @@ static void take_page(poll_src *s, const http_response *resp) {
       s->next_link = NULL;
     }
   }
+  s->page_start = strndup(s->cursor.data ? s->cursor.data : "", s->cursor.len);
+  if (s->page_start == NULL) {
+    fail(s, "out of memory taking a page");
+    return;
+  }
   s->next = 0;
   s->fresh = 0;
   hand_over(s);
+}
+
+/* A body over max_page_size is retried like any failed request; the same
+ * failure HTTP_SOURCE_CAP_TRIES times at one cursor will not go away by
+ * retrying (the page is what it is), so the consumer fails, naming the cap
+ * to raise: the rule the sse source applies to an event over its cap. */
+static bool page_over_cap(poll_src *s) {
+  const char *cur = s->cursor.data ? s->cursor.data : "";
+
+  if (s->cap_cursor != NULL && strlen(s->cap_cursor) == s->cursor.len &&
+      memcmp(s->cap_cursor, cur, s->cursor.len) == 0) {
+    s->cap_hits++;
+  } else {
+    free(s->cap_cursor);
+    s->cap_cursor = strndup(cur, s->cursor.len);
+    s->cap_hits = 1;
+  }
+  if (s->cap_hits < HTTP_SOURCE_CAP_TRIES)
+    return false;
+  fail(s,
+       "page_too_large: the page after cursor \"%.*s\" was over "
+       "max_page_size (%" PRIu64 " bytes) %u times; raise max_page_size or "
+       "ask for fewer items per page in path",
+       (int)s->cursor.len, cur, s->conf->max_page_size, s->cap_hits);
+  return true;
 }
 
 static void on_timer(uv_timer_t *t) {
@@ -472,11 +551,14 @@ static void on_done(http_req *r, int status, const http_response *resp,
       next_cycle(s, true);
       return;
     }
+    if (status == HTTP_EBODY && page_over_cap(s))
+      return;
     snprintf(why, sizeof why, "%s", msg != NULL ? msg : http_strerror(status));
     back_off(s, backoff_next_at(&s->h.retry, uv_now(loop)), why);
     return;
   }
   if (code == 200) {
+    s->cap_hits = 0;
     backoff_reset(&s->h.retry);
     consumer_source_connected(s->h.base.consumer);
     s->pages++;
@@ -549,6 +631,7 @@ static void request_page(poll_src *s, const char *url) {
   req.n_headers = n;
   req.timeout = s->conf->request_timeout;
   req.max_redirects = 5;
+  req.max_body = (size_t)s->conf->max_page_size;
   if (s->last_url == NULL || strcmp(s->last_url, url) != 0) {
     free(s->last_url);
     s->last_url = strdup(url);
@@ -585,6 +668,7 @@ static void free_src(poll_src *s) {
   buf_free(&s->cursor);
   free(s->etag);
   free(s->last_url);
+  free(s->cap_cursor);
   free(s);
 }
 

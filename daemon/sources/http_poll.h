@@ -25,6 +25,7 @@ typedef struct http_poll_conf {
   int mode;             /* POLL_MODE_* */
   uint64_t poll_interval;
   uint64_t request_timeout;
+  uint64_t max_page_size; /* bytes of one response body */
   bool follow_next; /* follow Link: rel="next" within a cycle */
   bool conditional; /* If-None-Match with the last ETag */
   char *event;      /* the envelope's event name */

@@ -26,6 +26,12 @@
 
 typedef struct http_source http_source;
 
+/* A response or event over one of its caps (max_page_size, max_line,
+ * max_event_size) this many times in a row at one cursor is what no retry
+ * will get past: the consumer fails, naming the cap to raise. One rule for
+ * every HTTP source. */
+#define HTTP_SOURCE_CAP_TRIES 3
+
 struct http_source {
   source base;      /* first: the consumer holds the source through it */
   upstream *up;     /* the upstream it reads; borrowed */

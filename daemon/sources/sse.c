@@ -62,10 +62,6 @@ static const option sse_options[] = {
   { NULL, 0, NULL, 0, NULL, 0, 0, NULL, 0 },
 };
 
-/* The same cap error this many times at one id: a poison event that no
- * reconnect will get past. */
-#define SSE_POISON_LIMIT 3
-
 typedef struct sse_src {
   http_source h; /* first: request, timer, backoff, stop */
   const sse_conf *conf;
@@ -291,7 +287,7 @@ static void on_done(http_req *r, int status, const http_response *resp,
       buf_reset(&s->poison_id);
       buf_append(&s->poison_id, s->last_id.data, s->last_id.len);
     }
-    if (s->poison_count >= SSE_POISON_LIMIT) {
+    if (s->poison_count >= HTTP_SOURCE_CAP_TRIES) {
       snprintf(why, sizeof why,
                "%s %u times after id \"%.*s\": a poison event; raise %s or "
                "skip it upstream",

@@ -4,6 +4,7 @@ with Retry-After, Link paging, tie groups against the page size, longpoll
 with heartbeats and its timeout, and broken bodies that must fail the
 consumer with a message naming what is wrong."""
 import json
+import os
 
 import pytest
 
@@ -238,3 +239,81 @@ page_cursor = /last_seq
     assert t.stop() == 0
     assert t.cursor("c", "/bad/bigstring?c={cursor}")["position"] == \
         "18446744073709551616"
+
+
+def test_a_cursor_that_never_advances_waits_poll_interval(tether, tmp_path,
+                                                          poll_server):
+    """json-server ignores an operator it does not know (seq_gt), so every
+    page is the first one again and its cursor never moves: each page then
+    waits poll_interval instead of being asked for again at once, the
+    warning is logged once, and the stalls are counted."""
+    from apiclient import get, remove_dir, short_dir, request
+    sockdir = short_dir()
+    try:
+        sock = os.path.join(sockdir, "api.sock")
+        base = poll_server("--rows", "5")
+        out = tmp_path / "out.ndjson"
+        text = config(out, base, """
+path = /events?seq_gt={cursor}&_sort=seq&_limit=5
+cursor_initial = 0
+items =
+item_cursor = /seq
+conditional = false
+""", poll_interval="400ms").replace(
+            "status_interval = 0", f"status_interval = 0\nsocket = {sock}")
+        t = tether(text)
+        t.start()
+        wait_for(lambda: len(requests(base, "/events")) >= 5, 30,
+                 "five polls", t)
+        status, body = get(sock, "/v1/consumers/c")
+        assert status == 200 and body["consumer"]["cursor_stalls"] >= 3
+        _, _, metrics = request(sock, "GET", "/metrics")
+        assert 'tether_source_cursor_stalls_total{consumer="c"}' in metrics
+        assert t.stop() == 0
+        times = [r["time"] for r in requests(base, "/events")]
+        # The first page moves the cursor from 0 to 5; every page after it
+        # stalls, so each next one waits the interval (it flooded at
+        # hundreds a second).
+        gaps = [b - a for a, b in zip(times[1:], times[2:])]
+        assert gaps and min(gaps) >= 0.35, gaps
+        assert t.log().count("its next cursor is the one it was asked") == 1
+        # At most one page of repeats per interval: 5 rows per request.
+        assert len(ids(out)) <= 5 * len(times)
+    finally:
+        remove_dir(sockdir)
+
+
+def test_a_page_over_max_page_size_fails_after_three_tries(tether, tmp_path,
+                                                           poll_server):
+    """One rule for a response over its cap, as for an SSE event: retried,
+    and after three times at one cursor the consumer fails, naming the
+    option to raise."""
+    base = poll_server("--docs", "100")
+    out = tmp_path / "out.ndjson"
+    t = tether(config(out, base, """
+path = /db/_changes?since={cursor}&limit=100
+cursor_initial = 0
+items = /results
+page_cursor = /last_seq
+max_page_size = 2KiB
+"""))
+    t.start()
+    assert t.wait_exit(30) == 1
+    log = t.log()
+    assert "page_too_large: the page after cursor \\\"0\\\" was over " \
+           "max_page_size (2048 bytes) 3 times" in log, log
+    assert len(requests(base, "/db/_changes")) == 3
+
+
+def test_max_page_size_lets_a_page_under_it_through(tether, tmp_path,
+                                                    poll_server):
+    base = poll_server("--docs", "100")
+    out = tmp_path / "out.ndjson"
+    t = tether(config(out, base, """
+path = /db/_changes?since={cursor}&limit=10
+cursor_initial = 0
+items = /results
+page_cursor = /last_seq
+max_page_size = 2KiB
+"""))
+    assert run_until(t, out, 100) == [f"doc-{i}" for i in range(1, 101)]
