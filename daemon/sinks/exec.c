@@ -1150,9 +1150,19 @@ static void on_answer_line(exec_sink *x, const char *p, size_t n, bool cut) {
   }
 }
 
+/* Logs how many stderr lines the rate limit held back since the last
+ * one logged, if any. */
+static void log_stderr_dropped(exec_sink *x) {
+  uint64_t dropped = rl_suppressed(&x->stderr_rl);
+
+  if (dropped > 0)
+    log_warn("handler stderr lines not logged (more than 50 a second)",
+             LS("consumer", x->consumer), LS("sink", "exec"), LI("pid", x->pid),
+             LU("lines", dropped));
+}
+
 static void on_stderr_line(exec_sink *x, const char *p, size_t n, bool cut) {
   char line[EXEC_STDERR_LINE_MAX + 1];
-  uint64_t dropped;
 
   if (n > 0 && p[n - 1] == '\r')
     n--;
@@ -1163,11 +1173,7 @@ static void on_stderr_line(exec_sink *x, const char *p, size_t n, bool cut) {
     n = EXEC_STDERR_LINE_MAX;
   memcpy(line, p, n);
   line[n] = '\0';
-  dropped = rl_suppressed(&x->stderr_rl);
-  if (dropped > 0)
-    log_warn("handler stderr lines not logged (more than 50 a second)",
-             LS("consumer", x->consumer), LS("sink", "exec"),
-             LU("lines", dropped));
+  log_stderr_dropped(x);
   if (cut)
     log_warn("handler stderr", LS("consumer", x->consumer), LS("sink", "exec"),
              LI("pid", x->pid), LS("line", line), LB("cut", true));
@@ -1321,6 +1327,10 @@ static void close_handler_handle(exec_sink *x, uv_handle_t *h, bool *live) {
    * by what it shows now. */
   if (h == (uv_handle_t *)&x->in)
     note_write_progress(x);
+  /* The rate limit's count would otherwise wait for the next handler's
+   * stderr, or never come: say it when this stderr ends. */
+  if (h == (uv_handle_t *)&x->err)
+    log_stderr_dropped(x);
   *live = false;
   x->handler_closes++;
   uv_close(h, on_handler_handle_closed);

@@ -841,6 +841,57 @@ static void test_answer_needs_line_written_to_this_handler(void) {
   teardown(&fx);
 }
 
+/* The sum of the lines= counts of the "not logged" records. */
+static uint64_t stderr_dropped(const char *log) {
+  const char *key = "handler stderr lines not logged", *p = log, *l;
+  uint64_t sum = 0;
+
+  while ((p = strstr(p, key)) != NULL) {
+    l = strstr(p, " lines=");
+    ASSERT(l != NULL);
+    sum += strtoull(l + 7, NULL, 10);
+    p = l;
+  }
+  return sum;
+}
+
+/* A handler that floods its stderr and exits at once: the count of lines
+ * the rate limit held back comes when its stderr ends, not with the next
+ * line of another handler (which may never come). The same when the sink
+ * closes a flooding handler. */
+static void test_stderr_flood_counted_at_exit(void) {
+  fixture fx;
+  char *log;
+
+  setup(&fx);
+  handler(&fx, "if not os.path.exists(DIR + '/once'):\n"
+               "    note('once', 'x')\n"
+               "    for i in range(300):\n"
+               "        sys.stderr.write('flood %d\\n' % i)\n"
+               "    sys.exit(0)\n"
+               "for i in range(300, 500):\n"
+               "    sys.stderr.write('flood %d\\n' % i)\n"
+               "sys.stderr.flush()\n"
+               "for e in events():\n"
+               "    ack(e['seq'])\n");
+  open_sink(&fx);
+  write_events(&fx, 1, 1);
+  RUN_UNTIL(&fx.loop, saw_restarting(&fx.f), 10000);
+  log = read_log(&fx);
+  /* Of the first handler's 300 lines, what was not logged is counted
+   * before the restart. */
+  ASSERT_EQ(300, count_of(log, "line=\"flood ") + (int)stderr_dropped(log));
+  free(log);
+  expect_delivered(&fx, 1, 10000);
+  close_sink(&fx);
+  log = read_log(&fx);
+  ASSERT_EQ(500, count_of(log, "line=\"flood ") + (int)stderr_dropped(log));
+  ASSERT(count_of(log, "handler stderr lines not logged (more than 50 a "
+                       "second) consumer=test sink=exec pid=") >= 2);
+  free(log);
+  teardown(&fx);
+}
+
 static void test_stderr_reaches_log(void) {
   fixture fx;
   char *log;
@@ -1102,6 +1153,7 @@ static const test_case tests[] = {
   TEST(test_answer_ahead_of_write_ignored),
   TEST(test_answers_count_while_write_waits),
   TEST(test_answer_needs_line_written_to_this_handler),
+  TEST(test_stderr_flood_counted_at_exit),
   TEST(test_stderr_reaches_log),
   TEST(test_check_errors),
   TEST(test_argv_reaches_handler),
