@@ -16,8 +16,16 @@
  *           learns that tether stopped, even after kill -9.
  *
  * Delivery (DESIGN §2): an event is delivered when the handler answers ok
- * (or when on_fail gives up on it, see below). write() copies the batch's
- * lines and answers SINK_ACCEPTED at once; each event is reported through
+ * for it once its whole line was written to this handler's stdin (the
+ * kernel took it), or when on_fail gives up on it, see below. An answer
+ * for an event whose line this handler has not been given (still queued
+ * in tether, in the part of a write the kernel has not taken yet, or
+ * written only to a handler that has since exited) is ignored and logged
+ * like one for an unknown event: a handler that answers ahead of what it
+ * read must not move the cursor past events it never got. One copy
+ * written to this handler is enough: a late ok for it counts while the
+ * event waits to be sent again. write() copies the batch's lines and
+ * answers SINK_ACCEPTED at once; each event is reported through
  * report.delivered as its answer comes. Every event is kept until then,
  * so memory is bounded by the consumer's window (max_in_flight).
  *
@@ -152,6 +160,13 @@ typedef struct ev {
   uint64_t at;      /* EV_SENT: its deadline; EV_WAITING: when to resend */
   uint32_t attempts;
   ev_state state;
+  /* Whether the handler has the line: written is set once its whole line
+   * is in the current handler's stdin, and cleared for a new handler.
+   * wid is the last write that carried the line, and wend the offset just
+   * past it in that write's chunk. */
+  bool written;
+  uint64_t wid;
+  size_t wend;
   char *error; /* the last attempt's failure, for the dead letter; owned */
   size_t len;  /* of line, '\n' included */
   char line[];
@@ -213,10 +228,15 @@ typedef struct exec_sink {
   const char *state; /* reported to the consumer; NULL when normal */
   uint64_t last_answer_at;
 
-  /* Writing to the handler's stdin: one chunk at a time. */
+  /* Writing to the handler's stdin: one chunk at a time. wid numbers the
+   * writes; chunk_seqs holds the seqs of the events in the chunk, and
+   * chunk_done how much of it the kernel is known to have taken. */
   bool writing;
   uv_write_t wreq;
   buf chunk;
+  uint64_t wid;
+  seq_vec chunk_seqs;
+  size_t chunk_done;
 
   /* Reading its stdout and stderr. */
   char rbuf[64 * 1024];
@@ -837,10 +857,54 @@ static void on_resend(uv_timer_t *t) {
 
 /* ---- writing to the handler ------------------------------------------- */
 
+/* Takes note of how much of the chunk in flight the kernel has taken.
+ * libuv writes what the handler's stdin accepts at once and the rest as
+ * room comes, and write_queue_size counts what is still left; ours is the
+ * only write on the stream, so the rest of the chunk is taken. A handler
+ * that reads its lines while the tail of their chunk waits for room gets
+ * its answers counted at once, not after the tail went too. */
+static void note_write_progress(exec_sink *x) {
+  size_t done;
+
+  if (!x->writing || !x->in_live)
+    return;
+  assert(x->in.write_queue_size <= x->chunk.len);
+  done = x->chunk.len - x->in.write_queue_size;
+  if (done > x->chunk_done)
+    x->chunk_done = done;
+}
+
+/* Whether e's whole line is in the current handler's stdin: only then may
+ * an answer for it count. A handler can answer only for lines it read, so
+ * an answer for anything else is a bug of the handler's (it answers ahead)
+ * or a leftover of an older handler's, and taking it would move the cursor
+ * past an event nobody got. */
+static bool line_written(exec_sink *x, ev *e) {
+  if (!e->written && e->wid != 0 && e->wid == x->wid) {
+    note_write_progress(x);
+    e->written = e->wend <= x->chunk_done;
+  }
+  return e->written;
+}
+
 static void on_stdin_written(uv_write_t *req, int status) {
   exec_sink *x = req->data;
+  size_t i;
+  ev *e;
 
   x->writing = false;
+  if (status == 0) {
+    /* The whole chunk was taken, even if the handler is exiting: the
+     * answers it left in its stdout still count. */
+    x->chunk_done = x->chunk.len;
+    for (i = 0; i < x->chunk_seqs.n; i++) {
+      e = find_ev(x, x->chunk_seqs.v[i]);
+      if (e != NULL && e->wid == x->wid)
+        e->written = true;
+    }
+  }
+  /* On an error chunk_done keeps what was seen taken before: libuv does
+   * not tell how much of the chunk it wrote, and counting less is safe. */
   if (status == UV_ECANCELED || x->hstate != H_RUNNING)
     return; /* stdin is closing; the restart sends everything again */
   if (status < 0) {
@@ -868,10 +932,19 @@ static void kick_send(exec_sink *x) {
       x->queued.head == NULL)
     return;
   buf_reset(&x->chunk);
+  x->chunk_seqs.n = 0;
+  x->chunk_done = 0;
+  x->wid++;
   while ((e = x->queued.head) != NULL &&
          (x->chunk.len == 0 || x->chunk.len + e->len <= EXEC_CHUNK_MAX)) {
-    if (buf_append(&x->chunk, e->line, e->len) != 0)
+    if (seq_push(&x->chunk_seqs, e->seq) != 0)
       break; /* out of memory: send what fits, the rest later */
+    if (buf_append(&x->chunk, e->line, e->len) != 0) {
+      x->chunk_seqs.n--;
+      break;
+    }
+    e->wid = x->wid;
+    e->wend = x->chunk.len;
     unlink_ev(x, e);
     e->state = EV_SENT;
     e->sent_at = now;
@@ -896,14 +969,21 @@ static void kick_send(exec_sink *x) {
 }
 
 /* Every event not answered and not waiting for a delayed resend goes to
- * the new handler, in seq order. */
+ * the new handler, in seq order. The new handler has none of the lines
+ * yet: an answer for an event counts again once its line is written to
+ * this one. */
 static void requeue_all(exec_sink *x) {
   uint64_t s;
   ev *e;
 
+  assert(!x->writing);
+  x->chunk_done = 0;
   for (s = x->lo; s < x->hi; s++) {
     e = x->ring[s & (x->cap - 1)];
-    if (e == NULL || (e->state != EV_QUEUED && e->state != EV_SENT))
+    if (e == NULL)
+      continue;
+    e->written = false;
+    if (e->state != EV_QUEUED && e->state != EV_SENT)
       continue;
     if (e->state == EV_SENT)
       x->redelivered++;
@@ -1041,6 +1121,13 @@ static void on_answer_line(exec_sink *x, const char *p, size_t n, bool cut) {
                 p, n, a.seq, "no such event waits for an answer");
     return;
   }
+  if (!line_written(x, e)) {
+    warn_answer(x,
+                "answer for an event not yet written to the handler; "
+                "ignored",
+                p, n, a.seq, "its line is not in the handler's stdin yet");
+    return;
+  }
   switch (a.status) {
   case A_OK:
     if (e->state != EV_DEAD) /* that one is delivered by its record */
@@ -1063,9 +1150,19 @@ static void on_answer_line(exec_sink *x, const char *p, size_t n, bool cut) {
   }
 }
 
+/* Logs how many stderr lines the rate limit held back since the last
+ * one logged, if any. */
+static void log_stderr_dropped(exec_sink *x) {
+  uint64_t dropped = rl_suppressed(&x->stderr_rl);
+
+  if (dropped > 0)
+    log_warn("handler stderr lines not logged (more than 50 a second)",
+             LS("consumer", x->consumer), LS("sink", "exec"), LI("pid", x->pid),
+             LU("lines", dropped));
+}
+
 static void on_stderr_line(exec_sink *x, const char *p, size_t n, bool cut) {
   char line[EXEC_STDERR_LINE_MAX + 1];
-  uint64_t dropped;
 
   if (n > 0 && p[n - 1] == '\r')
     n--;
@@ -1076,11 +1173,7 @@ static void on_stderr_line(exec_sink *x, const char *p, size_t n, bool cut) {
     n = EXEC_STDERR_LINE_MAX;
   memcpy(line, p, n);
   line[n] = '\0';
-  dropped = rl_suppressed(&x->stderr_rl);
-  if (dropped > 0)
-    log_warn("handler stderr lines not logged (more than 50 a second)",
-             LS("consumer", x->consumer), LS("sink", "exec"),
-             LU("lines", dropped));
+  log_stderr_dropped(x);
   if (cut)
     log_warn("handler stderr", LS("consumer", x->consumer), LS("sink", "exec"),
              LI("pid", x->pid), LS("line", line), LB("cut", true));
@@ -1229,6 +1322,15 @@ static void on_handler_handle_closed(uv_handle_t *h) {
 static void close_handler_handle(exec_sink *x, uv_handle_t *h, bool *live) {
   if (!*live)
     return;
+  /* Closing stdin cancels a write in flight, and with it the count of
+   * what the kernel took; answers still draining from stdout are judged
+   * by what it shows now. */
+  if (h == (uv_handle_t *)&x->in)
+    note_write_progress(x);
+  /* The rate limit's count would otherwise wait for the next handler's
+   * stderr, or never come: say it when this stderr ends. */
+  if (h == (uv_handle_t *)&x->err)
+    log_stderr_dropped(x);
   *live = false;
   x->handler_closes++;
   uv_close(h, on_handler_handle_closed);
@@ -1670,6 +1772,7 @@ static void free_sink(exec_sink *x) {
   if (x->dl_fd >= 0)
     close(x->dl_fd);
   buf_free(&x->chunk);
+  free(x->chunk_seqs.v);
   buf_free(&x->answer);
   buf_free(&x->errline);
   buf_free(&x->dl_queue);

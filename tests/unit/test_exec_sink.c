@@ -15,7 +15,7 @@
 #include "tests/unit/test.h"
 #include "tests/unit/test_uv.h"
 
-#define MAX_SEQ    256
+#define MAX_SEQ    4096
 #define MAX_STATES 64
 
 typedef struct fake {
@@ -162,20 +162,30 @@ static void open_sink(fixture *fx) {
   fx->s->report.data = &fx->f;
 }
 
-/* Hands over events first..last as one batch of envelope lines. */
-static void write_events(fixture *fx, uint64_t first, uint64_t last) {
-  char *lines = malloc((last - first + 1) * 128 + 1);
+/* Hands over events first..last as one batch of envelope lines, each
+ * with a string of pad bytes in its data. */
+static void write_padded(fixture *fx, uint64_t first, uint64_t last,
+                         size_t pad) {
+  char *lines = malloc((last - first + 1) * (128 + pad) + 1);
   size_t len = 0;
   sink_batch b;
   uint64_t q;
 
   ASSERT(lines != NULL);
-  for (q = first; q <= last; q++)
-    len += (size_t)sprintf(
-        lines + len,
-        "{\"consumer\":\"test\",\"seq\":%" PRIu64 ",\"cursor\":\"%" PRIu64
-        "\",\"event\":\"tick\",\"data\":{\"n\":%" PRIu64 "}}\n",
-        q, q, q);
+  for (q = first; q <= last; q++) {
+    len += (size_t)sprintf(lines + len,
+                           "{\"consumer\":\"test\",\"seq\":%" PRIu64
+                           ",\"cursor\":\"%" PRIu64
+                           "\",\"event\":\"tick\",\"data\":{\"n\":%" PRIu64,
+                           q, q, q);
+    if (pad > 0) {
+      len += (size_t)sprintf(lines + len, ",\"pad\":\"");
+      memset(lines + len, 'x', pad);
+      len += pad;
+      lines[len++] = '"';
+    }
+    len += (size_t)sprintf(lines + len, "}}\n");
+  }
   b.data = lines;
   b.len = len;
   b.first_seq = first;
@@ -185,6 +195,10 @@ static void write_events(fixture *fx, uint64_t first, uint64_t last) {
   free(lines); /* the sink copied what it keeps */
   ASSERT_EQ(1, fx->f.write_calls);
   ASSERT_EQ(SINK_ACCEPTED, fx->f.outcome);
+}
+
+static void write_events(fixture *fx, uint64_t first, uint64_t last) {
+  write_padded(fx, first, last, 0);
 }
 
 static void expect_delivered(fixture *fx, int n, uint64_t ms) {
@@ -700,6 +714,184 @@ static void test_malformed_answers_ignored(void) {
   teardown(&fx);
 }
 
+/* Lines of about 100 KB. The handler's stdin is a socket pair (libuv
+ * makes stdio pipes that way) whose buffer takes about 200 KiB, and the
+ * handler's reader holds 8 KiB more: fewer than three such lines past the
+ * one the handler is on, so an answer five ahead is for a line not
+ * written yet. */
+#define BIG_PAD 100000
+
+/* Every seq reported delivered is among those the handler wrote into the
+ * note file `name` as it read them. */
+static void expect_delivered_were_read(fixture *fx, const char *name) {
+  bool read[MAX_SEQ] = { false };
+  char *text = read_note(fx, name), *p, *end;
+  unsigned long q;
+  int n = 0;
+
+  ASSERT(text != NULL);
+  for (p = text; (q = strtoul(p, &end, 10)) != 0 || end != p; p = end) {
+    ASSERT(q < MAX_SEQ);
+    read[q] = true;
+    n++;
+  }
+  free(text);
+  ASSERT(n > 0);
+  for (q = 0; q < MAX_SEQ; q++)
+    if (fx->f.delivered[q] > 0 && !read[q])
+      test__fail(__FILE__, __LINE__,
+                 "seq %lu was reported delivered, but the handler never "
+                 "read it (%s)",
+                 q, name);
+}
+
+/* A handler that answers for seq + 5 as it reads seq (a bug of its own)
+ * while the pipe is full and the events behind wait in tether: those
+ * answers are ignored, and each event is delivered by the answer the
+ * handler gives once it has read it. */
+static void test_answer_ahead_of_write_ignored(void) {
+  fixture fx;
+  char *log;
+
+  setup(&fx);
+  handler(&fx, "for e in events():\n"
+               "    s = e['seq']\n"
+               "    note('read', str(s))\n"
+               "    ack(s + 5)\n"
+               "    ack(s)\n"
+               "    time.sleep(0.02)\n");
+  open_sink(&fx);
+  write_padded(&fx, 1, 40, BIG_PAD);
+  expect_delivered(&fx, 40, 20000);
+  /* Nothing timed out: the handler's own answer for each line counted,
+   * even while the rest of that line's write waited for room. */
+  ASSERT_UEQ(0, stats_of(&fx).redelivered);
+  /* Closing ends the handler's stdin: it reads what is left in the pipe,
+   * noting each line, and exits. */
+  close_sink(&fx);
+  expect_delivered_were_read(&fx, "read");
+  log = read_log(&fx);
+  /* Which answers came ahead of the write depends on timing; some did. */
+  ASSERT_CONTAINS(log, "warn answer for an event not yet written to the "
+                       "handler; ignored consumer=test sink=exec seq=");
+  ASSERT_CONTAINS(log, " err=\"its line is not in the handler's stdin yet\"");
+  free(log);
+  teardown(&fx);
+}
+
+/* Small lines in 64 KiB writes to a handler slower than tether, reading
+ * a byte at a time as a shell's `read` does: its stdin stays full, and it
+ * answers for lines of earlier writes while later ones wait for room.
+ * Those answers count at once: none is taken for one ahead of the write,
+ * and no event times out. */
+static void test_answers_count_while_write_waits(void) {
+  fixture fx;
+  char *log;
+  int i;
+
+  setup(&fx);
+  set_option(&fx, "handler_timeout", "10s");
+  handler(&fx, "while True:\n"
+               "    line = sys.stdin.buffer.raw.readline()\n"
+               "    if not line:\n"
+               "        break\n"
+               "    ack(json.loads(line)['seq'])\n");
+  open_sink(&fx);
+  write_events(&fx, 1, 1500);
+  write_events(&fx, 1501, 3000);
+  expect_delivered(&fx, 3000, 60000);
+  for (i = 1; i <= 3000; i++)
+    ASSERT_EQ(1, fx.f.delivered[i]);
+  ASSERT_UEQ(0, stats_of(&fx).redelivered);
+  close_sink(&fx);
+  log = read_log(&fx);
+  ASSERT(strstr(log, "not yet written") == NULL);
+  free(log);
+  teardown(&fx);
+}
+
+/* The first handler reads every line and exits without answering; the
+ * second answers every event at once, before it reads a line. Only the
+ * answers for lines written to the second handler count: having given the
+ * line to the first one does not. */
+static void test_answer_needs_line_written_to_this_handler(void) {
+  fixture fx;
+  char *log;
+
+  setup(&fx);
+  handler(&fx, "if not os.path.exists(DIR + '/first'):\n"
+               "    note('first', 'x')\n"
+               "    for e in events():\n"
+               "        if e['seq'] == 20:\n"
+               "            sys.exit(1)\n"
+               "for s in range(1, 21):\n"
+               "    out(str(s))\n"
+               "for e in events():\n"
+               "    note('read', str(e['seq']))\n"
+               "    ack(e['seq'])\n");
+  open_sink(&fx);
+  write_padded(&fx, 1, 20, BIG_PAD);
+  expect_delivered(&fx, 20, 20000);
+  close_sink(&fx);
+  expect_delivered_were_read(&fx, "read");
+  log = read_log(&fx);
+  ASSERT_CONTAINS(log, "answer for an event not yet written to the handler");
+  ASSERT_EQ(2, count_of(log, "handler started"));
+  free(log);
+  teardown(&fx);
+}
+
+/* The sum of the lines= counts of the "not logged" records. */
+static uint64_t stderr_dropped(const char *log) {
+  const char *key = "handler stderr lines not logged", *p = log, *l;
+  uint64_t sum = 0;
+
+  while ((p = strstr(p, key)) != NULL) {
+    l = strstr(p, " lines=");
+    ASSERT(l != NULL);
+    sum += strtoull(l + 7, NULL, 10);
+    p = l;
+  }
+  return sum;
+}
+
+/* A handler that floods its stderr and exits at once: the count of lines
+ * the rate limit held back comes when its stderr ends, not with the next
+ * line of another handler (which may never come). The same when the sink
+ * closes a flooding handler. */
+static void test_stderr_flood_counted_at_exit(void) {
+  fixture fx;
+  char *log;
+
+  setup(&fx);
+  handler(&fx, "if not os.path.exists(DIR + '/once'):\n"
+               "    note('once', 'x')\n"
+               "    for i in range(300):\n"
+               "        sys.stderr.write('flood %d\\n' % i)\n"
+               "    sys.exit(0)\n"
+               "for i in range(300, 500):\n"
+               "    sys.stderr.write('flood %d\\n' % i)\n"
+               "sys.stderr.flush()\n"
+               "for e in events():\n"
+               "    ack(e['seq'])\n");
+  open_sink(&fx);
+  write_events(&fx, 1, 1);
+  RUN_UNTIL(&fx.loop, saw_restarting(&fx.f), 10000);
+  log = read_log(&fx);
+  /* Of the first handler's 300 lines, what was not logged is counted
+   * before the restart. */
+  ASSERT_EQ(300, count_of(log, "line=\"flood ") + (int)stderr_dropped(log));
+  free(log);
+  expect_delivered(&fx, 1, 10000);
+  close_sink(&fx);
+  log = read_log(&fx);
+  ASSERT_EQ(500, count_of(log, "line=\"flood ") + (int)stderr_dropped(log));
+  ASSERT(count_of(log, "handler stderr lines not logged (more than 50 a "
+                       "second) consumer=test sink=exec pid=") >= 2);
+  free(log);
+  teardown(&fx);
+}
+
 static void test_stderr_reaches_log(void) {
   fixture fx;
   char *log;
@@ -958,6 +1150,10 @@ static const test_case tests[] = {
   TEST(test_exits_at_start_backs_off),
   TEST(test_state_clears_on_answer),
   TEST(test_malformed_answers_ignored),
+  TEST(test_answer_ahead_of_write_ignored),
+  TEST(test_answers_count_while_write_waits),
+  TEST(test_answer_needs_line_written_to_this_handler),
+  TEST(test_stderr_flood_counted_at_exit),
   TEST(test_stderr_reaches_log),
   TEST(test_check_errors),
   TEST(test_argv_reaches_handler),
