@@ -976,7 +976,9 @@ int api_start(uv_loop_t *loop, const api_env *env, api **out, char *err,
   o.unix_mode = (unsigned)dc->socket_mode;
   o.unix_gid = (gid_t)-1;
   o.max_connections = (unsigned)dc->api_max_connections;
+  o.tcp_max_connections = (unsigned)dc->http_max_connections;
   o.request_timeout = (uint64_t)dc->api_request_timeout;
+  o.idle_timeout = (uint64_t)dc->api_idle_timeout;
   if (dc->socket_group[0] != '\0') {
     struct group *g = getgrnam(dc->socket_group);
     char *end;

@@ -307,7 +307,8 @@ def test_slow_client_is_cut_without_harm_to_others(tether, sockdir):
 
 def test_connections_beyond_the_cap_are_refused(tether, sockdir):
     sock = os.path.join(sockdir, "api.sock")
-    t = tether(config(sock))
+    # Idle for as long as the test may take: none is closed for idling.
+    t = tether(config(sock, daemon_extra="api_idle_timeout = 5m"))
     t.start()
     wait_for(lambda: ready(sock),
              20, "ready", t)
