@@ -1,6 +1,7 @@
-"""The local API's connection budgets and idle connections: the unix socket
+"""The local API's connection budgets and idle connections (the unix socket
 and http_listen count apart; idle connections are closed after
-api_idle_timeout, or to make room on a full listener."""
+api_idle_timeout, or to make room on a full listener), and names and bytes
+it cannot use, sent raw in every endpoint that takes a name."""
 import json
 import os
 import re
@@ -304,3 +305,92 @@ def test_idle_connection_is_closed_after_api_idle_timeout(tether, sockdir,
         wait_for(served, 20, "the place to be free again", t)
     finally:
         silent.close()
+
+
+# ---- Names that are not UTF-8 -------------------------------------------
+
+def raw_request(sock, method, target, body=b""):
+    """One request with target as raw bytes; (status, parsed body)."""
+    s = unix_conn(sock)
+    try:
+        s.sendall(method + b" " + target + b" HTTP/1.1\r\nHost: t\r\n"
+                  b"Content-Type: application/json\r\n"
+                  b"Content-Length: " + str(len(body)).encode() +
+                  b"\r\nConnection: close\r\n\r\n" + body)
+        status, data = read_response(s)
+    finally:
+        s.close()
+    # Every answer is JSON in UTF-8, whatever bytes the request held.
+    return status, json.loads(data.decode("utf-8"))
+
+
+NAME_ENDPOINTS = [
+    (b"GET", b"/v1/consumers/%s", b""),
+    (b"POST", b"/v1/consumers/%s/pause", b""),
+    (b"POST", b"/v1/consumers/%s/resume", b""),
+    (b"GET", b"/v1/consumers/%s/events", b""),
+    (b"POST", b"/v1/consumers/%s/ack", b'{"seq":1}'),
+]
+
+# Percent-escaped and raw: bytes that are never UTF-8, a valid name with a
+# bad byte after it, a bad continuation, a sequence cut short.
+NOT_UTF8 = [b"%ff%fe", b"\xff\xfe", b"gen%ff", b"%c3%28", b"%e2%82"]
+
+
+def test_consumer_names_that_are_not_utf8_are_unknown(tether, sockdir):
+    t, sock, _ = start(tether, sockdir)
+    for name in NOT_UTF8:
+        for method, target, body in NAME_ENDPOINTS:
+            status, got = raw_request(sock, method, target % name, body)
+            assert status == 404, (target % name, got)
+            assert error_code(json.dumps(got)) == "consumer_not_found", got
+            msg = got["error"]["message"]
+            assert msg.startswith("no consumer named "), msg
+            assert "memory" not in msg, msg
+    status, got = raw_request(sock, b"GET", b"/v1/consumers/%ff%fe")
+    assert got["error"]["message"] == "no consumer named %FF%FE", got
+    assert get(sock, "/v1/consumers/gen")[0] == 200
+    t.fail_if_exited("after names that are not UTF-8")
+
+
+CURSOR_TARGETS = [
+    b"/v1/cursors/%ff%fe/generate", b"/v1/cursors/gen/%ff%fe",
+    b"/v1/cursors/gen/generate/%ff%fe", b"/v1/cursors/\xff/\xfe/\xfd"]
+
+
+def test_cursor_keys_that_are_not_utf8_are_refused(tether, sockdir):
+    t, sock, _ = start(tether, sockdir)
+    for target in CURSOR_TARGETS:
+        status, got = raw_request(sock, b"GET", target)
+        assert status == 400, (target, got)
+        assert error_code(json.dumps(got)) == "invalid_cursor", got
+        assert "is not valid UTF-8" in got["error"]["message"], got
+    t.fail_if_exited("after cursor keys that are not UTF-8")
+
+
+BAD_BYTES = [
+    (b"GET", b"/v1/\xff", 404, "not_found", "no endpoint GET /v1/%FF"),
+    (b"GET", b"/\x80%ff", 404, "not_found", "no endpoint GET /%80%25ff"),
+    (b"GET", b"/v1/cursors?limit=%ff", 400, "invalid_cursor",
+     'limit = "%FF"'),
+    (b"GET", b"/v1/cursors?consumer_id=%zz", 400, "bad_request",
+     "query parameter consumer_id has a bad percent escape"),
+    (b"GET", b"/v1/consumers/gen%00x", 400, "bad_request", "%00"),
+    (b"POST", b"/v1/consumers/gen%00/pause", 400, "bad_request", "%00"),
+    (b"GET", b"/v1/cursors/gen%00/generate", 400, "bad_request", "%00"),
+    (b"GET", b"/v1/cursors?consumer_id=gen%00", 400, "bad_request", "%00"),
+    (b"GET", b"/v1/consumers/gen/events?subscriber=%zz", 400, "bad_request",
+     "query parameter subscriber"),
+]
+
+
+def test_bytes_no_name_may_hold_are_clear_errors(tether, sockdir):
+    t, sock, _ = start(tether, sockdir)
+    for method, target, want, code, says in BAD_BYTES:
+        status, got = raw_request(sock, method, target)
+        assert status == want, (target, got)
+        assert error_code(json.dumps(got)) == code, (target, got)
+        assert says in got["error"]["message"], (target, got)
+    # gen%00 never reached gen: it is not paused.
+    assert get(sock, "/v1/consumers/gen")[1]["consumer"]["paused"] is False
+    t.fail_if_exited("after bad bytes")
