@@ -44,14 +44,32 @@ struct api {
 
 /* ---- answers ----------------------------------------------------------- */
 
-static void respond_json(http_conn *c, int status, json_t *j) {
-  char *text = json_dumps(j, JSON_COMPACT);
+static void respond_oom(http_conn *c) {
+  static const char oom[] =
+      "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
 
+  http_conn_respond(c, 500, "application/json", NULL, 0, oom, sizeof oom - 1);
+}
+
+/* Answers j (consumed). A NULL j is an answer that could not be built:
+ * json_pack refuses a string that is not UTF-8 as readily as it fails
+ * for memory, so it is not called out of memory; json_dumps of an object
+ * that was built fails for memory only. */
+static void respond_json(http_conn *c, int status, json_t *j) {
+  static const char unbuilt[] =
+      "{\"error\":{\"code\":\"internal\",\"message\":\"the answer could "
+      "not be encoded as JSON\"}}";
+  char *text;
+
+  if (j == NULL) {
+    http_conn_respond(c, 500, "application/json", NULL, 0, unbuilt,
+                      sizeof unbuilt - 1);
+    return;
+  }
+  text = json_dumps(j, JSON_COMPACT);
   json_decref(j);
   if (text == NULL) {
-    static const char oom[] =
-        "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
-    http_conn_respond(c, 500, "application/json", NULL, 0, oom, sizeof oom - 1);
+    respond_oom(c);
     return;
   }
   http_conn_respond(c, status, "application/json", NULL, 0, text, strlen(text));
@@ -62,6 +80,9 @@ static void error_reply(http_conn *c, int status, const char *code,
                         const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* The message may quote what a client sent, in any bytes: the answer is
+ * escaped by http_conn_respond_error, which never refuses a message
+ * (bytes that are not UTF-8 become U+FFFD), so only memory can fail it. */
 static void error_reply(http_conn *c, int status, const char *code,
                         const char *fmt, ...) {
   char msg[512];
@@ -70,9 +91,35 @@ static void error_reply(http_conn *c, int status, const char *code,
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  respond_json(
-      c, status,
-      json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg));
+  if (http_conn_respond_error(c, status, code, msg) == UV_ENOMEM)
+    respond_oom(c);
+}
+
+/* Client text for a message: printable ASCII as it is, every other byte
+ * (and '%') as %XX, the way it can be typed back into a URL. Returns
+ * out. */
+static const char *printable(const char *s, char *out, size_t outlen) {
+  static const char hex[] = "0123456789ABCDEF";
+  size_t o = 0;
+
+  /* Room is kept for one more escape, "..." and the NUL. */
+  for (; *s != '\0' && o + 7 <= outlen; s++) {
+    unsigned char ch = (unsigned char)*s;
+
+    if (ch >= 0x20 && ch < 0x7f && ch != '%') {
+      out[o++] = (char)ch;
+    } else {
+      out[o++] = '%';
+      out[o++] = hex[ch >> 4];
+      out[o++] = hex[ch & 15];
+    }
+  }
+  if (*s != '\0') {
+    memcpy(out + o, "...", 3);
+    o += 3;
+  }
+  out[o] = '\0';
+  return out;
 }
 
 /* ---- request pieces ---------------------------------------------------- */
@@ -87,22 +134,37 @@ static int hexval(char c) {
   return -1;
 }
 
-/* Percent-decodes s[0..n) into a new string ('+' is a space in a query);
- * NULL on a bad escape. Segments are decoded after the path is split, so
- * an id holding '/' is sent as %2F. */
-static char *pct_decode(const char *s, size_t n, bool query) {
-  char *out = malloc(n + 1), *o = out;
+/* Why a path or a query could not be decoded (a negative code of
+ * pct_decode), for a 400. */
+static const char *decode_error(int rc) {
+  return rc == UV_EILSEQ ? "%00 (a NUL byte), which no name or value may hold"
+                         : "a bad percent escape (% and two hex digits)";
+}
+
+/* Percent-decodes s[0..n) into *out, a new string ('+' is a space in a
+ * query). Returns 0, UV_EINVAL on a bad escape, UV_EILSEQ on %00 (it would
+ * cut the C string short, and "gen%00x" must not name "gen") or UV_ENOMEM.
+ * Other bytes pass as they are, UTF-8 or not: a name that is not UTF-8
+ * names nothing, and each answer says so. Segments are decoded after the
+ * path is split, so an id holding '/' is sent as %2F. */
+static int pct_decode(const char *s, size_t n, bool query, char **out) {
+  char *d = malloc(n + 1), *o = d;
   size_t i;
   int hi, lo;
 
-  if (out == NULL)
-    return NULL;
+  *out = NULL;
+  if (d == NULL)
+    return UV_ENOMEM;
   for (i = 0; i < n; i++) {
     if (s[i] == '%') {
       if (n - i < 3 || (hi = hexval(s[i + 1])) < 0 ||
           (lo = hexval(s[i + 2])) < 0) {
-        free(out);
-        return NULL;
+        free(d);
+        return UV_EINVAL;
+      }
+      if (hi == 0 && lo == 0) {
+        free(d);
+        return UV_EILSEQ;
       }
       *o++ = (char)(hi * 16 + lo);
       i += 2;
@@ -111,17 +173,19 @@ static char *pct_decode(const char *s, size_t n, bool query) {
     }
   }
   *o = '\0';
-  return out;
+  *out = d;
+  return 0;
 }
 
 /* The path of a target, split into at most max segments (decoded). Returns
- * the count, or -1 on a bad escape. */
+ * the count (max + 1 when there are more), or a negative code of
+ * pct_decode (UV_EINVAL also for a target that is not a path). */
 static int split_path(const char *target, char **seg, int max) {
   const char *p = target, *end;
-  int n = 0;
+  int n = 0, rc;
 
   if (*p != '/')
-    return -1;
+    return UV_EINVAL;
   while (*p == '/' && n <= max) {
     p++;
     end = p + strcspn(p, "/?");
@@ -129,10 +193,10 @@ static int split_path(const char *target, char **seg, int max) {
       break;
     if (n == max)
       return max + 1;
-    if ((seg[n] = pct_decode(p, (size_t)(end - p), false)) == NULL) {
+    if ((rc = pct_decode(p, (size_t)(end - p), false, &seg[n])) != 0) {
       while (n > 0)
         free(seg[--n]);
-      return -1;
+      return rc;
     }
     n++;
     p = end;
@@ -147,22 +211,50 @@ static void free_segs(char **seg, int n) {
     free(seg[i]);
 }
 
-/* The decoded value of query parameter name, or NULL. */
-static char *query_param(const char *target, const char *name) {
+/* The decoded value of query parameter name into *out (NULL when it is
+ * absent). Returns 0 or a negative code of pct_decode: a value that cannot
+ * be decoded is an error, never taken for an absent one (a filter dropped
+ * would list every cursor). */
+static int query_param(const char *target, const char *name, char **out) {
   const char *q = strchr(target, '?'), *p, *end, *eq;
   size_t len = strlen(name);
 
+  *out = NULL;
   if (q == NULL)
-    return NULL;
+    return 0;
   for (p = q + 1; *p != '\0'; p = *end ? end + 1 : end) {
     end = p + strcspn(p, "&");
     eq = memchr(p, '=', (size_t)(end - p));
     if (eq != NULL && (size_t)(eq - p) == len && memcmp(p, name, len) == 0)
-      return pct_decode(eq + 1, (size_t)(end - eq - 1), true);
+      return pct_decode(eq + 1, (size_t)(end - eq - 1), true, out);
     if (eq == NULL && (size_t)(end - p) == len && memcmp(p, name, len) == 0)
-      return strdup("");
+      return (*out = strdup("")) == NULL ? UV_ENOMEM : 0;
   }
-  return NULL;
+  return 0;
+}
+
+/* Reads the query parameters names[i] into out[i]; on an error answers
+ * 400 (or 500 for memory), frees what it read and returns false. */
+static bool query_params(http_conn *c, const char *target,
+                         const char *const *names, char **out, size_t n) {
+  size_t i, j;
+  int rc;
+
+  for (i = 0; i < n; i++) {
+    if ((rc = query_param(target, names[i], &out[i])) == 0)
+      continue;
+    for (j = 0; j < i; j++) {
+      free(out[j]);
+      out[j] = NULL;
+    }
+    if (rc == UV_ENOMEM)
+      respond_oom(c);
+    else
+      error_reply(c, 400, "bad_request", "query parameter %s has %s", names[i],
+                  decode_error(rc));
+    return false;
+  }
+  return true;
 }
 
 static const char *header(const http_srv_request *req, const char *name) {
@@ -288,13 +380,17 @@ static void set_paused(api *a, http_conn *c, const http_srv_request *req,
 
 static void subscribe(api *a, http_conn *c, const http_srv_request *req,
                       consumer *k) {
+  static const char *const names[] = { "peek", "subscriber" };
   const char *accept = header(req, "Accept");
-  char *peek = query_param(req->target, "peek");
-  char *name = query_param(req->target, "subscriber");
+  char *q[2], *peek, *name;
   bool ndjson = accept != NULL && strstr(accept, "application/x-ndjson");
   int rc;
 
   (void)a;
+  if (!query_params(c, req->target, names, q, 2))
+    return;
+  peek = q[0];
+  name = q[1];
   if (consumer_config(k)->sink != &sink_socket) {
     free(peek);
     free(name);
@@ -410,10 +506,9 @@ static void store_error_reply(http_conn *c, int rc, const char *err) {
 }
 
 static void list_cursors(api *a, http_conn *c, const http_srv_request *req) {
-  char *cid = query_param(req->target, "consumer_id");
-  char *sn = query_param(req->target, "stream_name");
-  char *sub = query_param(req->target, "subject_id");
-  char *lim = query_param(req->target, "limit");
+  static const char *const names[] = { "consumer_id", "stream_name",
+                                       "subject_id", "limit" };
+  char *v[4], *cid, *sn, *sub, *lim, shown[64];
   store_cursor *rows = NULL;
   store_query q;
   char err[256], *end;
@@ -422,6 +517,12 @@ static void list_cursors(api *a, http_conn *c, const http_srv_request *req) {
   json_t *arr;
   int rc;
 
+  if (!query_params(c, req->target, names, v, 4))
+    return;
+  cid = v[0];
+  sn = v[1];
+  sub = v[2];
+  lim = v[3];
   if (lim != NULL) {
     errno = 0;
     limit = strtoll(lim, &end, 10);
@@ -429,7 +530,8 @@ static void list_cursors(api *a, http_conn *c, const http_srv_request *req) {
       error_reply(c, 400, "invalid_cursor",
                   "limit = \"%s\": expected an integer 0..%d (0 = the "
                   "default, %d)",
-                  lim, API_CURSORS_MAX, API_CURSORS_DEFAULT);
+                  printable(lim, shown, sizeof shown), API_CURSORS_MAX,
+                  API_CURSORS_DEFAULT);
       goto out;
     }
     if (limit == 0)
@@ -826,16 +928,21 @@ static bool method_is(http_conn *c, const http_srv_request *req,
 
 static void route(http_conn *c, const http_srv_request *req, void *data) {
   api *a = data;
-  char *seg[6];
+  char *seg[6], shown[160];
   int n = split_path(req->target, seg, 5);
   consumer *k;
 
-  if (n < 0 || n > 5) {
-    if (n > 5)
-      free_segs(seg, 5);
-    error_reply(c, n < 0 ? 400 : 404, n < 0 ? "bad_request" : "not_found", "%s",
-                n < 0 ? "the path has a bad percent escape"
-                      : "no such endpoint");
+  if (n == UV_ENOMEM) {
+    respond_oom(c);
+    return;
+  }
+  if (n < 0) {
+    error_reply(c, 400, "bad_request", "the path has %s", decode_error(n));
+    return;
+  }
+  if (n > 5) {
+    free_segs(seg, 5);
+    error_reply(c, 404, "not_found", "no such endpoint");
     return;
   }
   if (n == 1 && strcmp(seg[0], "metrics") == 0) {
@@ -877,7 +984,8 @@ static void route(http_conn *c, const http_srv_request *req, void *data) {
       goto out;
     }
     if ((k = find_consumer(a, seg[2])) == NULL) {
-      error_reply(c, 404, "consumer_not_found", "no consumer named %s", seg[2]);
+      error_reply(c, 404, "consumer_not_found", "no consumer named %s",
+                  printable(seg[2], shown, sizeof shown));
       goto out;
     }
     if (n == 3) {
@@ -919,7 +1027,7 @@ static void route(http_conn *c, const http_srv_request *req, void *data) {
 
 not_found:
   error_reply(c, 404, "not_found", "no endpoint %s %s", req->method,
-              req->target);
+              printable(req->target, shown, sizeof shown));
 out:
   free_segs(seg, n);
 }
@@ -983,7 +1091,9 @@ int api_start(uv_loop_t *loop, const api_env *env, api **out, char *err,
   o.unix_mode = (unsigned)dc->socket_mode;
   o.unix_gid = (gid_t)-1;
   o.max_connections = (unsigned)dc->api_max_connections;
+  o.tcp_max_connections = (unsigned)dc->http_max_connections;
   o.request_timeout = (uint64_t)dc->api_request_timeout;
+  o.idle_timeout = (uint64_t)dc->api_idle_timeout;
   if (dc->socket_group[0] != '\0') {
     struct group *g = getgrnam(dc->socket_group);
     char *end;

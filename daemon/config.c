@@ -108,13 +108,23 @@ const option config_daemon_options[] = {
     0, 0, NULL, 0 },
   { "api_max_connections", OPT_INT, "256",
     offsetof(daemon_conf, api_max_connections),
-    "API connections open at once; a connection beyond it is answered 503 "
-    "and closed",
+    "connections open at once on the unix socket; one more closes the "
+    "longest-idle kept-alive connection, or is answered 503 if none is idle",
+    1, 65536, NULL, 0 },
+  { "http_max_connections", OPT_INT, "16",
+    offsetof(daemon_conf, http_max_connections),
+    "connections open at once on http_listen, a budget apart from the unix "
+    "socket's; one more is handled as for api_max_connections",
     1, 65536, NULL, 0 },
   { "api_request_timeout", OPT_DURATION, "10s",
     offsetof(daemon_conf, api_request_timeout),
     "time a started API request may take to arrive whole; a slower client "
     "is cut off",
+    10, HOUR, NULL, 0 },
+  { "api_idle_timeout", OPT_DURATION, "5s",
+    offsetof(daemon_conf, api_idle_timeout),
+    "time an API connection (socket or http_listen) may wait for its next "
+    "request before tether closes it; subscriptions are not idle",
     10, HOUR, NULL, 0 },
   { NULL, 0, NULL, 0, NULL, 0, 0, NULL, 0 },
 };

@@ -32,8 +32,10 @@ typedef struct daemon_conf {
   int64_t socket_mode;          /* its permission bits */
   char *socket_group;           /* its group; "" = unchanged */
   char *http_listen;            /* HOST:PORT for probes; "" = none */
-  int64_t api_max_connections;  /* API connections open at once */
+  int64_t api_max_connections;  /* open at once on the unix socket */
+  int64_t http_max_connections; /* open at once on http_listen, apart */
   uint64_t api_request_timeout; /* ms a started request may take */
+  uint64_t api_idle_timeout;    /* ms a connection may wait for a request */
 } daemon_conf;
 
 /* The keys every [consumer] section has, whatever its source and sink. */

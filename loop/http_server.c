@@ -23,8 +23,9 @@
  *   from WRITING to LINGER: the write side is shut and what the client
  *   still sends is read and dropped for a moment, so that closing with
  *   unread bytes does not reset the connection under the response.
- *   Anything else (EOF, a failed write, a timeout, http_conn_close,
- *   http_server_close) goes to CLOSED at once.
+ *   Anything else (EOF, a failed write, a timeout, room made for a new
+ *   connection on a full listener, http_conn_close, http_server_close)
+ *   goes to CLOSED at once.
  *
  * Requests on a connection are strictly sequential: the next one is not
  * parsed until the current response is completely written, and nothing is
@@ -60,11 +61,13 @@
 #include "protocol/buf.h"
 #include "protocol/envelope.h"
 
-#define DEFAULT_MAX_CONNECTIONS 256
-#define DEFAULT_MAX_HEADER_SIZE (16 * 1024)
-#define DEFAULT_MAX_BODY        (1024 * 1024)
-#define DEFAULT_REQUEST_TIMEOUT 10000 /* ms */
-#define DEFAULT_IDLE_TIMEOUT    60000 /* ms */
+#define DEFAULT_MAX_CONNECTIONS     256
+#define DEFAULT_TCP_MAX_CONNECTIONS 16
+#define DEFAULT_MAX_HEADER_SIZE     (16 * 1024)
+#define DEFAULT_MAX_BODY            (1024 * 1024)
+#define DEFAULT_REQUEST_TIMEOUT     10000 /* ms */
+#define DEFAULT_IDLE_TIMEOUT        5000  /* ms */
+#define DEFAULT_WRITE_TIMEOUT       60000 /* ms */
 /* Bytes a stream may have unsent before writes are refused. */
 #define STREAM_QUEUE_MAX (1024 * 1024)
 /* One read; libuv reads at most 32 times per wake-up, and a connection
@@ -526,9 +529,9 @@ typedef enum conn_state {
 
 typedef enum conn_phase {
   PHASE_NONE,
-  PHASE_IDLE,    /* kept alive, waiting for a request: idle_timeout */
+  PHASE_IDLE,    /* waiting for a request: idle_timeout */
   PHASE_REQUEST, /* a request started: request_timeout, never extended */
-  PHASE_WRITE,   /* a write makes no progress: idle_timeout */
+  PHASE_WRITE,   /* a write makes no progress: write_timeout */
   PHASE_LINGER,
   PHASE_DEFER /* a step for the next loop turn */
 } conn_phase;
@@ -545,6 +548,9 @@ typedef union sock {
 
 struct http_conn {
   list node; /* in http_server.conns while not closed */
+  /* In http_server.idle[listener] while kept alive after a response and
+   * waiting for the next request: what a full listener may close. */
+  list idle_node;
   http_server *s;
   sock h;
   bool has_sock; /* false for the socketless test connection */
@@ -553,8 +559,9 @@ struct http_conn {
   conn_state state;
   conn_phase phase;
   bool reading;
-  bool tcp;
+  bool tcp;          /* on the TCP listener (the index of its budget) */
   bool reject;       /* over max_connections: answers 503 and closes */
+  bool served;       /* a response went out: kept alive from then on */
   bool close_after;  /* the current response ends the connection */
   bool head_request; /* the current request is HEAD: no body goes out */
   bool answered;     /* the current request has its answer */
@@ -588,10 +595,13 @@ struct http_server {
   bool have_sock_file;
   dev_t sock_dev;
   ino_t sock_ino;
-  list conns;         /* open connections */
-  unsigned n_live;    /* connections not freed, rejected ones apart */
-  unsigned n_rejects; /* rejected connections not freed */
-  unsigned handles;   /* other handles not closed yet */
+  list conns; /* open connections */
+  /* Idle kept-alive connections per listener, the longest idle first. */
+  list idle[2];
+  unsigned n_open[2];    /* per listener: not closed, rejected ones apart */
+  unsigned n_rejects[2]; /* per listener: rejected connections not freed */
+  unsigned n_live;       /* connections not freed, rejected ones apart */
+  unsigned handles;      /* other handles not closed yet */
   bool closing, freeing;
   void (*close_cb)(void *data);
   void *close_data;
@@ -673,14 +683,26 @@ static int conn_write_str(http_conn *c, const char *text) {
 
 /* ---- Timers -------------------------------------------------------------- */
 
+/* Every change of phase goes through here, so that the idle list holds
+ * exactly the kept-alive connections waiting for a request. A connection
+ * that has never been answered is not on it: closing it to make room
+ * would fail a client that has only just connected. */
+static void conn_set_phase(http_conn *c, conn_phase phase) {
+  if (phase == PHASE_IDLE && c->phase != PHASE_IDLE && c->served)
+    list_push_back(&c->s->idle[c->tcp ? L_TCP : L_UNIX], &c->idle_node);
+  else if (phase != PHASE_IDLE)
+    list_remove(&c->idle_node);
+  c->phase = phase;
+}
+
 static void conn_timer_stop(http_conn *c) {
   uv_timer_stop(&c->timer);
-  c->phase = PHASE_NONE;
+  conn_set_phase(c, PHASE_NONE);
 }
 
 static void conn_timer(http_conn *c, conn_phase phase, uv_timer_cb cb,
                        uint64_t ms) {
-  c->phase = phase;
+  conn_set_phase(c, phase);
   uv_timer_start(&c->timer, cb, ms, 0);
 }
 
@@ -689,7 +711,7 @@ static void conn_on_idle_timeout(uv_timer_t *t) {
 }
 
 static void conn_on_write_timeout(uv_timer_t *t) {
-  /* The client has read nothing for idle_timeout: a stream's subscriber
+  /* The client has read nothing for write_timeout: a stream's subscriber
    * that stopped reading, or a response nobody collects. */
   conn_close(t->data);
 }
@@ -702,7 +724,7 @@ static void conn_on_linger_timeout(uv_timer_t *t) {
  * the time without progress. */
 static void conn_arm_write_timer(http_conn *c) {
   if (c->writes > 0)
-    conn_timer(c, PHASE_WRITE, conn_on_write_timeout, c->s->o.idle_timeout);
+    conn_timer(c, PHASE_WRITE, conn_on_write_timeout, c->s->o.write_timeout);
   else if (c->phase == PHASE_WRITE)
     conn_timer_stop(c);
 }
@@ -765,7 +787,7 @@ static void conn_on_handle_closed(uv_handle_t *h) {
   rp_free(&c->p);
   buf_free(&c->in);
   if (c->reject)
-    s->n_rejects--;
+    s->n_rejects[c->tcp ? L_TCP : L_UNIX]--;
   else
     s->n_live--;
   free(c);
@@ -780,8 +802,12 @@ static void conn_close(http_conn *c) {
     return;
   c->state = CONN_CLOSED;
   c->reading = false;
-  c->phase = PHASE_NONE;
+  conn_set_phase(c, PHASE_NONE);
   list_remove(&c->node);
+  /* Its place in the budget is free at once; the handles close on the
+   * next loop turn. */
+  if (!c->reject)
+    c->s->n_open[c->tcp ? L_TCP : L_UNIX]--;
   c->closes = 1;
   uv_close((uv_handle_t *)&c->timer, conn_on_handle_closed);
   if (c->has_sock) {
@@ -1139,7 +1165,7 @@ static void conn_response_done(http_conn *c);
 static void conn_on_deferred_done(uv_timer_t *t) {
   http_conn *c = t->data;
 
-  c->phase = PHASE_NONE;
+  conn_set_phase(c, PHASE_NONE);
   conn_response_done(c);
 }
 
@@ -1223,6 +1249,7 @@ static void conn_response_done(http_conn *c) {
     return;
   }
   rp_reset(&c->p);
+  c->served = true;
   c->state = CONN_READ;
   conn_process(c);
 }
@@ -1230,7 +1257,7 @@ static void conn_response_done(http_conn *c) {
 static void conn_on_request_timeout(uv_timer_t *t) {
   http_conn *c = t->data;
 
-  c->phase = PHASE_NONE;
+  conn_set_phase(c, PHASE_NONE);
   conn_send_error(c, 408, "request_timeout",
                   "the request did not arrive whole within %" PRIu64
                   " ms (request_timeout)",
@@ -1343,33 +1370,42 @@ static void conn_on_read(http_conn *c, ssize_t n) {
 
 /* ---- Accepting ----------------------------------------------------------- */
 
-static http_conn *conn_new(http_server *s, bool reject) {
+static http_conn *conn_new(http_server *s, int which, bool reject) {
   http_conn *c = calloc(1, sizeof *c);
 
   if (c == NULL)
     return NULL;
   c->s = s;
+  c->tcp = which == L_TCP;
   c->reject = reject;
   c->pid = -1;
   c->uid = (uid_t)-1;
   c->gid = (gid_t)-1;
   list_init(&c->node);
+  list_init(&c->idle_node);
   buf_init(&c->in, s->o.max_header_size + 2 * READ_CHUNK);
   rp_init(&c->p, s->o.max_header_size, s->o.max_body);
   uv_timer_init(s->loop, &c->timer);
   c->timer.data = c;
   c->shutdown.data = c;
-  if (reject)
-    s->n_rejects++;
-  else
+  if (reject) {
+    s->n_rejects[which]++;
+  } else {
+    s->n_open[which]++;
     s->n_live++;
+  }
   list_push_back(&s->conns, &c->node);
   return c;
 }
 
 static void conn_start(http_conn *c) {
   c->state = CONN_READ;
-  if (c->reject)
+  if (c->reject && c->tcp)
+    conn_send_error(c, 503, "too_many_connections",
+                    "more than %u connections at once on the TCP listener "
+                    "(tcp_max_connections)",
+                    c->s->o.tcp_max_connections);
+  else if (c->reject)
     conn_send_error(c, 503, "too_many_connections",
                     "more than %u connections at once (max_connections)",
                     c->s->o.max_connections);
@@ -1428,22 +1464,35 @@ static void conn_read_peer(http_conn *c) {
   }
 }
 
+/* Makes room on a full listener: its longest-idle kept-alive connection
+ * is closed (a client must expect that of a kept-alive connection, RFC
+ * 9112 §9.8). Streams, requests in progress and connections that have
+ * not been answered yet keep their place. Returns false when none is
+ * idle. */
+static bool server_evict(http_server *s, int which) {
+  if (list_empty(&s->idle[which]))
+    return false;
+  conn_close(container_of(s->idle[which].next, http_conn, idle_node));
+  return true;
+}
+
 static void server_accept(http_server *s, int which) {
-  bool reject = s->n_live >= s->o.max_connections;
+  unsigned max =
+      which == L_TCP ? s->o.tcp_max_connections : s->o.max_connections;
+  bool reject = s->n_open[which] >= max && !server_evict(s, which);
   http_conn *c;
 
   /* Rejected connections linger briefly; past as many again they are
    * closed without an answer. */
-  if (reject && s->n_rejects >= s->o.max_connections) {
+  if (reject && s->n_rejects[which] >= max) {
     server_drop(s, which);
     return;
   }
-  if ((c = conn_new(s, reject)) == NULL) {
+  if ((c = conn_new(s, which, reject)) == NULL) {
     server_drop(s, which);
     return;
   }
   c->has_sock = true;
-  c->tcp = which == L_TCP;
   if (c->tcp)
     uv_tcp_init(s->loop, &c->h.tcp);
   else
@@ -1678,7 +1727,8 @@ static void server_on_freed(uv_handle_t *h) {
 }
 
 static void server_maybe_freed(http_server *s) {
-  if (s->closing && !s->freeing && s->n_live == 0 && s->n_rejects == 0 &&
+  if (s->closing && !s->freeing && s->n_live == 0 &&
+      s->n_rejects[L_UNIX] == 0 && s->n_rejects[L_TCP] == 0 &&
       s->handles == 0) {
     s->freeing = true;
     uv_close((uv_handle_t *)&s->close_handle, server_on_freed);
@@ -1753,10 +1803,14 @@ int http_server_start(uv_loop_t *loop, const http_server_opts *o,
   s->handler = handler;
   s->data = data;
   list_init(&s->conns);
+  list_init(&s->idle[L_UNIX]);
+  list_init(&s->idle[L_TCP]);
   list_init(&s->fake_writes);
   buf_init(&s->fake_wire, 0);
   if (s->o.max_connections == 0)
     s->o.max_connections = DEFAULT_MAX_CONNECTIONS;
+  if (s->o.tcp_max_connections == 0)
+    s->o.tcp_max_connections = DEFAULT_TCP_MAX_CONNECTIONS;
   if (s->o.max_header_size == 0)
     s->o.max_header_size = DEFAULT_MAX_HEADER_SIZE;
   if (s->o.max_body == 0)
@@ -1765,6 +1819,8 @@ int http_server_start(uv_loop_t *loop, const http_server_opts *o,
     s->o.request_timeout = DEFAULT_REQUEST_TIMEOUT;
   if (s->o.idle_timeout == 0)
     s->o.idle_timeout = DEFAULT_IDLE_TIMEOUT;
+  if (s->o.write_timeout == 0)
+    s->o.write_timeout = DEFAULT_WRITE_TIMEOUT;
   if ((o->unix_path != NULL && (s->unix_path = strdup(o->unix_path)) == NULL) ||
       (o->tcp_host != NULL && (s->tcp_host = strdup(o->tcp_host)) == NULL)) {
     fmt(err, errlen, "out of memory");
@@ -1893,7 +1949,7 @@ int http__server_fake_open(http_server *s, buf *out) {
     return UV_EINVAL;
   if (s->fake != NULL || s->closing)
     return UV_EBUSY;
-  if ((c = conn_new(s, false)) == NULL)
+  if ((c = conn_new(s, L_UNIX, false)) == NULL)
     return UV_ENOMEM;
   c->pid = getpid();
   c->uid = getuid();

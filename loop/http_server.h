@@ -8,17 +8,19 @@
  * handler ends it or the client goes away: subscriptions use that.
  *
  * Limits, each breach answered (400, 413, 431, 503) or cut with a named
- * reason, never a crash: connections (beyond the cap a new connection gets
- * 503 and is closed), header bytes, body bytes, and the time a started
- * request may take to arrive whole (slow clients) or a kept-alive
- * connection may idle.
+ * reason, never a crash: connections, counted per listener so that one
+ * listener's clients cannot lock the other's out (when a listener's budget
+ * is full, a new connection closes that listener's longest-idle kept-alive
+ * connection, or is answered 503 and closed when none is idle), header
+ * bytes, body bytes, and the time a started request may take to arrive
+ * whole (slow clients) or a connection may wait for a request.
  *
  * (Added) The other answers the server gives by itself, each closing the
  * connection, with the body {"error":{"code":"...","message":"..."}}: 408
  * request_timeout, 417 expectation_failed (an Expect other than
  * 100-continue, which is honoured), 501 not_implemented (CONNECT, a
  * Transfer-Encoding other than chunked), 505 http_version_not_supported.
- * A response or stream that makes no write progress for idle_timeout (the
+ * A response or stream that makes no write progress for write_timeout (the
  * client stopped reading) is cut too. The process must ignore SIGPIPE.
  */
 #ifndef TETHER_LOOP_HTTP_SERVER_H
@@ -42,13 +44,18 @@ typedef struct http_server_opts {
   gid_t unix_gid;        /* group of the socket file; (gid_t)-1 = unchanged */
   const char *tcp_host;  /* "127.0.0.1"; NULL = no TCP listener */
   uint16_t tcp_port;     /* 0 = any free port (see http_server_tcp_port) */
-  unsigned max_connections; /* open at once; 0 = 256 */
+  unsigned max_connections;     /* open at once on the unix socket; 0 = 256 */
+  unsigned tcp_max_connections; /* on the TCP listener, apart; 0 = 16 */
   size_t
       max_header_size; /* bytes of the request line and headers; 0 = 16 KiB */
   size_t max_body;     /* bytes; 0 = 1 MiB */
   uint64_t
       request_timeout; /* ms for a started request to arrive whole; 0 = 10 s */
-  uint64_t idle_timeout; /* ms a kept-alive connection may wait; 0 = 60 s */
+  /* ms a connection may wait for the first byte of a request (a new one,
+   * or one kept alive after a response); 0 = 5 s. */
+  uint64_t idle_timeout;
+  /* ms a response or stream may go without write progress; 0 = 60 s. */
+  uint64_t write_timeout;
 } http_server_opts;
 
 /* One request, borrowed for the handler call (copy what you keep). */

@@ -4,6 +4,7 @@ connection cap, socket permissions, the TCP listener, /metrics."""
 import json
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -307,7 +308,8 @@ def test_slow_client_is_cut_without_harm_to_others(tether, sockdir):
 
 def test_connections_beyond_the_cap_are_refused(tether, sockdir):
     sock = os.path.join(sockdir, "api.sock")
-    t = tether(config(sock))
+    # Idle for as long as the test may take: none is closed for idling.
+    t = tether(config(sock, daemon_extra="api_idle_timeout = 5m"))
     t.start()
     wait_for(lambda: ready(sock),
              20, "ready", t)
@@ -321,7 +323,15 @@ def test_connections_beyond_the_cap_are_refused(tether, sockdir):
         # 256 are held open (the API's cap); the rest are answered 503 and
         # closed (past as many again still closing, closed without an
         # answer: a flood costs tether no memory). Which ones are held
-        # depends on when tether saw earlier clients go, so each is asked.
+        # depends on when tether saw earlier clients go, so each is asked,
+        # once tether has seen every one: a connection accepted after an
+        # answered one could take its place (it is idle then).
+        def handled():
+            p = select.poll()
+            for s in conns:
+                p.register(s, select.POLLIN)
+            return len(p.poll(0)) == len(conns) - 256
+        wait_for(handled, 30, "tether to refuse all but 256", t)
         live = answered = closed = 0
         for s in conns:
             try:

@@ -820,10 +820,10 @@ static void test_max_connections(void) {
   fx_start(f);
   cli_unix(f, &c[0]);
   cli_unix(f, &c[1]);
-  cli_send(&c[0], "GET /0 HTTP/1.1\r\nHost: x\r\n\r\n");
-  cli_send(&c[1], "GET /1 HTTP/1.1\r\nHost: x\r\n\r\n");
-  WAIT_RESPS(f, &c[0], r, 1);
-  WAIT_RESPS(f, &c[1], r, 1);
+  /* Neither is idle after an answer: one has a request under way, the
+   * other has not sent its first one yet. */
+  cli_send(&c[0], "GET /0 HTTP/1.1\r\n");
+  RUN_FOR(&f->loop, 30);
   /* The third gets 503 and is closed, without reading its request. */
   cli_unix(f, &c[2]);
   cli_send(&c[2], "GET /2 HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -833,11 +833,14 @@ static void test_max_connections(void) {
   ASSERT_STR_EQ("close", r[0].connection);
   assert_error_body(&r[0], "too_many_connections",
                     "more than 2 connections at once (max_connections)");
-  ASSERT_EQ(2, f->n_req);
+  ASSERT_EQ(0, f->n_req);
   /* The others still work. */
-  cli_send(&c[0], "GET /0b HTTP/1.1\r\nHost: x\r\n\r\n");
-  WAIT_RESPS(f, &c[0], r, 2);
-  ASSERT_STR_EQ("GET /0b\n", r[1].body);
+  cli_send(&c[0], "Host: x\r\n\r\n");
+  cli_send(&c[1], "GET /1 HTTP/1.1\r\nHost: x\r\n\r\n");
+  WAIT_RESPS(f, &c[0], r, 1);
+  ASSERT_STR_EQ("GET /0\n", r[0].body);
+  WAIT_RESPS(f, &c[1], r, 1);
+  ASSERT_STR_EQ("GET /1\n", r[0].body);
   /* A closed one frees its place. */
   cli_close(&c[1]);
   RUN_FOR(&f->loop, 30);
@@ -846,6 +849,103 @@ static void test_max_connections(void) {
   WAIT_RESPS(f, &c[3], r, 1);
   ASSERT_EQ(200, r[0].status);
   fx_finish(f, c, 4);
+}
+
+/* A full listener closes its longest-idle kept-alive connection for a new
+ * one, instead of refusing it. */
+static void test_max_connections_evicts_idle(void) {
+  fx *f = &F;
+  cli c[4];
+  resp r[2];
+
+  memset(c, 0, sizeof c);
+  fx_init(f);
+  f->o.max_connections = 2;
+  fx_start(f);
+  cli_unix(f, &c[0]);
+  cli_send(&c[0], "GET /0 HTTP/1.1\r\nHost: x\r\n\r\n");
+  WAIT_RESPS(f, &c[0], r, 1);
+  cli_unix(f, &c[1]);
+  cli_send(&c[1], "GET /1 HTTP/1.1\r\nHost: x\r\n\r\n");
+  WAIT_RESPS(f, &c[1], r, 1);
+  /* Both answered and idle: c[0] has been idle longer. */
+  cli_unix(f, &c[2]);
+  cli_send(&c[2], "GET /2 HTTP/1.1\r\nHost: x\r\n\r\n");
+  WAIT_RESPS(f, &c[2], r, 1);
+  ASSERT_EQ(200, r[0].status);
+  ASSERT_STR_EQ("GET /2\n", r[0].body);
+  RUN_UNTIL(&f->loop, c[0].eof, 2000);
+  ASSERT_EQ(0, c[0].read_err);
+  ASSERT_EQ(1, cli_resps(&c[0], r, 2)); /* nothing after its answer */
+  ASSERT(!c[1].eof);
+  /* c[1] is still served, and is now the longest idle: the next
+   * newcomer takes its place, c[2] keeps its own. */
+  cli_send(&c[1], "GET /1b HTTP/1.1\r\nHost: x\r\n\r\n");
+  WAIT_RESPS(f, &c[1], r, 2);
+  ASSERT_STR_EQ("GET /1b\n", r[1].body);
+  RUN_FOR(&f->loop, 5);
+  cli_unix(f, &c[3]);
+  cli_send(&c[3], "GET /3 HTTP/1.1\r\nHost: x\r\n\r\n");
+  WAIT_RESPS(f, &c[3], r, 1);
+  ASSERT_EQ(200, r[0].status);
+  RUN_UNTIL(&f->loop, c[2].eof, 2000);
+  ASSERT(!c[1].eof);
+  ASSERT_EQ(5, f->n_req);
+  fx_finish(f, c, 4);
+}
+
+/* The unix socket and the TCP listener count their connections apart: a
+ * full TCP listener locks nobody out of the unix socket, nor the other
+ * way round. */
+static void test_listener_budgets_apart(void) {
+  fx *f = &F;
+  cli c[8];
+  resp r[1];
+  int port, i;
+
+  memset(c, 0, sizeof c);
+  fx_init(f);
+  f->o.tcp_host = "127.0.0.1";
+  f->o.max_connections = 2;
+  f->o.tcp_max_connections = 3;
+  fx_start(f);
+  port = http_server_tcp_port(f->s);
+  /* Three TCP connections that never send: the TCP budget is full. */
+  for (i = 0; i < 3; i++)
+    cli_tcp(f, &c[i], "127.0.0.1", port);
+  cli_tcp(f, &c[3], "127.0.0.1", port);
+  RUN_UNTIL(&f->loop, c[3].eof, 2000);
+  ASSERT_EQ(1, cli_resps(&c[3], r, 1));
+  ASSERT_EQ(503, r[0].status);
+  assert_error_body(&r[0], "too_many_connections",
+                    "more than 3 connections at once on the TCP listener "
+                    "(tcp_max_connections)");
+  /* The unix socket still has both its places. */
+  cli_unix(f, &c[4]);
+  cli_unix(f, &c[5]);
+  cli_send(&c[4], "GET /u0 HTTP/1.1\r\nHost: x\r\n");
+  cli_send(&c[5], "GET /u1 HTTP/1.1\r\nHost: x\r\n\r\n");
+  WAIT_RESPS(f, &c[5], r, 1);
+  ASSERT_EQ(200, r[0].status);
+  ASSERT_STR_EQ("GET /u1\n", r[0].body);
+  /* And a full unix socket leaves the TCP places alone: one TCP client
+   * leaves, and a new one is served. */
+  cli_send(&c[5], "GET /u1b HTTP/1.1\r\n");
+  RUN_FOR(&f->loop, 30);
+  cli_unix(f, &c[6]);
+  RUN_UNTIL(&f->loop, c[6].eof, 2000);
+  ASSERT_EQ(1, cli_resps(&c[6], r, 1));
+  ASSERT_EQ(503, r[0].status);
+  assert_error_body(&r[0], "too_many_connections",
+                    "more than 2 connections at once (max_connections)");
+  cli_close(&c[0]);
+  RUN_FOR(&f->loop, 30);
+  cli_tcp(f, &c[7], "127.0.0.1", port);
+  cli_send(&c[7], "GET /t HTTP/1.1\r\nHost: x\r\n\r\n");
+  WAIT_RESPS(f, &c[7], r, 1);
+  ASSERT_EQ(200, r[0].status);
+  ASSERT(f->req[f->n_req - 1].tcp);
+  fx_finish(f, c, 8);
 }
 
 static void test_header_too_large(void) {
@@ -979,6 +1079,54 @@ static void test_idle_timeout(void) {
   ASSERT(uv_now(&f->loop) - t0 >= 150);
   ASSERT_EQ(0, c[1].in.len); /* closed without a word */
   fx_finish(f, c, 2);
+}
+
+/* A connection closed for idling frees its place: a silent client holds
+ * one only for idle_timeout. */
+static void test_idle_timeout_frees_the_place(void) {
+  fx *f = &F;
+  cli c[3];
+  resp r[1];
+
+  memset(c, 0, sizeof c);
+  fx_init(f);
+  f->o.max_connections = 1;
+  f->o.idle_timeout = 200;
+  fx_start(f);
+  cli_unix(f, &c[0]);
+  /* A connection not answered yet is not closed to make room. */
+  cli_unix(f, &c[1]);
+  RUN_UNTIL(&f->loop, c[1].eof, 2000);
+  ASSERT_EQ(1, cli_resps(&c[1], r, 1));
+  ASSERT_EQ(503, r[0].status);
+  ASSERT(!c[0].eof);
+  RUN_UNTIL(&f->loop, c[0].eof, 3000);
+  cli_unix(f, &c[2]);
+  cli_send(&c[2], "GET /after HTTP/1.1\r\nHost: x\r\n\r\n");
+  WAIT_RESPS(f, &c[2], r, 1);
+  ASSERT_EQ(200, r[0].status);
+  fx_finish(f, c, 3);
+}
+
+/* The default idle time is seconds, not a minute: a kept-alive
+ * connection does not hold its place for long. */
+static void test_idle_timeout_default(void) {
+  fx *f = &F;
+  cli c[1];
+  resp r[1];
+  uint64_t t0;
+
+  memset(c, 0, sizeof c);
+  fx_init(f);
+  fx_start(f);
+  cli_unix(f, &c[0]);
+  cli_send(&c[0], "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+  WAIT_RESPS(f, &c[0], r, 1);
+  t0 = uv_now(&f->loop);
+  RUN_UNTIL(&f->loop, c[0].eof, 20000);
+  ASSERT(uv_now(&f->loop) - t0 >= 4000);
+  ASSERT(uv_now(&f->loop) - t0 < 15000);
+  fx_finish(f, c, 1);
 }
 
 /* Requests through the socketless connection: each vector's bytes, the
@@ -1283,6 +1431,63 @@ static void on_request_stream(fx *f, http_conn *c, const http_srv_request *r) {
   f->held[f->n_held++] = c;
 }
 
+/* Streams, answers the handler still owes and requests under way are not
+ * idle: they keep their places and a newcomer is refused. */
+static void on_request_stream_or_hold(fx *f, http_conn *c,
+                                      const http_srv_request *r) {
+  if (strcmp(r->target, "/hold") == 0) {
+    http_conn_stream_callbacks(c, &stream_cbs);
+    f->held[f->n_held++] = c;
+    return;
+  }
+  if (strcmp(r->target, "/plain") == 0) {
+    ASSERT_EQ(0, http_conn_respond(c, 200, "text/plain", NULL, 0, "p", 1));
+    return;
+  }
+  http_conn_stream_callbacks(c, &stream_cbs);
+  ASSERT_EQ(0, http_conn_stream_start(c, 200, "text/event-stream"));
+  f->held[f->n_held++] = c;
+}
+
+static void test_busy_connections_keep_their_place(void) {
+  fx *f = &F;
+  cli c[5];
+  resp r[1];
+
+  memset(c, 0, sizeof c);
+  fx_init(f);
+  f->o.max_connections = 3;
+  f->on_request = on_request_stream_or_hold;
+  fx_start(f);
+  cli_unix(f, &c[0]);
+  cli_send(&c[0], "GET /s HTTP/1.1\r\nHost: x\r\n\r\n");
+  cli_unix(f, &c[1]);
+  cli_send(&c[1], "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n");
+  cli_unix(f, &c[2]);
+  cli_send(&c[2], "GET /plain HTTP/1.1\r\n");
+  RUN_UNTIL(&f->loop, f->n_held == 2, 2000);
+  cli_unix(f, &c[3]);
+  RUN_UNTIL(&f->loop, c[3].eof, 2000);
+  ASSERT_EQ(1, cli_resps(&c[3], r, 1));
+  ASSERT_EQ(503, r[0].status);
+  ASSERT(!c[0].eof && !c[1].eof && !c[2].eof);
+  ASSERT_EQ(0, f->closes);
+  /* Once the stream ends its connection is kept alive and idle: a
+   * newcomer may take its place. */
+  http_conn_stream_end(f->held[0]);
+  RUN_FOR(&f->loop, 30);
+  ASSERT(!c[0].eof);
+  cli_unix(f, &c[4]);
+  cli_send(&c[4], "GET /plain HTTP/1.1\r\nHost: x\r\n\r\n");
+  WAIT_RESPS(f, &c[4], r, 1);
+  ASSERT_EQ(200, r[0].status);
+  RUN_UNTIL(&f->loop, c[0].eof, 2000);
+  ASSERT(!c[1].eof && !c[2].eof);
+  ASSERT_EQ(
+      0, http_conn_respond(f->held[1], 200, "text/plain", NULL, 0, "late", 4));
+  fx_finish(f, c, 5);
+}
+
 static void on_stream_more(uv_timer_t *t) {
   fx *f = t->data;
 
@@ -1369,7 +1574,7 @@ static void test_stream_stalled_client(void) {
 
   memset(c, 0, sizeof c);
   fx_init(f);
-  f->o.idle_timeout = 200;
+  f->o.write_timeout = 200;
   f->on_request = on_request_stream;
   fx_start(f);
   c[0].no_read = true;
@@ -1379,7 +1584,7 @@ static void test_stream_stalled_client(void) {
   while (http_conn_stream_write(f->held[0], chunk, sizeof chunk) == 0)
     ;
   t0 = uv_now(&f->loop);
-  /* No progress for idle_timeout: the stream is cut. */
+  /* No progress for write_timeout: the stream is cut. */
   RUN_UNTIL(&f->loop, f->closes == 1, 3000);
   ASSERT(uv_now(&f->loop) - t0 >= 150);
   ASSERT(f->held[0] == NULL);
@@ -1525,11 +1730,16 @@ static const test_case tests[] = { TEST(test_unix_get),
                                    TEST(test_live_socket_refused),
                                    TEST(test_path_too_long),
                                    TEST(test_max_connections),
+                                   TEST(test_max_connections_evicts_idle),
+                                   TEST(test_busy_connections_keep_their_place),
+                                   TEST(test_listener_budgets_apart),
                                    TEST(test_header_too_large),
                                    TEST(test_body_too_large),
                                    TEST(test_malformed_400),
                                    TEST(test_slow_loris_408),
                                    TEST(test_idle_timeout),
+                                   TEST(test_idle_timeout_frees_the_place),
+                                   TEST(test_idle_timeout_default),
                                    TEST(test_error_vectors),
                                    TEST(test_fake_pipelined),
                                    TEST(test_respond_checks),
