@@ -139,7 +139,7 @@ int upstream_open(uv_loop_t *loop, const config_upstream *u, upstream **out,
   co.tls = up->tls;
   co.max_connections = (unsigned)h->max_connections;
   co.connect_timeout = h->connect_timeout;
-  co.first_byte_timeout = 0;
+  co.response_timeout = h->response_timeout;
   co.pool_idle_timeout = 60000;
   co.unix_path = h->unix_socket[0] != '\0' ? h->unix_socket : NULL;
   co.use_env_proxy = h->proxy_from_env;
