@@ -39,6 +39,10 @@ typedef struct upstream_type {
   void (*ext_close)(void *ext, void (*cb)(void *data), void *data);
 } upstream_type;
 
+/* redirect_headers: what a redirect to another origin does with the
+ * header.NAME headers. */
+enum { UPSTREAM_REDIRECT_DROP, UPSTREAM_REDIRECT_KEEP };
+
 /* The options every HTTP upstream has (sse, http-poll, pocketbase). */
 typedef struct http_upstream_conf {
   char *url;         /* base URL: scheme, host, port and a base path */
@@ -54,9 +58,11 @@ typedef struct http_upstream_conf {
   int64_t immediate_retries;
   bool proxy_from_env;       /* honour HTTP(S)_PROXY and NO_PROXY */
   uint64_t response_timeout; /* ms for a response head, every request */
+  int redirect_headers;      /* UPSTREAM_REDIRECT_* */
 } http_upstream_conf;
 
 extern const option upstream_http_options[];
+extern const char *const upstream_redirect_choices[];
 
 /* The cross-option check of every HTTP upstream (url scheme, mTLS pair). */
 int upstream_http_check(void *conf, uint64_t explicit, char *err,
@@ -186,7 +192,14 @@ int upstream_http_check(void *conf, uint64_t explicit, char *err,
         10,                                                                    \
         3600000,                                                               \
         NULL,                                                                  \
-        0 }
+        0 },                                                                   \
+  {                                                                            \
+    "redirect_headers", OPT_ENUM, "drop",                                      \
+        offsetof(http_upstream_conf, redirect_headers),                        \
+        "drop: a redirect to another origin leaves the header.NAME headers "   \
+        "behind, as it does Authorization and Cookie; keep: they follow it",   \
+        0, 0, upstream_redirect_choices, 0                                     \
+  }
 
 /* The runtime of one [upstream NAME] section. */
 typedef struct upstream upstream;

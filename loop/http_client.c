@@ -449,6 +449,7 @@ struct http_client {
   bool have_http_proxy, have_https_proxy;
   http_url http_proxy, https_proxy;
   char *no_proxy;
+  char **origin_headers;  /* copies of o.origin_headers */
   bool tunnel_plain_http; /* tests: plain http through CONNECT too */
   list origins;
   unsigned n_active; /* requests not finished (on_done not even due) */
@@ -1370,12 +1371,33 @@ static bool same_origin(const http_url *a, const http_url *b) {
          strcmp(a->host, b->host) == 0;
 }
 
-/* Drops the request headers named name (without case). */
+static bool is_origin_header(const http_client *c, const char *name) {
+  size_t i;
+
+  for (i = 0; i < c->o.n_origin_headers; i++)
+    if (strcasecmp(c->origin_headers[i], name) == 0)
+      return true;
+  return false;
+}
+
+/* Whether a redirect to another origin takes the header named name along:
+ * the client's origin headers only when it keeps them, Authorization and
+ * Cookie only when they are among those. */
+static bool crosses_origins(const http_client *c, const char *name) {
+  if (is_origin_header(c, name))
+    return c->o.keep_origin_headers;
+  return strcasecmp(name, "Authorization") != 0 &&
+         strcasecmp(name, "Cookie") != 0;
+}
+
+/* Drops the request headers named name (without case), or with name NULL
+ * those that may not go to another origin. */
 static void req_drop_header(http_req *r, const char *name) {
   size_t i, j = 0;
 
   for (i = 0; i < r->n_headers; i++) {
-    if (strcasecmp(r->headers[i].name, name) == 0) {
+    if (name != NULL ? strcasecmp(r->headers[i].name, name) == 0
+                     : !crosses_origins(r->c, r->headers[i].name)) {
       free((char *)r->headers[i].name);
       free((char *)r->headers[i].value);
     } else {
@@ -1436,11 +1458,10 @@ static void req_redirect(http_req *r, const char *location) {
     r->body_len = 0;
     req_drop_header(r, "Content-Type");
   }
-  /* Credentials are for the origin they were configured for. */
-  if (!same_origin(&r->u, &nu)) {
-    req_drop_header(r, "Authorization");
-    req_drop_header(r, "Cookie");
-  }
+  /* Credentials are for the origin they were configured for; once
+   * dropped they stay dropped, even if a later hop comes back. */
+  if (!same_origin(&r->u, &nu))
+    req_drop_header(r, NULL);
   r->k = NULL;
   k->req = NULL;
   conn_close(k);
@@ -1657,6 +1678,22 @@ static void req_dispatch(http_req *r) {
 
 /* ---- The public calls ---------------------------------------------------- */
 
+/* Frees what http_client_create allocated; c may be NULL or half made. */
+static void client_free(http_client *c) {
+  size_t i;
+
+  if (c == NULL)
+    return;
+  http_url_free(&c->http_proxy);
+  http_url_free(&c->https_proxy);
+  free(c->no_proxy);
+  free(c->unix_path);
+  for (i = 0; c->origin_headers != NULL && i < c->o.n_origin_headers; i++)
+    free(c->origin_headers[i]);
+  free(c->origin_headers);
+  free(c);
+}
+
 static void client_on_closed(uv_handle_t *h) {
   http_client *c = h->data;
   void (*cb)(void *) = c->close_cb;
@@ -1668,11 +1705,7 @@ static void client_on_closed(uv_handle_t *h) {
     list_remove(&o->node);
     origin_free(o);
   }
-  http_url_free(&c->http_proxy);
-  http_url_free(&c->https_proxy);
-  free(c->no_proxy);
-  free(c->unix_path);
-  free(c);
+  client_free(c);
   if (cb != NULL)
     cb(data);
 }
@@ -1722,9 +1755,11 @@ int http_client_create(uv_loop_t *loop, const http_client_opts *o,
                        http_client **out, char *err, size_t errlen) {
   http_client *c;
   const char *np;
+  size_t i;
   int rc = UV_ENOMEM;
 
-  if (loop == NULL || o == NULL || out == NULL) {
+  if (loop == NULL || o == NULL || out == NULL ||
+      (o->n_origin_headers > 0 && o->origin_headers == NULL)) {
     fmt(err, errlen, "http_client_create: missing argument");
     return UV_EINVAL;
   }
@@ -1742,6 +1777,15 @@ int http_client_create(uv_loop_t *loop, const http_client_opts *o,
   if (o->unix_path != NULL && (c->unix_path = strdup(o->unix_path)) == NULL)
     goto fail;
   c->o.unix_path = c->unix_path;
+  c->o.origin_headers = NULL;
+  if (o->n_origin_headers > 0) {
+    c->origin_headers = calloc(o->n_origin_headers, sizeof *c->origin_headers);
+    if (c->origin_headers == NULL)
+      goto fail;
+    for (i = 0; i < o->n_origin_headers; i++)
+      if ((c->origin_headers[i] = strdup(o->origin_headers[i])) == NULL)
+        goto fail;
+  }
   if (o->use_env_proxy && c->unix_path == NULL) {
     if ((rc = load_proxy("http_proxy", "HTTP_PROXY", &c->http_proxy,
                          &c->have_http_proxy, err, errlen)) != 0 ||
@@ -1763,13 +1807,7 @@ int http_client_create(uv_loop_t *loop, const http_client_opts *o,
 fail:
   if (rc == UV_ENOMEM)
     fmt(err, errlen, "out of memory");
-  if (c != NULL) {
-    http_url_free(&c->http_proxy);
-    http_url_free(&c->https_proxy);
-    free(c->no_proxy);
-    free(c->unix_path);
-    free(c);
-  }
+  client_free(c);
   return rc;
 }
 

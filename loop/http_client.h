@@ -9,9 +9,10 @@
  * Bodies may be delimited by Content-Length, chunked encoding or the close
  * of the connection (nchan): the end of a close-delimited body is a success.
  * Redirects (301, 302, 303, 307, 308) are followed up to max_redirects, never
- * from https to http. HTTP_PROXY, HTTPS_PROXY and NO_PROXY are honoured when
- * use_env_proxy is set: plain http goes through the proxy with an absolute
- * URL, https through a CONNECT tunnel.
+ * from https to http; a redirect to another origin drops the request's
+ * Authorization and Cookie and the client's origin_headers. HTTP_PROXY,
+ * HTTPS_PROXY and NO_PROXY are honoured when use_env_proxy is set: plain http
+ * goes through the proxy with an absolute URL, https through a CONNECT tunnel.
  *
  * Timers: connect_timeout, then response_timeout until the whole head is in
  * (every request, streams included), then idle_timeout between the bytes of
@@ -63,6 +64,13 @@ typedef struct http_client_opts {
   const char *unix_path;      /* speak HTTP over this unix socket, whatever the
                                  URL's host (which still goes in Host:) */
   bool use_env_proxy;         /* honour HTTP(S)_PROXY and NO_PROXY */
+  /* Names of request headers meant for the origin a request was made to
+   * (an upstream's configured credentials), beside Authorization and
+   * Cookie: a redirect to another origin drops them, unless
+   * keep_origin_headers. Copied. */
+  const char *const *origin_headers;
+  size_t n_origin_headers;
+  bool keep_origin_headers;
 } http_client_opts;
 
 typedef struct http_response {

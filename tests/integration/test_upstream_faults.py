@@ -1,7 +1,8 @@
-"""Faults every HTTP upstream shares (issue 9, points 7 and 13), against
-the real binary: an upstream that accepts and never answers is timed out,
-logged and backed off, then read once it answers; a stream is not declared
-idle while its bytes wait unread after the process was stopped."""
+"""Faults every HTTP upstream shares (issue 9, points 6, 7 and 13), against
+the real binary: configured headers must not follow a redirect to another
+origin; an upstream that accepts and never answers is timed out, logged and
+backed off, then read once it answers; a stream is not declared idle while
+its bytes wait unread after the process was stopped."""
 import json
 import re
 import signal
@@ -14,6 +15,9 @@ import pytest
 from apiclient import consumer, remove_dir, short_dir
 from conftest import read_lines, wait_for
 from peers import http
+
+SECRET_HEADERS = ("X-Api-Key", "Authorization", "Cookie")
+
 
 @pytest.fixture
 def sock_dir():
@@ -39,6 +43,10 @@ def requests(base, path=None):
     return json.loads(body)
 
 
+def header_names(reqs):
+    return {name.lower() for r in reqs for name, _ in r["headers"]}
+
+
 def port_of(base):
     return int(base.rsplit(":", 1)[1])
 
@@ -52,6 +60,81 @@ def state_of(sock, name="c"):
         return consumer(sock, name)
     except OSError:
         return {}
+
+
+# -- 6: configured headers and redirects to another origin ------------------
+
+def upstream_with_secrets(kind, base, keep):
+    return f"""
+[upstream ref]
+type = {kind}
+url = {base}
+reconnect_min = 20ms
+reconnect_max = 300ms
+immediate_retries = 0
+header.X-Api-Key = key-123
+header.Authorization = Bearer tok-456
+header.Cookie = session=789
+{"redirect_headers = keep" if keep else ""}
+"""
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["drop", "keep"])
+@pytest.mark.parametrize("kind", ["sse", "http-poll"])
+def test_redirect_to_another_origin(tether, tmp_path, sock_dir, ref_server,
+                                    kind, keep):
+    """The first server redirects (307 for the stream, 302 for the poll) to
+    a second one on another port: another origin. By default it gets none
+    of the configured headers, and events still flow from it."""
+    out = tmp_path / "out.ndjson"
+    if kind == "sse":
+        first = ref_server("sse_server.py", "--events", "5")
+        second = ref_server("sse_server.py", "--events", "5")
+        path = "/events"
+        consumer_keys = f"path = {path}?redirect=307&to_port={port_of(second)}"
+    else:
+        first = ref_server("poll_server.py", "--docs", "5")
+        second = ref_server("poll_server.py", "--docs", "5")
+        path = "/db/_changes"
+        consumer_keys = f"""
+path = {path}?since={{cursor}}&limit=2&redirect=302&to_port={port_of(second)}
+cursor_initial = 0
+items = /results
+page_cursor = /last_seq
+poll_interval = 100ms
+"""
+    t = tether(daemon(sock_dir) + upstream_with_secrets(kind, first, keep) + f"""
+[consumer c]
+upstream = ref
+sink = file:{out}
+{consumer_keys}
+""")
+    t.start()
+    wait_for(lambda: len(datas(out)) >= 5, 30, "5 events from the second "
+             "server", t)
+    assert t.stop() == 0
+    got = datas(out)
+    if kind == "sse":
+        assert [d["n"] for d in got] == [1, 2, 3, 4, 5]
+    else:
+        assert [d["id"] for d in got] == [f"doc-{i}" for i in range(1, 6)]
+
+    # The configured origin got every configured header ...
+    asked = requests(first, path)
+    assert asked and all(
+        {h.lower() for h in SECRET_HEADERS} <= header_names([r]) for r in asked)
+    # ... the other origin answered every event, with none of them unless
+    # the upstream keeps them.
+    served = requests(second, path)
+    assert served
+    seen = header_names(served)
+    for h in SECRET_HEADERS:
+        assert (h.lower() in seen) == keep, (h, seen)
+    if keep:
+        values = dict(served[0]["headers"])
+        assert values["X-Api-Key"] == "key-123"
+    # The request still went there with the protocol's own headers.
+    assert "accept" in seen
 
 
 # -- 7: an upstream that accepts and never answers --------------------------

@@ -1577,43 +1577,79 @@ static void test_redirects(void) {
   FINISH_LOOP(&loop);
 }
 
-/* Credentials are not carried to another origin. */
-static void test_redirect_cross_origin_drops_credentials(void) {
+/* One request through a client made with o, redirected by a to b (307 to
+ * another port: another origin), with hdr. */
+static void redirect_across(const http_client_opts *o, const http_header *hdr,
+                            size_t n, server *a, server *b) {
   uv_loop_t loop;
-  server a, b;
   http_client *c;
   result res = { 0 };
   http_request req = { 0 };
-  http_header hdr[] = { { "Authorization", "Bearer t" },
-                        { "Cookie", "s=1" },
-                        { "Accept", "x/y" } };
   char reply[256];
 
   ASSERT_EQ(0, uv_loop_init(&loop));
-  srv_start(&a, &loop);
-  srv_start(&b, &loop);
+  srv_start(a, &loop);
+  srv_start(b, &loop);
   snprintf(reply, sizeof reply,
            "HTTP/1.1 307 Temporary Redirect\r\nLocation: "
            "http://127.0.0.1:%d/there\r\nContent-Length: 0\r\n\r\n",
-           b.port);
-  a.reply = reply;
-  b.reply = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
-  c = make_client(&loop, NULL);
-  req.url = url_of(&a, "/here");
+           b->port);
+  a->reply = reply;
+  b->reply = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+  c = make_client(&loop, o);
+  req.url = url_of(a, "/here");
   req.headers = hdr;
-  req.n_headers = 3;
+  req.n_headers = n;
   req.max_redirects = 1;
   ASSERT_EQ(0, start_req(c, &req, &res));
   RUN_UNTIL(&loop, res.dones == 1, 5000);
   ASSERT_EQ(0, res.done_status);
+  ASSERT_EQ(1, b->requests);
+  close_client(&loop, c);
+  srv_stop(a);
+  srv_stop(b);
+  RUN_UNTIL(&loop, !uv_loop_alive(&loop), 5000);
+  ASSERT_EQ(0, uv_loop_close(&loop));
+}
+
+/* Credentials are not carried to another origin: Authorization, Cookie
+ * and the headers the client was told are for the origin (an upstream's
+ * header.NAME keys), unless it keeps those. */
+static void test_redirect_cross_origin_drops_credentials(void) {
+  static const char *const origin[] = { "X-Api-Key", "authorization" };
+  http_header hdr[] = { { "Authorization", "Bearer t" },
+                        { "Cookie", "s=1" },
+                        { "Accept", "x/y" },
+                        { "x-api-key", "k1" } };
+  http_client_opts o = { 0 };
+  server a, b;
+
+  redirect_across(NULL, hdr, 4, &a, &b);
   ASSERT_CONTAINS(a.last, "Authorization: Bearer t\r\n");
   ASSERT(strstr(b.last, "Authorization") == NULL);
   ASSERT(strstr(b.last, "Cookie") == NULL);
   ASSERT_CONTAINS(b.last, "Accept: x/y\r\n");
-  close_client(&loop, c);
-  srv_stop(&a);
-  srv_stop(&b);
-  FINISH_LOOP(&loop);
+  ASSERT_CONTAINS(b.last, "x-api-key: k1\r\n"); /* nobody said */
+  srv_free_all();
+
+  o.origin_headers = origin;
+  o.n_origin_headers = 1;
+  redirect_across(&o, hdr, 4, &a, &b);
+  ASSERT_CONTAINS(a.last, "x-api-key: k1\r\n");
+  ASSERT(strstr(b.last, "x-api-key") == NULL);
+  ASSERT(strstr(b.last, "Authorization") == NULL);
+  ASSERT_CONTAINS(b.last, "Accept: x/y\r\n");
+  srv_free_all();
+
+  /* Kept: the origin headers follow, Authorization too once it is one of
+   * them; Cookie, which is not, still stays behind. */
+  o.keep_origin_headers = true;
+  o.n_origin_headers = 2;
+  redirect_across(&o, hdr, 4, &a, &b);
+  ASSERT_CONTAINS(b.last, "x-api-key: k1\r\n");
+  ASSERT_CONTAINS(b.last, "Authorization: Bearer t\r\n");
+  ASSERT(strstr(b.last, "Cookie") == NULL);
+  srv_free_all();
 }
 
 /* ---- pause, resume, cancel and re-entry ---------------------------------- */
