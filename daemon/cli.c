@@ -108,7 +108,7 @@ static int make_client(uv_loop_t *loop, const char *sock, http_client **out,
   o.unix_path = sock;
   o.max_connections = 4;
   o.connect_timeout = 5000;
-  o.first_byte_timeout = 30000;
+  o.response_timeout = 30000;
   return http_client_create(loop, &o, out, err, errlen);
 }
 

@@ -11,6 +11,8 @@
 #include "daemon/sources/http_poll.h"
 #include "daemon/sources/sse.h"
 
+const char *const upstream_redirect_choices[] = { "drop", "keep", NULL };
+
 const option upstream_http_options[] = {
   UPSTREAM_HTTP_OPTIONS,
   { NULL, 0, NULL, 0, NULL, 0, 0, NULL, 0 },
@@ -97,6 +99,7 @@ int upstream_open(uv_loop_t *loop, const config_upstream *u, upstream **out,
   http_client_opts co;
   tls_options to;
   upstream *up;
+  const char **names = NULL;
   size_t i;
   int rc;
 
@@ -108,7 +111,8 @@ int upstream_open(uv_loop_t *loop, const config_upstream *u, upstream **out,
   up->loop = loop;
   up->http = h;
   up->headers = calloc(u->n_kv > 0 ? u->n_kv : 1, sizeof *up->headers);
-  if (up->headers == NULL) {
+  names = calloc(u->n_kv > 0 ? u->n_kv : 1, sizeof *names);
+  if (up->headers == NULL || names == NULL) {
     rc = UV_ENOMEM;
     snprintf(err, errlen, "out of memory");
     goto fail;
@@ -119,6 +123,7 @@ int upstream_open(uv_loop_t *loop, const config_upstream *u, upstream **out,
       continue;
     up->headers[up->n_headers].name = u->kv[i].key + 7;
     up->headers[up->n_headers].value = u->kv[i].value;
+    names[up->n_headers] = u->kv[i].key + 7;
     up->n_headers++;
   }
   memset(&to, 0, sizeof to);
@@ -139,11 +144,19 @@ int upstream_open(uv_loop_t *loop, const config_upstream *u, upstream **out,
   co.tls = up->tls;
   co.max_connections = (unsigned)h->max_connections;
   co.connect_timeout = h->connect_timeout;
-  co.first_byte_timeout = 0;
+  co.response_timeout = h->response_timeout;
   co.pool_idle_timeout = 60000;
   co.unix_path = h->unix_socket[0] != '\0' ? h->unix_socket : NULL;
   co.use_env_proxy = h->proxy_from_env;
-  if ((rc = http_client_create(loop, &co, &up->client, err, errlen)) != 0)
+  /* The configured headers are credentials as often as not (an API key):
+   * like Authorization, they are for the configured origin only. */
+  co.origin_headers = names;
+  co.n_origin_headers = up->n_headers;
+  co.keep_origin_headers = h->redirect_headers == UPSTREAM_REDIRECT_KEEP;
+  rc = http_client_create(loop, &co, &up->client, err, errlen);
+  free(names); /* copied by the client */
+  names = NULL;
+  if (rc != 0)
     goto fail;
   if (u->type_reg->ext_open != NULL &&
       (rc = u->type_reg->ext_open(up, &up->ext, err, errlen)) != 0)
@@ -156,6 +169,7 @@ fail_client:
   http_client_close(up->client, free_later, NULL);
 fail:
   tls_ctx_destroy(up->tls);
+  free(names);
   free(up->headers);
   free(up);
   return rc;

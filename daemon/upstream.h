@@ -39,7 +39,11 @@ typedef struct upstream_type {
   void (*ext_close)(void *ext, void (*cb)(void *data), void *data);
 } upstream_type;
 
-/* The options every HTTP upstream has (sse, http-poll). */
+/* redirect_headers: what a redirect to another origin does with the
+ * header.NAME headers. */
+enum { UPSTREAM_REDIRECT_DROP, UPSTREAM_REDIRECT_KEEP };
+
+/* The options every HTTP upstream has (sse, http-poll, pocketbase). */
 typedef struct http_upstream_conf {
   char *url;         /* base URL: scheme, host, port and a base path */
   char *unix_socket; /* reach the host over this unix socket instead */
@@ -52,10 +56,13 @@ typedef struct http_upstream_conf {
   uint64_t reconnect_min;
   uint64_t reconnect_max;
   int64_t immediate_retries;
-  bool proxy_from_env; /* honour HTTP(S)_PROXY and NO_PROXY */
+  bool proxy_from_env;       /* honour HTTP(S)_PROXY and NO_PROXY */
+  uint64_t response_timeout; /* ms for a response head, every request */
+  int redirect_headers;      /* UPSTREAM_REDIRECT_* */
 } http_upstream_conf;
 
 extern const option upstream_http_options[];
+extern const char *const upstream_redirect_choices[];
 
 /* The cross-option check of every HTTP upstream (url scheme, mTLS pair). */
 int upstream_http_check(void *conf, uint64_t explicit, char *err,
@@ -167,11 +174,31 @@ int upstream_http_check(void *conf, uint64_t explicit, char *err,
         100,                                                                   \
         NULL,                                                                  \
         0 },                                                                   \
-  {                                                                            \
-    "proxy_from_env", OPT_BOOL, "true",                                        \
+      { "proxy_from_env",                                                      \
+        OPT_BOOL,                                                              \
+        "true",                                                                \
         offsetof(http_upstream_conf, proxy_from_env),                          \
-        "use HTTP_PROXY, HTTPS_PROXY and NO_PROXY from the environment", 0, 0, \
-        NULL, 0                                                                \
+        "use HTTP_PROXY, HTTPS_PROXY and NO_PROXY from the environment",       \
+        0,                                                                     \
+        0,                                                                     \
+        NULL,                                                                  \
+        0 },                                                                   \
+      { "response_timeout",                                                    \
+        OPT_DURATION,                                                          \
+        "30s",                                                                 \
+        offsetof(http_upstream_conf, response_timeout),                        \
+        "limit on the wait for each response's status and headers, streams "   \
+        "and logins included; a longpoll may wait its request_timeout",        \
+        10,                                                                    \
+        3600000,                                                               \
+        NULL,                                                                  \
+        0 },                                                                   \
+  {                                                                            \
+    "redirect_headers", OPT_ENUM, "drop",                                      \
+        offsetof(http_upstream_conf, redirect_headers),                        \
+        "drop: a redirect to another origin leaves the header.NAME headers "   \
+        "behind, as it does Authorization and Cookie; keep: they follow it",   \
+        0, 0, upstream_redirect_choices, 0                                     \
   }
 
 /* The runtime of one [upstream NAME] section. */

@@ -9,7 +9,7 @@
  *   http_req     owns its copy of the request, its parser (so the head and
  *                body stay put after the connection moves on), the bytes
  *                held while paused and three handles: the whole-request
- *                timer, the phase timer (first byte, then idle) and an idle
+ *                timer, the phase timer (the head, then idle) and an idle
  *                handle that defers work to a later loop turn.
  * Structs with handles are freed only from their last close callback
  * (STYLE rule 8); the client is freed once every connection and request is.
@@ -449,6 +449,7 @@ struct http_client {
   bool have_http_proxy, have_https_proxy;
   http_url http_proxy, https_proxy;
   char *no_proxy;
+  char **origin_headers;  /* copies of o.origin_headers */
   bool tunnel_plain_http; /* tests: plain http through CONNECT too */
   list origins;
   unsigned n_active; /* requests not finished (on_done not even due) */
@@ -526,13 +527,13 @@ struct http_req {
   char *body;
   size_t body_len;
   bool streaming;
-  uint64_t timeout, idle_timeout;
+  uint64_t timeout, response_timeout, idle_timeout;
   unsigned max_redirects, redirects;
   /* Where it is. */
   origin *o; /* while queued */
   list node; /* in origin.queue */
   conn *k;   /* while connecting or active */
-  bool reused, retried, force_fresh, written, got_bytes, paused;
+  bool reused, retried, force_fresh, got_bytes, got_head, paused;
   unsigned in_cb; /* inside one of its callbacks */
   http__parser p;
   buf pending; /* bytes received while paused */
@@ -540,7 +541,7 @@ struct http_req {
   int status;
   char msg[256];
   uv_timer_t deadline; /* the whole request */
-  uv_timer_t phase;    /* first byte, then idle between body bytes */
+  uv_timer_t phase;    /* the head, then idle between body bytes */
   uv_idle_t defer;     /* on_done or a resume, on a later turn */
   unsigned closes;
 };
@@ -551,6 +552,7 @@ static void req_dispatch(http_req *r);
 static void req_arm_phase(http_req *r);
 static void conn_update_reading(conn *k);
 static void req_on_defer(uv_idle_t *h);
+static void req_on_head_timeout(uv_timer_t *t);
 
 static const char *code_name(int code) {
   switch (code) {
@@ -977,13 +979,6 @@ static void conn_on_written(stream *s, int status, void *data) {
     fmt(msg, sizeof msg, "writing the request failed: %s",
         err_text(status, false));
     conn_failed(k, status, msg);
-    return;
-  }
-  /* The request is the last write; a CONNECT written before it may call
-   * back only now. */
-  if (k->writes == 0) {
-    r->written = true;
-    req_arm_phase(r);
   }
 }
 
@@ -1000,7 +995,7 @@ static void conn_assign(conn *k, http_req *r) {
   r->k = k;
   r->state = REQ_ACTIVE;
   r->reused = k->served > 0;
-  r->written = r->got_bytes = false;
+  r->got_bytes = r->got_head = false;
   uv_timer_stop(&k->timer);
   http__parser_reset(&r->p, r->streaming, strcmp(r->method, "HEAD") == 0,
                      false);
@@ -1031,6 +1026,11 @@ static void conn_assign(conn *k, http_req *r) {
   }
   k->writes++;
   conn_update_reading(k);
+  /* The head deadline runs from here, the write included: a peer that
+   * takes the request and never reads it is as silent as one that never
+   * answers. Each hop of a redirect and each retry starts it again. */
+  if (r->response_timeout > 0)
+    uv_timer_start(&r->phase, req_on_head_timeout, r->response_timeout, 0);
 }
 
 static void conn_ready(conn *k) {
@@ -1317,36 +1317,53 @@ static void req_on_deadline(uv_timer_t *t) {
            "no complete response within %" PRIu64 " ms (timeout)", r->timeout);
 }
 
-static void req_on_first_byte_timeout(uv_timer_t *t) {
-  http_req *r = t->data;
+/* Whether bytes wait on r's connection that the loop has not read yet.
+ * libuv runs due timers before it polls the sockets, so after the loop was
+ * held up (SIGSTOP, a paused VM, a slow callback) a phase timer can come
+ * due while the very bytes that would have re-armed it sit unread. */
+static bool req_input_waiting(const http_req *r) {
+  return r->k != NULL && r->k->s != NULL && stream_input_waiting(r->k->s);
+}
 
+static void req_on_head_timeout(uv_timer_t *t) {
+  http_req *r = t->data;
+  char name[HTTP_HOST_MAX + 16];
+
+  /* Bytes of the head are in: read them first, then count again. A head
+   * that never ends is stopped by max_header_size, not by this timer. */
+  if (req_input_waiting(r)) {
+    uv_timer_start(&r->phase, req_on_head_timeout, r->response_timeout, 0);
+    return;
+  }
+  http_url_authority(&r->u, true, name, sizeof name);
   req_fail(r, HTTP_ETIMEOUT,
-           "no response within %" PRIu64
-           " ms of sending the request (first_byte_timeout)",
-           r->c->o.first_byte_timeout);
+           "no response head from %s within %" PRIu64 " ms (response_timeout)",
+           name, r->response_timeout);
 }
 
 static void req_on_idle_timeout(uv_timer_t *t) {
   http_req *r = t->data;
 
+  if (req_input_waiting(r)) {
+    uv_timer_start(&r->phase, req_on_idle_timeout, r->idle_timeout, 0);
+    return;
+  }
   req_fail(r, HTTP_ETIMEOUT, "no data for %" PRIu64 " ms (idle_timeout)",
            r->idle_timeout);
 }
 
-/* The phase timer: first byte after the request is written, then (for
- * streaming requests) idle between bytes; re-armed on every read, stopped
- * while paused. */
+/* The phase timer after the head: idle between the bytes of a streaming
+ * body, re-armed on every read and stopped while paused. Until the head is
+ * complete the head timer started in conn_assign runs on, reads and pauses
+ * notwithstanding. */
 static void req_arm_phase(http_req *r) {
+  if (r->state == REQ_ACTIVE && !r->got_head)
+    return;
   uv_timer_stop(&r->phase);
   if (r->state != REQ_ACTIVE || r->paused)
     return;
-  if (!r->got_bytes) {
-    if (r->written && r->c->o.first_byte_timeout > 0)
-      uv_timer_start(&r->phase, req_on_first_byte_timeout,
-                     r->c->o.first_byte_timeout, 0);
-  } else if (r->streaming && r->idle_timeout > 0) {
+  if (r->streaming && r->idle_timeout > 0)
     uv_timer_start(&r->phase, req_on_idle_timeout, r->idle_timeout, 0);
-  }
 }
 
 static bool same_origin(const http_url *a, const http_url *b) {
@@ -1354,12 +1371,33 @@ static bool same_origin(const http_url *a, const http_url *b) {
          strcmp(a->host, b->host) == 0;
 }
 
-/* Drops the request headers named name (without case). */
+static bool is_origin_header(const http_client *c, const char *name) {
+  size_t i;
+
+  for (i = 0; i < c->o.n_origin_headers; i++)
+    if (strcasecmp(c->origin_headers[i], name) == 0)
+      return true;
+  return false;
+}
+
+/* Whether a redirect to another origin takes the header named name along:
+ * the client's origin headers only when it keeps them, Authorization and
+ * Cookie only when they are among those. */
+static bool crosses_origins(const http_client *c, const char *name) {
+  if (is_origin_header(c, name))
+    return c->o.keep_origin_headers;
+  return strcasecmp(name, "Authorization") != 0 &&
+         strcasecmp(name, "Cookie") != 0;
+}
+
+/* Drops the request headers named name (without case), or with name NULL
+ * those that may not go to another origin. */
 static void req_drop_header(http_req *r, const char *name) {
   size_t i, j = 0;
 
   for (i = 0; i < r->n_headers; i++) {
-    if (strcasecmp(r->headers[i].name, name) == 0) {
+    if (name != NULL ? strcasecmp(r->headers[i].name, name) == 0
+                     : !crosses_origins(r->c, r->headers[i].name)) {
       free((char *)r->headers[i].name);
       free((char *)r->headers[i].value);
     } else {
@@ -1420,11 +1458,10 @@ static void req_redirect(http_req *r, const char *location) {
     r->body_len = 0;
     req_drop_header(r, "Content-Type");
   }
-  /* Credentials are for the origin they were configured for. */
-  if (!same_origin(&r->u, &nu)) {
-    req_drop_header(r, "Authorization");
-    req_drop_header(r, "Cookie");
-  }
+  /* Credentials are for the origin they were configured for; once
+   * dropped they stay dropped, even if a later hop comes back. */
+  if (!same_origin(&r->u, &nu))
+    req_drop_header(r, NULL);
   r->k = NULL;
   k->req = NULL;
   conn_close(k);
@@ -1519,7 +1556,11 @@ static size_t req_process(http_req *r, conn *k, const char *data, size_t len) {
     case HTTP__MORE:
       return off;
     case HTTP__HEAD:
+      r->got_head = true;
+      uv_timer_stop(&r->phase);
       req_on_head(r);
+      if (r->state == REQ_ACTIVE && r->k == k)
+        req_arm_phase(r);
       break;
     case HTTP__BODY:
       req_on_body(r, b, bn);
@@ -1637,6 +1678,22 @@ static void req_dispatch(http_req *r) {
 
 /* ---- The public calls ---------------------------------------------------- */
 
+/* Frees what http_client_create allocated; c may be NULL or half made. */
+static void client_free(http_client *c) {
+  size_t i;
+
+  if (c == NULL)
+    return;
+  http_url_free(&c->http_proxy);
+  http_url_free(&c->https_proxy);
+  free(c->no_proxy);
+  free(c->unix_path);
+  for (i = 0; c->origin_headers != NULL && i < c->o.n_origin_headers; i++)
+    free(c->origin_headers[i]);
+  free(c->origin_headers);
+  free(c);
+}
+
 static void client_on_closed(uv_handle_t *h) {
   http_client *c = h->data;
   void (*cb)(void *) = c->close_cb;
@@ -1648,11 +1705,7 @@ static void client_on_closed(uv_handle_t *h) {
     list_remove(&o->node);
     origin_free(o);
   }
-  http_url_free(&c->http_proxy);
-  http_url_free(&c->https_proxy);
-  free(c->no_proxy);
-  free(c->unix_path);
-  free(c);
+  client_free(c);
   if (cb != NULL)
     cb(data);
 }
@@ -1702,9 +1755,11 @@ int http_client_create(uv_loop_t *loop, const http_client_opts *o,
                        http_client **out, char *err, size_t errlen) {
   http_client *c;
   const char *np;
+  size_t i;
   int rc = UV_ENOMEM;
 
-  if (loop == NULL || o == NULL || out == NULL) {
+  if (loop == NULL || o == NULL || out == NULL ||
+      (o->n_origin_headers > 0 && o->origin_headers == NULL)) {
     fmt(err, errlen, "http_client_create: missing argument");
     return UV_EINVAL;
   }
@@ -1722,6 +1777,15 @@ int http_client_create(uv_loop_t *loop, const http_client_opts *o,
   if (o->unix_path != NULL && (c->unix_path = strdup(o->unix_path)) == NULL)
     goto fail;
   c->o.unix_path = c->unix_path;
+  c->o.origin_headers = NULL;
+  if (o->n_origin_headers > 0) {
+    c->origin_headers = calloc(o->n_origin_headers, sizeof *c->origin_headers);
+    if (c->origin_headers == NULL)
+      goto fail;
+    for (i = 0; i < o->n_origin_headers; i++)
+      if ((c->origin_headers[i] = strdup(o->origin_headers[i])) == NULL)
+        goto fail;
+  }
   if (o->use_env_proxy && c->unix_path == NULL) {
     if ((rc = load_proxy("http_proxy", "HTTP_PROXY", &c->http_proxy,
                          &c->have_http_proxy, err, errlen)) != 0 ||
@@ -1743,13 +1807,7 @@ int http_client_create(uv_loop_t *loop, const http_client_opts *o,
 fail:
   if (rc == UV_ENOMEM)
     fmt(err, errlen, "out of memory");
-  if (c != NULL) {
-    http_url_free(&c->http_proxy);
-    http_url_free(&c->https_proxy);
-    free(c->no_proxy);
-    free(c->unix_path);
-    free(c);
-  }
+  client_free(c);
   return rc;
 }
 
@@ -1802,6 +1860,8 @@ int http_request_start(http_client *c, const http_request *req,
   r->data = data;
   r->streaming = req->streaming;
   r->timeout = req->timeout;
+  r->response_timeout =
+      req->response_timeout > 0 ? req->response_timeout : c->o.response_timeout;
   r->idle_timeout = req->idle_timeout;
   r->max_redirects = req->max_redirects;
   list_init(&r->node);

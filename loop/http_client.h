@@ -9,9 +9,17 @@
  * Bodies may be delimited by Content-Length, chunked encoding or the close
  * of the connection (nchan): the end of a close-delimited body is a success.
  * Redirects (301, 302, 303, 307, 308) are followed up to max_redirects, never
- * from https to http. HTTP_PROXY, HTTPS_PROXY and NO_PROXY are honoured when
- * use_env_proxy is set: plain http goes through the proxy with an absolute
- * URL, https through a CONNECT tunnel.
+ * from https to http; a redirect to another origin drops the request's
+ * Authorization and Cookie and the client's origin_headers. HTTP_PROXY,
+ * HTTPS_PROXY and NO_PROXY are honoured when use_env_proxy is set: plain http
+ * goes through the proxy with an absolute URL, https through a CONNECT tunnel.
+ *
+ * Timers: connect_timeout, then response_timeout until the whole head is in
+ * (every request, streams included), then idle_timeout between the bytes of
+ * a streaming body; timeout bounds the whole request. A head or idle timer
+ * that comes due while bytes wait unread on the connection (the loop was
+ * held up: a stopped process, a paused VM) starts over instead of failing,
+ * so those bytes are read before the peer is called silent.
  */
 #ifndef TETHER_LOOP_HTTP_CLIENT_H
 #define TETHER_LOOP_HTTP_CLIENT_H
@@ -43,18 +51,26 @@ typedef struct http_client http_client;
 typedef struct http_req http_req;
 
 typedef struct http_client_opts {
-  tls_ctx *tls;                /* for https; borrowed; NULL = no https */
-  unsigned max_connections;    /* per origin; 0 = 4 */
-  uint64_t connect_timeout;    /* ms: DNS, connect and TLS handshake */
-  uint64_t first_byte_timeout; /* ms from the request sent to the head */
-  uint64_t pool_idle_timeout;  /* ms a kept-alive connection may idle */
-  size_t max_status_line;      /* bytes; 0 = 8 KiB */
-  size_t max_header_size;      /* bytes of all header lines; 0 = 64 KiB */
-  size_t max_headers;          /* count; 0 = 100 */
-  size_t max_body;             /* bytes of a buffered body; 0 = 16 MiB */
-  const char *unix_path;       /* speak HTTP over this unix socket, whatever the
-                                  URL's host (which still goes in Host:) */
-  bool use_env_proxy;          /* honour HTTP(S)_PROXY and NO_PROXY */
+  tls_ctx *tls;               /* for https; borrowed; NULL = no https */
+  unsigned max_connections;   /* per origin; 0 = 4 */
+  uint64_t connect_timeout;   /* ms: DNS, connect and TLS handshake */
+  uint64_t response_timeout;  /* ms from a request put on a connection to
+                                 its whole response head; 0 = none */
+  uint64_t pool_idle_timeout; /* ms a kept-alive connection may idle */
+  size_t max_status_line;     /* bytes; 0 = 8 KiB */
+  size_t max_header_size;     /* bytes of all header lines; 0 = 64 KiB */
+  size_t max_headers;         /* count; 0 = 100 */
+  size_t max_body;            /* bytes of a buffered body; 0 = 16 MiB */
+  const char *unix_path;      /* speak HTTP over this unix socket, whatever the
+                                 URL's host (which still goes in Host:) */
+  bool use_env_proxy;         /* honour HTTP(S)_PROXY and NO_PROXY */
+  /* Names of request headers meant for the origin a request was made to
+   * (an upstream's configured credentials), beside Authorization and
+   * Cookie: a redirect to another origin drops them, unless
+   * keep_origin_headers. Copied. */
+  const char *const *origin_headers;
+  size_t n_origin_headers;
+  bool keep_origin_headers;
 } http_client_opts;
 
 typedef struct http_response {
@@ -73,8 +89,9 @@ typedef struct http_request {
   size_t n_headers;
   const char *body; /* request body, or NULL */
   size_t body_len;
-  bool streaming;         /* body to on_body as it arrives, no cap */
-  uint64_t timeout;       /* ms for the whole request; 0 = none */
+  bool streaming;            /* body to on_body as it arrives, no cap */
+  uint64_t timeout;          /* ms for the whole request; 0 = none */
+  uint64_t response_timeout; /* ms for the head; 0 = the client's */
   uint64_t idle_timeout;  /* ms without a byte in a streaming body; 0 = none */
   unsigned max_redirects; /* 0 = do not follow */
   size_t max_body; /* bytes of a buffered body; 0 = the client's max_body */

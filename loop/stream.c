@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 
 #include <mbedtls/ssl.h>
 
@@ -306,7 +307,7 @@ static int stream__tls_flush(stream *s, stream_write_cb cb, void *data) {
   return r;
 }
 
-static bool stream__tls_backlog(stream *s) {
+static bool stream__tls_backlog(const stream *s) {
   return mbedtls_ssl_get_bytes_avail(&s->ssl) > 0 ||
          s->tls_in_len > s->tls_in_off;
 }
@@ -924,6 +925,22 @@ void stream_close(stream *s, stream_close_cb cb, void *data) {
   s->close_cb = cb;
   s->close_data = data;
   stream__begin_close(s);
+}
+
+bool stream_input_waiting(const stream *s) {
+  uv_os_fd_t fd;
+  int n = 0;
+
+  if (s == NULL || s->closing || !s->io_open)
+    return false;
+  /* Under TLS, the plaintext mbedTLS holds and the ciphertext read but not
+   * yet decrypted both wait for the pump (a partial record never stays in
+   * tls_in: the drain moves it into mbedTLS). */
+  if (s->tls_on && stream__tls_backlog(s))
+    return true;
+  if (uv_fileno(&s->io.handle, &fd) != 0)
+    return false;
+  return ioctl(fd, FIONREAD, &n) == 0 && n > 0;
 }
 
 const char *stream_error(const stream *s) {

@@ -86,6 +86,12 @@ int stream_write(stream *s, const uv_buf_t *bufs, unsigned n,
  * failure: that one is freed already. */
 void stream_close(stream *s, stream_close_cb cb, void *data);
 
+/* True when bytes have arrived that the reader has not had yet: unread in
+ * the socket (FIONREAD) or, with TLS, received and not yet delivered. A
+ * timer that decides the peer is silent asks this first: when the loop was
+ * held up, due timers run before the socket is read. */
+bool stream_input_waiting(const stream *s);
+
 /* The reason for the last error, in words; "" when there was none. */
 const char *stream_error(const stream *s);
 

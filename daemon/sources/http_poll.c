@@ -630,6 +630,11 @@ static void request_page(poll_src *s, const char *url) {
   req.headers = headers;
   req.n_headers = n;
   req.timeout = s->conf->request_timeout;
+  /* A longpoll server may hold even the head until it has a change
+   * (CouchDB does): the head may take as long as the request. */
+  if (s->conf->mode == POLL_MODE_LONGPOLL &&
+      s->conf->request_timeout > upstream_http_conf(s->h.up)->response_timeout)
+    req.response_timeout = s->conf->request_timeout;
   req.max_redirects = 5;
   req.max_body = (size_t)s->conf->max_page_size;
   if (s->last_url == NULL || strcmp(s->last_url, url) != 0) {

@@ -13,8 +13,9 @@ parameters; see README.md):
       answer CODE instead of the resource; with fail=K only the first K
       requests that carry the same switches on the same path fail, the next
       ones succeed (POST /_reset starts the count again)
-  redirect=301|302|303|307|308 [loop=1] [to_http=1] [to=URL]
+  redirect=301|302|303|307|308 [loop=1] [to_http=1] [to=URL] [to_port=P]
       answer a redirect to the same target without the redirect switches
+      (to_port: on port P of the same host, another origin)
   delay=MS        wait before answering
   date_skew=S     shift the Date header by S seconds (may be negative)
 """
@@ -44,7 +45,7 @@ MAX_RECORDED = 100000
 
 # Query parameters that select the redirect itself; they are dropped from the
 # Location so that the redirected request gets the resource.
-REDIRECT_SWITCHES = ("redirect", "loop", "to_http", "to")
+REDIRECT_SWITCHES = ("redirect", "loop", "to_http", "to", "to_port")
 
 
 class HttpError(Exception):
@@ -397,6 +398,15 @@ class App:
         host = req.header("host") or "%s:%s" % (self.host, self.port)
         return "http://%s%s" % (host, target)
 
+    def other_origin(self, req, target, port):
+        """An absolute URL of target on another port of the host the client
+        asked for: the same host, another origin."""
+        host = req.header("host") or self.host
+        name = urllib.parse.urlsplit("//" + host).hostname or self.host
+        if ":" in name:
+            name = "[%s]" % name
+        return "http://%s:%d%s" % (name, port, target)
+
     async def common_switches(self, req, conn):
         """delay, status/fail, redirect. Returns None to go on, or the
         keep-alive result of the response it sent."""
@@ -434,6 +444,9 @@ class App:
                 target = req.path + ("?" + urllib.parse.urlencode(q) if q else "")
             if "to" in req.query:
                 loc = req.query["to"]
+            elif "to_port" in req.query:
+                loc = self.other_origin(req, target,
+                                        req.qint("to_port", lo=1, hi=65535))
             elif req.qbool("to_http"):
                 loc = self.location(req, target)
             else:

@@ -572,6 +572,21 @@ def test_redirects(sse):
         assert sse_parse(f.read())[0] == expected([1, 2])
 
 
+def test_redirect_to_another_port(sse):
+    r = http(sse, "GET", "/rd?redirect=307&to_port=8123&count=1")
+    assert r.header("Location") == "http://test:8123/rd?count=1"
+    s = socket.create_connection(sse, timeout=TIMEOUT)
+    try:
+        s.sendall(b"GET /rd?redirect=302&to_port=9&done=1 HTTP/1.1\r\n"
+                  b"Host: [::1]:4000\r\nConnection: close\r\n\r\n")
+        raw = b""
+        while not complete(raw):
+            raw += s.recv(65536)
+    finally:
+        s.close()
+    assert parse(raw).header("Location") == "http://[::1]:9/rd?done=1"
+
+
 def test_need_accept_and_ctype(sse):
     r = http(sse, "GET", "/a?need_accept=1&count=1")
     assert r.status == 403

@@ -1281,26 +1281,56 @@ static void silent_handler(sconn *c, const char *req, size_t len) {
   (void)len;
 }
 
-static void test_first_byte_timeout(void) {
+/* A head that starts and never ends: the status line, then silence. */
+static void half_head_handler(sconn *c, const char *req, size_t len) {
+  (void)req;
+  (void)len;
+  srv_send(c, "HTTP/1.1 200 OK\r\nContent-");
+}
+
+static void test_response_timeout(void) {
   uv_loop_t loop;
   server sv;
   http_client *c;
   http_client_opts o = { 0 };
-  result res = { 0 };
+  http_request req = { 0 };
+  result res = { 0 }, b = { 0 }, d = { 0 };
+  char want[128];
 
   ASSERT_EQ(0, uv_loop_init(&loop));
   srv_start(&sv, &loop);
   sv.handler = silent_handler;
-  o.first_byte_timeout = 50;
+  o.response_timeout = 50;
   c = make_client(&loop, &o);
   start_get(c, url_of(&sv, "/"), false, &res);
   RUN_UNTIL(&loop, res.dones == 1, 5000);
   ASSERT_EQ(HTTP_ETIMEOUT, res.done_status);
-  ASSERT_STR_EQ(
-      "no response within 50 ms of sending the request (first_byte_timeout)",
-      res.msg);
+  snprintf(want, sizeof want,
+           "no response head from 127.0.0.1:%d within 50 ms "
+           "(response_timeout)",
+           sv.port);
+  ASSERT_STR_EQ(want, res.msg);
+  ASSERT(!res.done_resp);
   /* The half-used connection is closed, not pooled. */
   RUN_UNTIL(&loop, !srv_conn(&sv, 0)->open, 2000);
+
+  /* The first bytes of a head do not stop the clock, on a stream either. */
+  sv.handler = half_head_handler;
+  start_get(c, url_of(&sv, "/half"), true, &b);
+  RUN_UNTIL(&loop, b.dones == 1, 5000);
+  ASSERT_EQ(HTTP_ETIMEOUT, b.done_status);
+  ASSERT_CONTAINS(b.msg, "within 50 ms (response_timeout)");
+  ASSERT_EQ(0, b.heads);
+
+  /* A request's own value wins over the client's. */
+  sv.handler = silent_handler;
+  req.url = url_of(&sv, "/long");
+  req.response_timeout = 300;
+  ASSERT_EQ(0, start_req(c, &req, &d));
+  RUN_FOR(&loop, 150);
+  ASSERT_EQ(0, d.dones);
+  RUN_UNTIL(&loop, d.dones == 1, 5000);
+  ASSERT_CONTAINS(d.msg, "within 300 ms (response_timeout)");
   close_client(&loop, c);
   srv_stop(&sv);
   FINISH_LOOP(&loop);
@@ -1359,6 +1389,51 @@ static void test_idle_and_request_timeouts(void) {
   RUN_UNTIL(&loop, d.dones == 1, 5000);
   ASSERT_EQ(HTTP_ETIMEOUT, d.done_status);
   ASSERT_STR_EQ("no complete response within 60 ms (timeout)", d.msg);
+  close_client(&loop, c);
+  srv_stop(&sv);
+  FINISH_LOOP(&loop);
+}
+
+/* The loop held up past its timers (SIGSTOP, a paused VM, a slow callback):
+ * libuv runs due timers before it reads the sockets, so the bytes that
+ * arrived meanwhile must be read before the peer is called silent. */
+static void test_held_loop_reads_before_timeouts(void) {
+  uv_loop_t loop;
+  server sv;
+  http_client *c;
+  http_client_opts o = { 0 };
+  http_request req = { 0 };
+  result a = { 0 }, b = { 0 };
+
+  ASSERT_EQ(0, uv_loop_init(&loop));
+  srv_start(&sv, &loop);
+  sv.handler = head_then_silence;
+  o.response_timeout = 50;
+  c = make_client(&loop, &o);
+  req.url = url_of(&sv, "/sse");
+  req.streaming = true;
+  req.idle_timeout = 50;
+  ASSERT_EQ(0, start_req(c, &req, &a));
+  RUN_UNTIL(&loop, a.bodies == 1, 5000);
+  /* The peer writes (straight into the socket), then the loop is held for
+   * four idle timeouts. */
+  srv_send(srv_conn(&sv, 0), "data: x\n\n");
+  uv_sleep(200);
+  RUN_UNTIL(&loop, a.dones == 1, 5000);
+  ASSERT_MEM_EQ(": hi\n\ndata: x\n\n", 15, a.body, a.body_len);
+  /* Then real silence: the idle timeout still fires. */
+  ASSERT_EQ(HTTP_ETIMEOUT, a.done_status);
+  ASSERT_STR_EQ("no data for 50 ms (idle_timeout)", a.msg);
+
+  /* The head arrives while the loop is held past response_timeout. */
+  sv.handler = silent_handler;
+  start_get(c, url_of(&sv, "/late"), false, &b);
+  RUN_UNTIL(&loop, sv.requests == 2, 5000);
+  srv_send(srv_conn(&sv, 1), "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+  uv_sleep(200);
+  RUN_UNTIL(&loop, b.dones == 1, 5000);
+  ASSERT_EQ(0, b.done_status);
+  ASSERT_MEM_EQ("ok", 2, b.body, b.body_len);
   close_client(&loop, c);
   srv_stop(&sv);
   FINISH_LOOP(&loop);
@@ -1502,43 +1577,79 @@ static void test_redirects(void) {
   FINISH_LOOP(&loop);
 }
 
-/* Credentials are not carried to another origin. */
-static void test_redirect_cross_origin_drops_credentials(void) {
+/* One request through a client made with o, redirected by a to b (307 to
+ * another port: another origin), with hdr. */
+static void redirect_across(const http_client_opts *o, const http_header *hdr,
+                            size_t n, server *a, server *b) {
   uv_loop_t loop;
-  server a, b;
   http_client *c;
   result res = { 0 };
   http_request req = { 0 };
-  http_header hdr[] = { { "Authorization", "Bearer t" },
-                        { "Cookie", "s=1" },
-                        { "Accept", "x/y" } };
   char reply[256];
 
   ASSERT_EQ(0, uv_loop_init(&loop));
-  srv_start(&a, &loop);
-  srv_start(&b, &loop);
+  srv_start(a, &loop);
+  srv_start(b, &loop);
   snprintf(reply, sizeof reply,
            "HTTP/1.1 307 Temporary Redirect\r\nLocation: "
            "http://127.0.0.1:%d/there\r\nContent-Length: 0\r\n\r\n",
-           b.port);
-  a.reply = reply;
-  b.reply = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
-  c = make_client(&loop, NULL);
-  req.url = url_of(&a, "/here");
+           b->port);
+  a->reply = reply;
+  b->reply = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+  c = make_client(&loop, o);
+  req.url = url_of(a, "/here");
   req.headers = hdr;
-  req.n_headers = 3;
+  req.n_headers = n;
   req.max_redirects = 1;
   ASSERT_EQ(0, start_req(c, &req, &res));
   RUN_UNTIL(&loop, res.dones == 1, 5000);
   ASSERT_EQ(0, res.done_status);
+  ASSERT_EQ(1, b->requests);
+  close_client(&loop, c);
+  srv_stop(a);
+  srv_stop(b);
+  RUN_UNTIL(&loop, !uv_loop_alive(&loop), 5000);
+  ASSERT_EQ(0, uv_loop_close(&loop));
+}
+
+/* Credentials are not carried to another origin: Authorization, Cookie
+ * and the headers the client was told are for the origin (an upstream's
+ * header.NAME keys), unless it keeps those. */
+static void test_redirect_cross_origin_drops_credentials(void) {
+  static const char *const origin[] = { "X-Api-Key", "authorization" };
+  http_header hdr[] = { { "Authorization", "Bearer t" },
+                        { "Cookie", "s=1" },
+                        { "Accept", "x/y" },
+                        { "x-api-key", "k1" } };
+  http_client_opts o = { 0 };
+  server a, b;
+
+  redirect_across(NULL, hdr, 4, &a, &b);
   ASSERT_CONTAINS(a.last, "Authorization: Bearer t\r\n");
   ASSERT(strstr(b.last, "Authorization") == NULL);
   ASSERT(strstr(b.last, "Cookie") == NULL);
   ASSERT_CONTAINS(b.last, "Accept: x/y\r\n");
-  close_client(&loop, c);
-  srv_stop(&a);
-  srv_stop(&b);
-  FINISH_LOOP(&loop);
+  ASSERT_CONTAINS(b.last, "x-api-key: k1\r\n"); /* nobody said */
+  srv_free_all();
+
+  o.origin_headers = origin;
+  o.n_origin_headers = 1;
+  redirect_across(&o, hdr, 4, &a, &b);
+  ASSERT_CONTAINS(a.last, "x-api-key: k1\r\n");
+  ASSERT(strstr(b.last, "x-api-key") == NULL);
+  ASSERT(strstr(b.last, "Authorization") == NULL);
+  ASSERT_CONTAINS(b.last, "Accept: x/y\r\n");
+  srv_free_all();
+
+  /* Kept: the origin headers follow, Authorization too once it is one of
+   * them; Cookie, which is not, still stays behind. */
+  o.keep_origin_headers = true;
+  o.n_origin_headers = 2;
+  redirect_across(&o, hdr, 4, &a, &b);
+  ASSERT_CONTAINS(b.last, "x-api-key: k1\r\n");
+  ASSERT_CONTAINS(b.last, "Authorization: Bearer t\r\n");
+  ASSERT(strstr(b.last, "Cookie") == NULL);
+  srv_free_all();
 }
 
 /* ---- pause, resume, cancel and re-entry ---------------------------------- */
@@ -2195,6 +2306,47 @@ static void test_https_downgrade_refused(void) {
   tfx_stop(s);
 }
 
+/* As test_held_loop_reads_before_timeouts, under TLS: the record that
+ * arrived while the loop was held is read before idle_timeout decides. */
+static void test_https_held_loop_reads_before_idle_timeout(void) {
+  static const char *const raw[] = { NULL };
+  static const char head[] = "HTTP/1.1 200 OK\r\n"
+                             "Content-Type: text/event-stream\r\n\r\n"
+                             ": hi\n\n";
+  static const char more[] = "data: x\n\n";
+  uv_loop_t loop;
+  tls_server *s;
+  http_client *c;
+  http_client_opts o = { 0 };
+  http_request req = { 0 };
+  result a = { 0 };
+  char url[64];
+
+  setup_once();
+  s = tfx_spawn(raw);
+  ASSERT_EQ((ssize_t)strlen(head), write(s->stdin_fd, head, strlen(head)));
+  ASSERT_EQ(0, uv_loop_init(&loop));
+  o.tls = make_tls();
+  o.connect_timeout = 5000;
+  c = make_client(&loop, &o);
+  snprintf(url, sizeof url, "https://localhost:%d/", s->port);
+  req.url = url;
+  req.streaming = true;
+  req.idle_timeout = 100;
+  ASSERT_EQ(0, start_req(c, &req, &a));
+  RUN_UNTIL(&loop, a.bodies >= 1, 10000);
+  ASSERT_EQ(0, a.dones);
+  ASSERT_EQ((ssize_t)strlen(more), write(s->stdin_fd, more, strlen(more)));
+  uv_sleep(400);
+  RUN_UNTIL(&loop, a.dones == 1, 5000);
+  ASSERT_MEM_EQ(": hi\n\ndata: x\n\n", 15, a.body, a.body_len);
+  ASSERT_STR_EQ("no data for 100 ms (idle_timeout)", a.msg);
+  close_client(&loop, c);
+  FINISH_LOOP(&loop);
+  tls_ctx_destroy(o.tls);
+  tfx_stop(s);
+}
+
 /* https through a CONNECT proxy that relays to s_server. */
 static void test_https_through_connect_proxy(void) {
   static const char *const www[] = { "-www", NULL };
@@ -2254,8 +2406,9 @@ static const test_case tests[] = {
   TEST(test_connect_refused),
   TEST(test_caps),
   TEST(test_connect_timeout),
-  TEST(test_first_byte_timeout),
+  TEST(test_response_timeout),
   TEST(test_idle_and_request_timeouts),
+  TEST(test_held_loop_reads_before_timeouts),
   TEST(test_redirects),
   TEST(test_redirect_cross_origin_drops_credentials),
   TEST(test_pause_resume),
@@ -2271,6 +2424,7 @@ static const test_case tests[] = {
   TEST(test_https),
   TEST(test_https_downgrade_refused),
   TEST(test_https_through_connect_proxy),
+  TEST(test_https_held_loop_reads_before_idle_timeout),
   { NULL, NULL },
 };
 
