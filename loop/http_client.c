@@ -578,6 +578,8 @@ static const char *code_name(int code) {
     return "timeout";
   case HTTP_EABORTED:
     return "aborted";
+  case HTTP_EDEADLINE:
+    return "deadline";
   default:
     return NULL;
   }
@@ -1313,7 +1315,9 @@ static void req_build_response(const http_req *r, http_response *resp) {
 static void req_on_deadline(uv_timer_t *t) {
   http_req *r = t->data;
 
-  req_fail(r, HTTP_ETIMEOUT,
+  /* A code of its own: a longpoll takes its own deadline for "nothing
+   * changed", which a connect or head timeout is not. */
+  req_fail(r, HTTP_EDEADLINE,
            "no complete response within %" PRIu64 " ms (timeout)", r->timeout);
 }
 

@@ -46,6 +46,7 @@
 #define HTTP_ECLOSED     (-32009) /* closed before a complete response */
 #define HTTP_ETIMEOUT    (-32010) /* a timeout; the message names which one */
 #define HTTP_EABORTED    (-32011) /* a callback asked to stop */
+#define HTTP_EDEADLINE   (-32012) /* the request's own timeout ran out */
 
 typedef struct http_client http_client;
 typedef struct http_req http_req;

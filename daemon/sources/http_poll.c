@@ -546,8 +546,11 @@ static void on_done(http_req *r, int status, const http_response *resp,
   if (http_source_ended(&s->h))
     return;
   if (status != 0) {
-    /* In longpoll mode the request timeout only means nothing changed. */
-    if (status == HTTP_ETIMEOUT && s->conf->mode == POLL_MODE_LONGPOLL) {
+    /* In longpoll mode the request's own timeout only means nothing
+     * changed. A connect or response-head timeout is a failure like any
+     * other: a dead server is backed off from and said, not re-asked in
+     * silence every request_timeout. */
+    if (status == HTTP_EDEADLINE && s->conf->mode == POLL_MODE_LONGPOLL) {
       next_cycle(s, true);
       return;
     }

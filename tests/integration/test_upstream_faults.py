@@ -384,6 +384,60 @@ sink = file:{out}
     assert all(g >= 0.9 for g in gaps), gaps
 
 
+def test_longpoll_connect_timeout_is_a_failure(tether, tmp_path, sock_dir):
+    """Only a longpoll's own request_timeout means "nothing changed": a
+    connect that never completes (a listener whose accept queue is full
+    drops the SYNs) is a failure, logged and backed off, not re-asked in
+    silence."""
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(0)
+    port = lst.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):
+            f = socket.socket()
+            f.setblocking(False)
+            try:
+                f.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            fillers.append(f)
+        out = tmp_path / "out.ndjson"
+        t = tether(daemon(sock_dir) + f"""
+[upstream ref]
+type = http-poll
+url = http://127.0.0.1:{port}
+connect_timeout = 200ms
+reconnect_min = 300ms
+reconnect_max = 300ms
+immediate_retries = 0
+
+[consumer c]
+upstream = ref
+path = /db/_changes?feed=longpoll&since={{cursor}}
+cursor_initial = 0
+items = /results
+page_cursor = /last_seq
+mode = longpoll
+request_timeout = 5s
+sink = file:{out}
+""")
+        t.start()
+        sock = f"{sock_dir}/t.sock"
+        wait_for(lambda: t.log().count("source failed; retrying") >= 2, 20,
+                 "two connect timeouts, logged", t)
+        st = wait_for(lambda: (lambda s: s if s.get("state") == "backoff"
+                               else None)(state_of(sock)), 20,
+                      "state backoff", t)
+        assert st["reconnects"] >= 1
+        assert t.stop() == 0
+    finally:
+        for f in fillers:
+            f.close()
+        lst.close()
+
+
 # -- 13: a stopped process, then data waiting in the socket -----------------
 
 def test_stopped_process_reads_before_idle_timeout(tether, tmp_path, sock_dir,

@@ -1387,7 +1387,7 @@ static void test_idle_and_request_timeouts(void) {
   req.timeout = 60;
   ASSERT_EQ(0, start_req(c, &req, &d));
   RUN_UNTIL(&loop, d.dones == 1, 5000);
-  ASSERT_EQ(HTTP_ETIMEOUT, d.done_status);
+  ASSERT_EQ(HTTP_EDEADLINE, d.done_status);
   ASSERT_STR_EQ("no complete response within 60 ms (timeout)", d.msg);
   close_client(&loop, c);
   srv_stop(&sv);
