@@ -17,6 +17,10 @@
  * When a commit fails (a full disk, an I/O error), every consumer is held
  * back until one succeeds, so what a crash would deliver again stays bounded
  * by one interval and the window, and the commit is retried with backoff.
+ *
+ * A file sink's file removed while every write still succeeds: its sync
+ * fails with SINK_EREMOVED, the consumer has already gone back to its
+ * committed cursor, and the round commits nothing for it.
  */
 #include "daemon/flusher.h"
 
@@ -223,7 +227,8 @@ static void on_commit(void *data, int status, const char *msg,
     consumer *c = f->consumers[f->req_consumer[i]];
 
     if (item_status[i] == 0) {
-      consumer_committed(c, (uint64_t)f->reqs[i].last_sequence);
+      consumer_committed(c, (uint64_t)f->reqs[i].last_sequence,
+                         f->reqs[i].position, f->reqs[i].delivered_at);
       continue;
     }
     result = item_status[i];
@@ -287,8 +292,10 @@ static void on_synced(consumer *c, int status, const char *msg, void *data) {
       if (f->consumers[i] == c)
         f->taking[i] = false;
     f->round_failed = true;
-    log_error("sink sync failed; the cursor stays where it was",
-              LS("consumer", consumer_name(c)), LS("err", msg));
+    /* A removed file was reported by the consumer, which rewound. */
+    if (status != SINK_EREMOVED)
+      log_error("sink sync failed; the cursor stays where it was",
+                LS("consumer", consumer_name(c)), LS("err", msg));
   }
   if (--f->pending_syncs == 0)
     round_commit(f);
