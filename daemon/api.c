@@ -335,6 +335,8 @@ static json_t *consumer_json(api *a, consumer *c) {
   json_object_set_new(o, "events_failed", json_integer((json_int_t)st.failed));
   json_object_set_new(o, "events_dead_lettered",
                       json_integer((json_int_t)st.dead_lettered));
+  json_object_set_new(o, "sink_rewinds",
+                      json_integer((json_int_t)st.sink_rewinds));
   if (st.last_error[0] != '\0')
     json_object_set_new(o, "last_error", json_string(st.last_error));
   if (consumer_sink_state(c)[0] != '\0')

@@ -11,6 +11,14 @@
  * Sequences: every emitted event gets next_seq; seq numbers continue from the
  * committed cursor across restarts. In flight = emitted, not yet delivered =
  * next_seq - 1 - delivered_seq, and it never exceeds max_in_flight.
+ *
+ * Rewind: when the sink reports that what it held since the last commit is
+ * gone (a file sink's file was removed, SINK_EREMOVED), the consumer goes
+ * back to the committed cursor as a restart after a crash would: the window
+ * is dropped, the cursor and next_seq return to the committed ones, and the
+ * source is stopped and started again from the committed seq and position.
+ * The consumer keeps no delivered lines, so the source produces them again,
+ * with the same seq numbers; every source already resumes from a cursor.
  */
 #include "daemon/consumer.h"
 
@@ -47,7 +55,9 @@ struct consumer {
   bool held;          /* consumer_hold: room is 0 */
   bool abandoned;     /* consumer_abandon: undelivered events dropped */
   bool paused;        /* consumer_pause: the source stays stopped */
-  bool resume_wanted; /* resumed while the source was still closing */
+  bool resume_wanted; /* start the source once it has closed (a resume
+                         during a pause's close, or a rewind) */
+  bool discard_write; /* the outstanding write predates a rewind */
 
   sink *snk;
   bool closing;
@@ -85,6 +95,8 @@ struct consumer {
   buf delivered_pos;
   int64_t delivered_at_ns;
   uint64_t committed_seq;
+  buf committed_pos; /* the position committed with committed_seq */
+  int64_t committed_at_ns;
 
   /* The snapshot a sync covers; only it may be committed afterwards. */
   bool syncing;
@@ -366,6 +378,16 @@ static void on_written(sink *s, sink_outcome outcome, const char *msg,
 
   (void)s;
   c->write_outstanding = false;
+  /* A batch from before a rewind: its events come again from the source.
+   * Only a sink that cannot go on still counts. */
+  if (c->discard_write && outcome != SINK_FATAL) {
+    c->discard_write = false;
+    buf_reset(&c->writing);
+    start_batch(c);
+    notify_drained(c);
+    return;
+  }
+  c->discard_write = false;
   switch (outcome) {
   case SINK_DELIVERED:
   case SINK_ACCEPTED:
@@ -487,10 +509,12 @@ int consumer_create(uv_loop_t *loop, const config_consumer *conf,
   buf_init(&c->staged, 0);
   buf_init(&c->writing, 0);
   buf_init(&c->delivered_pos, 0);
+  buf_init(&c->committed_pos, 0);
   buf_init(&c->snap_pos, 0);
   backoff_init(&c->retry, conf->common.retry_min, conf->common.retry_max, 0, 0);
   if ((rc = envelope_prefix_init(&c->prefix, conf->name)) != 0 ||
-      (rc = buf_append_str(&c->delivered_pos, resume->position)) != 0) {
+      (rc = buf_append_str(&c->delivered_pos, resume->position)) != 0 ||
+      (rc = buf_append_str(&c->committed_pos, resume->position)) != 0) {
     snprintf(err, errlen, "out of memory");
     goto fail;
   }
@@ -512,6 +536,7 @@ int consumer_create(uv_loop_t *loop, const config_consumer *conf,
 fail:
   envelope_prefix_free(&c->prefix);
   buf_free(&c->delivered_pos);
+  buf_free(&c->committed_pos);
   free(c);
   return rc;
 }
@@ -534,6 +559,7 @@ int consumer_start(consumer *c, char *err, size_t errlen) {
     return 0;
   }
   c->src_stopped = false;
+  c->src_done = false;
   c->src_running = true;
   rc =
       c->conf->source->start(c, c->conf->source_conf, &r, &c->src, err, errlen);
@@ -549,6 +575,9 @@ int consumer_start(consumer *c, char *err, size_t errlen) {
 
 void consumer_stop_source(consumer *c) {
   c->src_stopped = true;
+  /* A stop for good (drain, failure, pause, close) outranks a restart
+   * that a rewind or a resume asked for. */
+  c->resume_wanted = false;
   if (!c->src_running)
     return;
   c->src_running = false;
@@ -617,7 +646,7 @@ void consumer_source_closed(consumer *c) {
   }
   if (c->resume_wanted) {
     c->resume_wanted = false;
-    if (consumer_start(c, err, sizeof err) != 0)
+    if (!c->failed && consumer_start(c, err, sizeof err) != 0)
       consumer_source_failed(c, err);
   }
 }
@@ -655,10 +684,13 @@ int consumer_reset_to(consumer *c, uint64_t seq, const char *position) {
   if (!consumer_drained(c) || in_flight(c) > 0)
     return UV_EBUSY;
   buf_reset(&c->delivered_pos);
-  if (buf_append_str(&c->delivered_pos, position) != 0)
+  buf_reset(&c->committed_pos);
+  if (buf_append_str(&c->delivered_pos, position) != 0 ||
+      buf_append_str(&c->committed_pos, position) != 0)
     return UV_ENOMEM;
   c->delivered_seq = seq;
   c->committed_seq = seq;
+  c->committed_at_ns = 0;
   c->next_seq = seq + 1;
   return 0;
 }
@@ -693,6 +725,7 @@ void consumer_destroy(consumer *c) {
   buf_free(&c->staged);
   buf_free(&c->writing);
   buf_free(&c->delivered_pos);
+  buf_free(&c->committed_pos);
   buf_free(&c->snap_pos);
   for (size_t i = 0; i < c->ring_cap; i++)
     free(c->ring[i].pos);
@@ -771,6 +804,67 @@ bool consumer_dirty(const consumer *c) {
   return c->delivered_seq > c->committed_seq && !c->syncing;
 }
 
+/* Goes back to the committed cursor (see the top of the file). Runs on the
+ * loop thread from the sink's sync callback, before the flusher hears of
+ * the failed sync, so no commit can cover what was lost. */
+static void rewind_to_committed(consumer *c, const char *why) {
+  uint64_t lost = c->next_seq - 1 - c->committed_seq;
+  bool restart = c->src_running;
+
+  log_error("the sink lost what it held since the last commit; delivering "
+            "again everything after the committed cursor",
+            LS("consumer", c->conf->name), LS("sink", c->snk->type->name),
+            LS("path", c->conf->sink_arg != NULL ? c->conf->sink_arg : ""),
+            LS("err", why), LU("committed", c->committed_seq),
+            LU("events", lost));
+  c->stats.sink_rewinds++;
+  c->stats.retried += lost;
+
+  /* The window goes: staged lines are dropped, a batch waiting to be
+   * retried too, and one the sink still holds is ignored when it
+   * returns. */
+  buf_reset(&c->staged);
+  if (c->retry_wait) {
+    uv_timer_stop(&c->retry_timer);
+    c->retry_wait = false;
+    buf_reset(&c->writing);
+  }
+  if (c->write_outstanding)
+    c->discard_write = true;
+  if (uv_is_active((uv_handle_t *)&c->kick))
+    uv_idle_stop(&c->kick);
+
+  /* Back to the committed cursor. Resuming from the delivered position
+   * would skip what was lost, so without memory for the copy the consumer
+   * stops (its cursor no longer dirty); a restart resumes from the
+   * committed cursor. */
+  c->delivered_seq = c->committed_seq;
+  c->delivered_at_ns = c->committed_at_ns;
+  c->next_seq = c->committed_seq + 1;
+  if (buf_reserve(&c->delivered_pos, c->committed_pos.len + 1) != 0) {
+    consumer_source_failed(c, "out of memory restoring the committed cursor");
+    return;
+  }
+  buf_reset(&c->delivered_pos);
+  buf_append(&c->delivered_pos, c->committed_pos.data, c->committed_pos.len);
+
+  /* A source that runs starts again from there once it has closed; one
+   * paused, failed or stopped for a drain stays as it is, and a later
+   * resume or restart starts from the committed cursor too. */
+  if (restart) {
+    c->src_running = false;
+    c->src_closing = true;
+    c->src_done = false;
+    c->resume_wanted = true;
+    set_state(c, healthy_state(c));
+    /* May call consumer_source_closed, and so start it, at once. */
+    c->src->type->stop(c->src);
+  } else {
+    set_state(c, healthy_state(c));
+  }
+  notify_drained(c);
+}
+
 static void on_synced(sink *s, int status, const char *msg, void *data) {
   consumer *c = data;
   consumer_sync_cb cb = c->sync_cb;
@@ -778,6 +872,8 @@ static void on_synced(sink *s, int status, const char *msg, void *data) {
   (void)s;
   c->syncing = false;
   c->sync_cb = NULL;
+  if (status == SINK_EREMOVED)
+    rewind_to_committed(c, msg != NULL ? msg : "the sink's file was removed");
   cb(c, status, msg, c->sync_data);
 }
 
@@ -808,16 +904,35 @@ void consumer_snapshot(const consumer *c, uint64_t *seq, const char **position,
   *delivered_at_ns = c->snap_at_ns;
 }
 
-void consumer_committed(consumer *c, uint64_t seq) {
+void consumer_committed(consumer *c, uint64_t seq, const char *position,
+                        int64_t delivered_at_ns) {
   if (seq <= c->committed_seq)
     return;
+  /* Room first, so the stored pair never mixes a new seq with an old
+   * position; without it the previous cursor stays, which a rewind can
+   * only repeat from. */
+  if (buf_reserve(&c->committed_pos, strlen(position) + 1) != 0) {
+    log_error("out of memory keeping the committed position",
+              LS("consumer", c->conf->name));
+    return;
+  }
+  buf_reset(&c->committed_pos);
+  buf_append_str(&c->committed_pos, position);
+  buf_cstr(&c->committed_pos);
   c->committed_seq = seq;
-  /* The committed position is the snapshot of the sync that preceded the
-   * commit (the flusher commits nothing else). */
-  if (c->src_running && c->src->type->on_committed != NULL &&
-      seq == c->snap_seq)
-    c->src->type->on_committed(
-        c->src, seq, c->snap_pos.data != NULL ? c->snap_pos.data : "");
+  c->committed_at_ns = delivered_at_ns;
+  if (c->src_running && c->src->type->on_committed != NULL)
+    c->src->type->on_committed(c->src, seq, position);
+}
+
+void consumer_committed_cursor(consumer *c, uint64_t *seq,
+                               const char **position,
+                               int64_t *delivered_at_ns) {
+  const char *p = buf_cstr(&c->committed_pos);
+
+  *seq = c->committed_seq;
+  *position = p != NULL ? p : "";
+  *delivered_at_ns = c->committed_at_ns;
 }
 
 void consumer_reopen(consumer *c) {

@@ -59,6 +59,9 @@ typedef struct consumer_stats {
   uint64_t committed_seq; /* the cursor as last committed */
   size_t in_flight;       /* emitted, not yet delivered */
   uint64_t sink_retries;  /* batches the sink failed and that came again */
+  uint64_t sink_rewinds;  /* times the sink lost what it held since the last
+                             commit (a removed file) and every event after
+                             the committed cursor was delivered again */
   uint64_t retried;       /* events sent to the sink again, for any reason */
   uint64_t failed;        /* events the sink gave up on (skip, dead letter) */
   uint64_t dead_lettered; /* of those, kept in a dead-letter file */
@@ -135,7 +138,10 @@ uv_loop_t *consumer_loop(const consumer *c);
 const char *consumer_name(const consumer *c);
 
 /* For the flusher. A sync snapshot is the cursor as it stands when the sink
- * sync starts; only that snapshot may be committed once the sync is done. */
+ * sync starts; only that snapshot may be committed once the sync is done.
+ * A sync that fails with SINK_EREMOVED has rewound the consumer to its
+ * committed cursor before cb runs: everything after it is delivered again,
+ * with the same seq numbers, from a source started again at that cursor. */
 typedef void (*consumer_sync_cb)(consumer *c, int status, const char *msg,
                                  void *data);
 bool consumer_dirty(const consumer *c);
@@ -144,7 +150,15 @@ void consumer_sync(consumer *c, consumer_sync_cb cb, void *data);
  * the next consumer_sync. */
 void consumer_snapshot(const consumer *c, uint64_t *seq, const char **position,
                        int64_t *delivered_at_ns);
-void consumer_committed(consumer *c, uint64_t seq);
+/* The store holds the cursor seq at position (borrowed for the call),
+ * delivered at delivered_at_ns. Never moves the committed cursor back. */
+void consumer_committed(consumer *c, uint64_t seq, const char *position,
+                        int64_t delivered_at_ns);
+/* The cursor last committed (at start: the one it resumed from), for a
+ * state file that must be written again from scratch. position is borrowed
+ * until the next commit or reset. */
+void consumer_committed_cursor(consumer *c, uint64_t *seq,
+                               const char **position, int64_t *delivered_at_ns);
 const char *consumer_stream_name(const consumer *c);
 
 /* An operator's pause: the source stops fetching (in-flight events are

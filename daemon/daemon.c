@@ -396,6 +396,26 @@ static int start_api(daemon_ctx *d) {
   return rc;
 }
 
+/* A consumer with no cursor starts over. On a first start that is the
+ * plan; in a state file that existed (emptied, its WAL lost before a
+ * checkpoint, its rows gone) it may be state lost without a word, so it is
+ * a warning that says where the consumer starts. A consumer added to the
+ * configuration since the last run says so too: it is worth a line. */
+static void no_cursor(daemon_ctx *d, const config_consumer *cc) {
+  const char *state = store_path(d->st);
+
+  if (store_created(d->st))
+    log_info("no cursor yet: the consumer starts at seq 1, where its source "
+             "starts without one",
+             LS("consumer", cc->name), LS("source", cc->source->name),
+             LS("state", state));
+  else
+    log_warn("no cursor for the consumer in the state file: it starts over "
+             "at seq 1, where its source starts without one",
+             LS("consumer", cc->name), LS("source", cc->source->name),
+             LS("state", state));
+}
+
 /* Reads each consumer's committed cursor and creates it after that point. */
 static int create_consumers(daemon_ctx *d) {
   static const consumer_hooks hooks_template = {
@@ -424,7 +444,9 @@ static int create_consumers(daemon_ctx *d) {
     if (rc == 0) {
       r.seq = (uint64_t)cur.last_sequence;
       r.position = cur.position;
-    } else if (rc != STORE_ENOTFOUND) {
+    } else if (rc == STORE_ENOTFOUND) {
+      no_cursor(d, cc);
+    } else {
       log_error("cannot read the cursor", LS("consumer", cc->name),
                 LS("err", err));
       return rc;

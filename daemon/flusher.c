@@ -17,6 +17,16 @@
  * When a commit fails (a full disk, an I/O error), every consumer is held
  * back until one succeeds, so what a crash would deliver again stays bounded
  * by one interval and the window, and the commit is retried with backoff.
+ *
+ * Two ways the disk can lose what a round relies on, while every write
+ * still succeeds:
+ *  - a file sink's file removed: its sync fails with SINK_EREMOVED, the
+ *    consumer has already gone back to its committed cursor, and the round
+ *    commits nothing for it;
+ *  - the state file removed or replaced: the store creates it again, empty
+ *    (STORE_ERECREATED), and the same round commits into it every
+ *    consumer's cursor, not only the moved ones (need_full), then the
+ *    paused flags. Until that full commit succeeds, every round makes it.
  */
 #include "daemon/flusher.h"
 
@@ -51,6 +61,11 @@ struct flusher {
   flusher_cb wait_cb; /* asked for during a round: answered by the next */
   void *wait_cb_data;
   flusher_waiter *idle_waiters; /* flusher_when_idle, run when a round ends */
+
+  bool need_full;       /* the state file is new: commit every cursor */
+  bool full_in_flight;  /* the running commit is such a full one */
+  bool recreated_round; /* this round already found the file recreated */
+  size_t commit_items;  /* items of the running commit (0 = a check only) */
 
   bool unhealthy;
   backoff retry;
@@ -173,6 +188,9 @@ static void count_commit(flusher *f, bool ok) {
   double secs = (double)(uv_hrtime() - f->commit_started) / 1e9;
   size_t i;
 
+  /* A commit of nothing only checked the state file: no transaction. */
+  if (ok && f->commit_items == 0)
+    return;
   if (!ok) {
     f->stats.failures++;
     return;
@@ -188,15 +206,48 @@ void flusher_get_stats(const flusher *f, flusher_stats *out) {
   *out = f->stats;
 }
 
+static void round_commit(flusher *f);
+
+/* After a full commit into a new state file: what else the store held that
+ * the daemon knows, the operators' pauses. Written synchronously, on this
+ * rare path only, right after the commit, so no commit is running. */
+static void restore_flags(flusher *f) {
+  char err[512];
+  size_t i;
+
+  for (i = 0; i < f->n; i++) {
+    consumer *c = f->consumers[i];
+
+    if (consumer_is_paused(c) &&
+        store_set_paused(f->st, consumer_name(c), true, err, sizeof err) != 0)
+      log_error("cannot write the paused flag into the new state file",
+                LS("consumer", consumer_name(c)), LS("err", err));
+  }
+}
+
 static void on_commit(void *data, int status, const char *msg,
                       const int *item_status, const char *const *item_msg,
                       size_t n) {
   flusher *f = data;
+  bool full = f->full_in_flight;
   uint64_t delay;
   size_t i;
   int result = 0;
 
+  f->full_in_flight = false;
   count_commit(f, status == 0);
+  /* The store has made the state file again; tether still holds every
+   * cursor, so it goes into the new file in this round. A second time in
+   * one round is a failure like any other, retried with backoff. */
+  if (status == STORE_ERECREATED && !f->recreated_round) {
+    log_error("the state file was removed or replaced; writing every "
+              "consumer's cursor into a new one",
+              LS("state", store_path(f->st)), LS("err", msg));
+    f->need_full = true;
+    f->recreated_round = true;
+    round_commit(f);
+    return;
+  }
   if (status != 0) {
     delay = backoff_next(&f->retry);
     if (delay < f->interval)
@@ -223,7 +274,8 @@ static void on_commit(void *data, int status, const char *msg,
     consumer *c = f->consumers[f->req_consumer[i]];
 
     if (item_status[i] == 0) {
-      consumer_committed(c, (uint64_t)f->reqs[i].last_sequence);
+      consumer_committed(c, (uint64_t)f->reqs[i].last_sequence,
+                         f->reqs[i].position, f->reqs[i].delivered_at);
       continue;
     }
     result = item_status[i];
@@ -232,6 +284,12 @@ static void on_commit(void *data, int status, const char *msg,
     log_error("cursor commit refused; the consumer stops",
               LS("consumer", consumer_name(c)), LS("err", item_msg[i]));
     consumer_source_failed(c, item_msg[i]);
+  }
+  if (full) {
+    f->need_full = false;
+    restore_flags(f);
+    log_warn("the new state file holds every consumer's cursor again",
+             LS("state", store_path(f->st)), LU("cursors", n));
   }
   round_done(f, result != 0 ? result : (f->round_failed ? UV_EIO : 0));
 }
@@ -247,9 +305,16 @@ static void round_commit(flusher *f) {
     consumer *c = f->consumers[i];
     store_advance *r;
 
-    if (!f->taking[i])
+    if (f->taking[i]) {
+      consumer_snapshot(c, &seq, &pos, &at);
+    } else if (f->need_full) {
+      /* Not moved this round, but the new state file has none of it. */
+      consumer_committed_cursor(c, &seq, &pos, &at);
+      if (seq == 0)
+        continue;
+    } else {
       continue;
-    consumer_snapshot(c, &seq, &pos, &at);
+    }
     r = &f->reqs[n];
     memset(r, 0, sizeof *r);
     r->key.consumer_id = consumer_name(c);
@@ -266,13 +331,15 @@ static void round_commit(flusher *f) {
     f->req_consumer[n] = i;
     n++;
   }
-  if (n == 0) {
-    round_done(f, f->round_failed ? UV_EIO : 0);
-    return;
-  }
+  /* Even with nothing to commit the store is asked: it checks that the
+   * state file is still there, which the last round before an exit must
+   * do too. */
+  f->commit_items = n;
+  f->full_in_flight = f->need_full;
   f->commit_started = uv_hrtime();
   rc = store_commit_start(f->st, f->loop, f->reqs, n, on_commit, f);
   if (rc != 0) {
+    f->full_in_flight = false;
     log_error("cursor commit could not start", LS("err", uv_strerror(rc)));
     round_done(f, rc);
   }
@@ -287,8 +354,10 @@ static void on_synced(consumer *c, int status, const char *msg, void *data) {
       if (f->consumers[i] == c)
         f->taking[i] = false;
     f->round_failed = true;
-    log_error("sink sync failed; the cursor stays where it was",
-              LS("consumer", consumer_name(c)), LS("err", msg));
+    /* A removed file was reported by the consumer, which rewound. */
+    if (status != SINK_EREMOVED)
+      log_error("sink sync failed; the cursor stays where it was",
+                LS("consumer", consumer_name(c)), LS("err", msg));
   }
   if (--f->pending_syncs == 0)
     round_commit(f);
@@ -301,6 +370,7 @@ static void round_start(flusher *f) {
   uv_timer_stop(&f->timer);
   f->in_round = true;
   f->round_failed = false;
+  f->recreated_round = false;
   f->pending_syncs = 1; /* held until every sync is asked for */
   for (i = 0; i < f->n; i++) {
     f->taking[i] = consumer_dirty(f->consumers[i]);

@@ -68,8 +68,17 @@ typedef enum sink_outcome {
 /* msg says why for RETRY and FATAL; borrowed for the call. */
 typedef void (*sink_write_cb)(sink *s, sink_outcome outcome, const char *msg,
                               void *data);
-/* status is 0, or a negative errno with msg saying why. */
+/* status is 0, or a negative errno with msg saying why, or
+ * SINK_EREMOVED. */
 typedef void (*sink_sync_cb)(sink *s, int status, const char *msg, void *data);
+
+/* A sync's status when the file the sink wrote was removed (not renamed):
+ * what it held since the last commit exists nowhere, so the cursor must not
+ * pass it. The sink has opened a new file at its path by then, and the
+ * consumer delivers again everything after its committed cursor. Apart
+ * from the errno range on purpose. Only a sink that reports whole batches
+ * delivered (not one by one) may report it. */
+#define SINK_EREMOVED (-31001)
 /* The sink is freed when this returns. */
 typedef void (*sink_close_cb)(void *data);
 

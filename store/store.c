@@ -166,7 +166,11 @@ static const char *const stmt_sql[ST__COUNT] = {
 struct store {
   char *path;     /* owned */
   int lock_fd;    /* holds the flock on <path>.lock; -1 when not open */
-  sqlite3 *db;    /* owned; opened SQLITE_OPEN_FULLMUTEX */
+  sqlite3 *db;    /* owned; opened SQLITE_OPEN_FULLMUTEX; NULL after a
+                     failed recreate, until one succeeds */
+  bool created;   /* store_open made the file: a first start */
+  dev_t dev;      /* the identity of the file db has open, to tell */
+  ino_t ino;      /* whether the path still names it */
   bool mu_init;   /* whether mu needs destroying */
   bool in_commit; /* a group commit is queued; loop thread only */
   /* One connection must not interleave transactions, so every use of db
@@ -218,6 +222,8 @@ const char *store_strerror(int code) {
     return "state file damaged or not a tether state file";
   case STORE_EBUSY:
     return "state file in use by another process";
+  case STORE_ERECREATED:
+    return "state file removed or replaced; created again";
   default:
     return uv_strerror(code);
   }
@@ -264,6 +270,15 @@ static int db_error(store *s, int rc, const char *what, char *err,
 
 static int errno_code(int e) {
   return e == ENOSPC || e == EDQUOT ? STORE_EFULL : STORE_EIO;
+}
+
+/* After the state file vanished and making it again failed, there is no
+ * connection until a group commit manages it (see recreate_locked). */
+static int db_lost(store *s, char *err, size_t errlen) {
+  return set_err(err, errlen, STORE_EIO,
+                 "state file %s is not open: it was removed while tether "
+                 "ran, and creating it again failed so far",
+                 s->path);
 }
 
 /* Writes s into out as a Go-style quoted string, cut with "..." when it does
@@ -708,7 +723,11 @@ static int step_done(sqlite3_stmt *st) {
 }
 
 static int tx_begin(store *s, char *err, size_t errlen) {
-  int rc = step_done(s->stmts[ST_BEGIN]);
+  int rc;
+
+  if (s->db == NULL)
+    return db_lost(s, err, errlen);
+  rc = step_done(s->stmts[ST_BEGIN]);
 
   return rc == SQLITE_OK ? 0 : db_error(s, rc, "begin", err, errlen);
 }
@@ -787,6 +806,8 @@ static int get_locked(store *s, const nkey *key, store_cursor *out, char *err,
   sqlite3_stmt *st = s->stmts[ST_GET];
   int rc;
 
+  if (s->db == NULL)
+    return db_lost(s, err, errlen);
   if ((rc = bind_key(st, key)) != SQLITE_OK) {
     stmt_done(st);
     return db_error(s, rc, "read cursor", err, errlen);
@@ -1183,7 +1204,59 @@ static int prepare_all(store *s, char *err, size_t errlen) {
   return 0;
 }
 
+/* Opens the SQLite connection on the file at s->path (made by create_file)
+ * and brings it to a usable state: integrity, WAL, schema, statements. Used
+ * at open and again when the file must be created anew. */
+static int open_db(store *s, char *err, size_t errlen) {
+  struct stat st;
+  int rc;
+
+  rc = sqlite3_open_v2(
+      s->path, &s->db,
+      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, NULL);
+  if (rc != SQLITE_OK) {
+    if (s->db == NULL)
+      return set_err(err, errlen, UV_ENOMEM, "out of memory opening %s",
+                     s->path);
+    return db_error(s, rc, "open", err, errlen);
+  }
+  sqlite3_extended_result_codes(s->db, 1);
+  sqlite3_busy_timeout(s->db, BUSY_TIMEOUT_MS);
+  if ((rc = check_integrity(s, err, errlen)) != 0)
+    return rc;
+  /* SQLite falls back to read-only when it may not write the file; a
+   * cursor store that cannot commit must fail now, not at the first flush.
+   */
+  if (sqlite3_db_readonly(s->db, "main") == 1)
+    return set_err(
+        err, errlen, STORE_EIO,
+        "state file %s is read-only; tether must be able to write it", s->path);
+  if ((rc = set_pragmas(s, err, errlen)) != 0 ||
+      (rc = migrate(s, err, errlen)) != 0 ||
+      (rc = prepare_all(s, err, errlen)) != 0)
+    return rc;
+  /* Take the write lock once, so a file system that refuses writes to the
+   * WAL or its index fails here too. */
+  if ((rc = tx_begin(s, err, errlen)) != 0 ||
+      (rc = tx_commit(s, err, errlen)) != 0) {
+    tx_rollback(s);
+    return rc;
+  }
+  /* The identity the commits check the path against. The connection keeps
+   * the file open, so its inode number cannot go to another file while
+   * tether runs: an unchanged (dev, ino) at the path is the same file. */
+  if (stat(s->path, &st) != 0) {
+    int e = errno;
+    return set_err(err, errlen, errno_code(e), "cannot stat state file %s: %s",
+                   s->path, strerror(e));
+  }
+  s->dev = st.st_dev;
+  s->ino = st.st_ino;
+  return 0;
+}
+
 int store_open(const char *path, store **out, char *err, size_t errlen) {
+  struct stat st;
   store *s;
   int rc;
 
@@ -1206,44 +1279,13 @@ int store_open(const char *path, store **out, char *err, size_t errlen) {
   }
   s->mu_init = true;
   if ((rc = make_parents(path, err, errlen)) != 0 ||
-      (rc = take_lock(s, err, errlen)) != 0 ||
-      (rc = create_file(s, err, errlen)) != 0)
+      (rc = take_lock(s, err, errlen)) != 0)
     goto fail;
-  rc = sqlite3_open_v2(
-      path, &s->db,
-      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, NULL);
-  if (rc != SQLITE_OK) {
-    if (s->db == NULL) {
-      rc = set_err(err, errlen, UV_ENOMEM, "out of memory opening %s", path);
-      goto fail;
-    }
-    rc = db_error(s, rc, "open", err, errlen);
+  /* Under the lock, so no other tether makes the file in between. */
+  s->created = stat(path, &st) != 0 && errno == ENOENT;
+  if ((rc = create_file(s, err, errlen)) != 0 ||
+      (rc = open_db(s, err, errlen)) != 0)
     goto fail;
-  }
-  sqlite3_extended_result_codes(s->db, 1);
-  sqlite3_busy_timeout(s->db, BUSY_TIMEOUT_MS);
-  if ((rc = check_integrity(s, err, errlen)) != 0)
-    goto fail;
-  /* SQLite falls back to read-only when it may not write the file; a
-   * cursor store that cannot commit must fail now, not at the first flush.
-   */
-  if (sqlite3_db_readonly(s->db, "main") == 1) {
-    rc = set_err(err, errlen, STORE_EIO,
-                 "state file %s is read-only; tether must be able to write it",
-                 path);
-    goto fail;
-  }
-  if ((rc = set_pragmas(s, err, errlen)) != 0 ||
-      (rc = migrate(s, err, errlen)) != 0 ||
-      (rc = prepare_all(s, err, errlen)) != 0)
-    goto fail;
-  /* Take the write lock once, so a file system that refuses writes to the
-   * WAL or its index fails here too. */
-  if ((rc = tx_begin(s, err, errlen)) != 0 ||
-      (rc = tx_commit(s, err, errlen)) != 0) {
-    tx_rollback(s);
-    goto fail;
-  }
   *out = s;
   return 0;
 
@@ -1252,22 +1294,34 @@ fail:
   return rc;
 }
 
-void store_close(store *s) {
+/* Finalizes every statement and closes the connection. The last connection
+ * to close checkpoints the WAL into the main file and removes the -wal and
+ * -shm files by name. */
+static void close_db(store *s) {
   int i;
 
+  for (i = 0; i < ST__COUNT; i++) {
+    sqlite3_finalize(s->stmts[i]);
+    s->stmts[i] = NULL;
+  }
+  for (i = 0; i < LIST_SHAPES; i++) {
+    sqlite3_finalize(s->list_stmts[i]);
+    s->list_stmts[i] = NULL;
+  }
+  for (i = 0; i < RESETS_SHAPES; i++) {
+    sqlite3_finalize(s->resets_stmts[i]);
+    s->resets_stmts[i] = NULL;
+  }
+  if (s->db != NULL)
+    sqlite3_close_v2(s->db);
+  s->db = NULL;
+}
+
+void store_close(store *s) {
   if (s == NULL)
     return;
   assert(!s->in_commit && "store_close while a group commit is running");
-  for (i = 0; i < ST__COUNT; i++)
-    sqlite3_finalize(s->stmts[i]);
-  for (i = 0; i < LIST_SHAPES; i++)
-    sqlite3_finalize(s->list_stmts[i]);
-  for (i = 0; i < RESETS_SHAPES; i++)
-    sqlite3_finalize(s->resets_stmts[i]);
-  /* The last connection to close checkpoints the WAL into the main file and
-   * removes it. */
-  if (s->db != NULL)
-    sqlite3_close_v2(s->db);
+  close_db(s);
   /* The lock file stays: removing it would let a process that opened it
    * just before and a newcomer that creates a fresh one both hold "the"
    * lock. */
@@ -1395,6 +1449,10 @@ static sqlite3_stmt *list_stmt(store *s, int shape, char *err, size_t errlen,
   const char *sep = " WHERE ";
   size_t n;
 
+  if (s->db == NULL) {
+    *rc = db_lost(s, err, errlen);
+    return NULL;
+  }
   if (s->list_stmts[shape] != NULL)
     return s->list_stmts[shape];
   n = (size_t)snprintf(sql, sizeof sql, "SELECT " ROW_COLUMNS " FROM cursors");
@@ -1518,6 +1576,10 @@ int store_list_resets(store *s, const store_key *key, int64_t limit,
   shape |= limit > 0 ? RESETS_LIMIT : 0;
 
   pthread_mutex_lock(&s->mu);
+  if (s->db == NULL) {
+    rc = db_lost(s, err, errlen);
+    goto out;
+  }
   st = s->resets_stmts[shape];
   if (st == NULL) {
     snprintf(sql, sizeof sql,
@@ -1579,6 +1641,14 @@ out:
   return 0;
 }
 
+bool store_created(const store *s) {
+  return s->created;
+}
+
+const char *store_path(const store *s) {
+  return s->path;
+}
+
 void store_cursor_free(store_cursor *c) {
   if (c == NULL)
     return;
@@ -1615,6 +1685,102 @@ void store_reset_records_free(store_reset_record *v, size_t n) {
     free(v[i].reason);
   }
   free(v);
+}
+
+/* ---- A state file that vanished ---------------------------------------- */
+
+/* Whether the path no longer names the file the connection has open: it
+ * was removed (with its directory, perhaps) or another file took its
+ * place. Any other stat failure is left to the commit to report. */
+static bool file_moved(store *s) {
+  struct stat st;
+
+  if (stat(s->path, &st) != 0)
+    return errno == ENOENT || errno == ENOTDIR;
+  return st.st_dev != s->dev || st.st_ino != s->ino;
+}
+
+/* Takes the lock again when its file went with the state file (rm -rf of
+ * the directory): otherwise a second tether could lock a new lock file and
+ * share the new state file. */
+static int relock(store *s, char *err, size_t errlen) {
+  char lock_path[PATH_MAX];
+  struct stat a, b;
+  int old = s->lock_fd, rc;
+
+  snprintf(lock_path, sizeof lock_path, "%s.lock", s->path);
+  if (fstat(old, &a) == 0 && stat(lock_path, &b) == 0 && a.st_dev == b.st_dev &&
+      a.st_ino == b.st_ino)
+    return 0;
+  if ((rc = take_lock(s, err, errlen)) != 0) {
+    if (s->lock_fd >= 0 && s->lock_fd != old)
+      close(s->lock_fd);
+    s->lock_fd = old;
+    return rc;
+  }
+  close(old);
+  return 0;
+}
+
+/* Makes the state file again at its path after it was removed or replaced
+ * while open; runs on the commit worker with the mutex held. Writes what
+ * happened into msg. The new file is empty, as at a first start: the caller
+ * commits every cursor it knows into it (STORE_ERECREATED).
+ *
+ * The old connection closes first: on close SQLite checkpoints into the
+ * file it has open (the removed one) and deletes <path>-wal and <path>-shm
+ * by name, which must not be the new file's. A file someone put at the
+ * path is moved aside with its -wal, never deleted; a -wal left with no
+ * database is deleted, since SQLite would replay its pages into the new
+ * file. */
+static int recreate_locked(store *s, char *msg, size_t msglen) {
+  char aside[PATH_MAX], from[PATH_MAX + 8], to[PATH_MAX + 8], why[512];
+  struct stat st;
+  bool replaced;
+  int rc;
+
+  close_db(s);
+  /* stat, not lstat: a symlink whose target went is a removal, and the
+   * new file is made at the target, through the link. */
+  replaced = stat(s->path, &st) == 0;
+  snprintf(aside, sizeof aside, "%s.replaced", s->path);
+  snprintf(from, sizeof from, "%s-wal", s->path);
+  snprintf(to, sizeof to, "%s-wal", aside);
+  if (replaced) {
+    if (rename(s->path, aside) != 0) {
+      int e = errno;
+      rc = set_err(why, sizeof why, errno_code(e), "cannot move %s aside: %s",
+                   s->path, strerror(e));
+      goto fail;
+    }
+    rename(from, to);
+  } else {
+    unlink(from);
+  }
+  snprintf(from, sizeof from, "%s-shm", s->path);
+  unlink(from);
+  if ((rc = make_parents(s->path, why, sizeof why)) != 0 ||
+      (rc = relock(s, why, sizeof why)) != 0 ||
+      (rc = create_file(s, why, sizeof why)) != 0 ||
+      (rc = open_db(s, why, sizeof why)) != 0)
+    goto fail;
+  if (replaced)
+    return set_err(msg, msglen, 0,
+                   "state file %s was replaced by another file while tether "
+                   "ran; moved that one to %s and created the state file "
+                   "again",
+                   s->path, aside);
+  return set_err(msg, msglen, 0,
+                 "state file %s was removed while tether ran; created it "
+                 "again",
+                 s->path);
+
+fail:
+  close_db(s);
+  return set_err(msg, msglen, rc,
+                 "state file %s was %s while tether ran, and creating it "
+                 "again failed: %s",
+                 s->path, replaced ? "replaced" : "removed", why);
 }
 
 /* ---- Group commit ------------------------------------------------------ */
@@ -1671,7 +1837,8 @@ static const char *copy_str(char **dst, const char *p) {
  * Threading: this worker touches only its commit_req, whose requests were
  * deep-copied on the loop thread, and the SQLite connection under the store
  * mutex. It reports nothing itself; on_commit_done applies the results on
- * the loop thread.
+ * the loop thread. A recreate replaces the connection, the file's identity
+ * and perhaps the lock, all under that mutex too.
  *
  * Durability ordering (DESIGN.md section 3): a file sink is fdatasync'd
  * before the commit that covers its events is started, and upstream acks
@@ -1693,9 +1860,20 @@ static void on_commit_work(uv_work_t *w) {
   int rc;
 
   c->status = 0;
-  if (c->n == 0)
-    return;
   pthread_mutex_lock(&s->mu);
+  /* A commit into a file that is no longer at the path would be lost at
+   * the next start. Checked before every commit, an empty one too (the
+   * last one at shutdown may have nothing new). */
+  if (s->db == NULL || file_moved(s)) {
+    rc = recreate_locked(s, c->msg, sizeof c->msg);
+    c->status = rc == 0 ? STORE_ERECREATED : rc;
+    pthread_mutex_unlock(&s->mu);
+    return;
+  }
+  if (c->n == 0) {
+    pthread_mutex_unlock(&s->mu);
+    return;
+  }
   if ((rc = tx_begin(s, c->msg, sizeof c->msg)) != 0)
     goto fail;
   for (i = 0; i < c->n; i++) {
@@ -1815,6 +1993,11 @@ int store_set_paused(store *s, const char *consumer_id, bool paused, char *err,
                    "invalid cursor: consumer id is required");
   store_format_time(clock_now(), now, sizeof now);
   pthread_mutex_lock(&s->mu);
+  if (s->db == NULL) {
+    rc = db_lost(s, err, errlen);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+  }
   rc = sqlite3_prepare_v2(
       s->db,
       "INSERT INTO consumer_flags (consumer_id, paused, updated_at) "
@@ -1846,6 +2029,11 @@ int store_get_paused(store *s, const char *consumer_id, bool *paused, char *err,
     return set_err(err, errlen, STORE_EINVAL,
                    "invalid cursor: consumer id is required");
   pthread_mutex_lock(&s->mu);
+  if (s->db == NULL) {
+    rc = db_lost(s, err, errlen);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+  }
   rc = sqlite3_prepare_v2(
       s->db, "SELECT paused FROM consumer_flags WHERE consumer_id = ?1", -1,
       &st, NULL);

@@ -31,6 +31,11 @@
 #define STORE_EFULL     (-30006) /* no space left (SQLITE_FULL, ENOSPC) */
 #define STORE_ECORRUPT  (-30007) /* not a tether state file, or damaged */
 #define STORE_EBUSY     (-30008) /* in use by another process */
+/* A group commit found the state file removed or replaced since it was
+ * opened and created it again, empty, at its path; nothing of the commit
+ * was applied. The caller commits every cursor it holds, not only the
+ * moved ones, and whatever else it keeps there (paused flags). */
+#define STORE_ERECREATED (-30009)
 
 /* Bounds (stricter than the upstream rules; see the protocol document). */
 #define STORE_MAX_KEY_FIELD 256  /* bytes of valid UTF-8 per key field */
@@ -109,6 +114,13 @@ int store_open(const char *path, store **out, char *err, size_t errlen);
 /* Closes the store; no commit may be running. NULL is allowed. */
 void store_close(store *s);
 
+/* Whether store_open made the state file (a first start), as opposed to
+ * opening one that existed, however empty. */
+bool store_created(const store *s);
+
+/* The state file's path; borrowed for the store's life. */
+const char *store_path(const store *s);
+
 /* The rows of the protocol document. Each returns 0 or STORE_E* with the
  * reason in err; out (may be NULL) receives the stored row after the call. */
 int store_get(store *s, const store_key *key, store_cursor *out, char *err,
@@ -151,7 +163,9 @@ typedef void (*store_commit_cb)(void *data, int status, const char *msg,
                                 const char *const *item_msg, size_t n);
 
 /* Copies the n requests and applies them in one transaction on the thread
- * pool of loop. One commit at a time per store. Returns 0 (cb will run
+ * pool of loop. One commit at a time per store. Each commit, n == 0 too,
+ * first checks that the path still names the file the store has open, and
+ * otherwise creates it again (STORE_ERECREATED). Returns 0 (cb will run
  * exactly once) or UV_ENOMEM / UV_EBUSY (cb will not run). */
 int store_commit_start(store *s, uv_loop_t *loop, const store_advance *reqs,
                        size_t n, store_commit_cb cb, void *data);

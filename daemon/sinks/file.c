@@ -13,6 +13,17 @@
  * A failed write never leaves half a batch behind: the file is cut back to
  * its size before the batch, so a retry appends whole lines again and a
  * reader never sees a torn line in the middle of the file.
+ *
+ * A file removed while tether writes it (rm, not a rename) takes with it
+ * every line since the last commit, while writes into the open descriptor
+ * still succeed. The sync is the one place that notices: after fdatasync it
+ * checks the file still has a name (st_nlink > 0). If not, it opens a new
+ * file at the path and fails with SINK_EREMOVED, so the flusher commits
+ * nothing and the consumer delivers again from its committed cursor into
+ * the new file, in order. A rename (logrotate) keeps the link count, so the
+ * data stays where it was moved and nothing comes again. Rotation and
+ * SIGHUP leave a removed file for the next sync to replace: a write between
+ * them would land in the new file ahead of the events that come again.
  */
 #include <assert.h>
 #include <errno.h>
@@ -75,7 +86,8 @@ typedef struct fsink {
   op_kind op;
   int result; /* 0 or -errno */
   char msg[320];
-  bool rotated; /* the write rotated the file */
+  bool rotated;        /* the write rotated the file */
+  bool reopen_skipped; /* a reopen found the file removed; the sync acts */
   /* A batch that failed after some of its lines went into a rotated file:
    * its identity and how far it got. */
   uint64_t part_seq;
@@ -169,9 +181,6 @@ static int sync_dir_of(const char *path) {
   return rc;
 }
 
-/* Thread pool. PATH -> PATH.1 -> ... -> PATH.keep (dropped). The old file
- * is fdatasync'd before it is renamed, because the flusher's next sync only
- * reaches the new descriptor. */
 /* Records errno's reason for what failed and returns -errno. */
 static int fail_with(fsink *f, const char *what) {
   int err = -errno;
@@ -180,6 +189,17 @@ static int fail_with(fsink *f, const char *what) {
   return err;
 }
 
+/* Whether the open file was removed from its directory. An fstat failure
+ * counts as not removed: the caller's next step reports it. */
+static bool removed(int fd) {
+  struct stat st;
+
+  return fstat(fd, &st) == 0 && st.st_nlink == 0;
+}
+
+/* Thread pool. PATH -> PATH.1 -> ... -> PATH.keep (dropped). The old file
+ * is fdatasync'd before it is renamed, because the flusher's next sync only
+ * reaches the new descriptor. */
 static int rotate(fsink *f) {
   char from[PATH_MAX], to[PATH_MAX];
   int64_t i;
@@ -187,6 +207,12 @@ static int rotate(fsink *f) {
 
   if (fdatasync(f->fd) != 0)
     return fail_with(f, "fdatasync");
+  /* Renaming the path now would move a file that is not ours (or fail).
+   * The removed file takes the lines until the next sync replaces it. */
+  if (removed(f->fd)) {
+    f->size = 0;
+    return 0;
+  }
   snprintf(to, sizeof to, "%s.%" PRId64, f->path, f->rotate_keep);
   if (unlink(to) != 0 && errno != ENOENT)
     return fail_with(f, "rotate");
@@ -208,6 +234,7 @@ static int rotate(fsink *f) {
   f->fd = fd;
   f->size = 0;
   sync_dir_of(f->path);
+  f->rotated = true;
   return 0;
 }
 
@@ -286,7 +313,6 @@ static void do_write(fsink *f) {
           f->size + first_line_len(p + off, chunk) > f->rotate_size) {
         if ((err = rotate(f)) != 0)
           goto fail;
-        f->rotated = true;
       }
       if (f->size + chunk > f->rotate_size) {
         room =
@@ -326,12 +352,52 @@ fail:
   f->result = err;
 }
 
+/* The file at the path was removed after the last sync: whatever it held
+ * since the last commit is gone. Opens a new file there and says so; when
+ * that fails, the removed one stays open, and every later sync comes back
+ * here and tries again, so nothing is committed meanwhile. */
+static void replace_removed(fsink *f) {
+  struct stat st;
+  int fd;
+
+  /* A batch cut short by a rotation resumes in the removed file no more:
+   * it comes again whole, from the consumer. */
+  f->part_seq = 0;
+  f->part_len = 0;
+  f->result = SINK_EREMOVED;
+  fd = open_append(f->path);
+  if (fd >= 0 && fstat(fd, &st) != 0) {
+    int err = -errno;
+
+    close(fd);
+    fd = err;
+  }
+  if (fd < 0) {
+    snprintf(f->msg, sizeof f->msg,
+             "%s was removed, and creating it again failed: %s", f->path,
+             strerror(-fd));
+    return;
+  }
+  close(f->fd);
+  f->fd = fd;
+  f->regular = S_ISREG(st.st_mode);
+  f->size = (uint64_t)st.st_size;
+  snprintf(f->msg, sizeof f->msg, "%s was removed; writing a new file there",
+           f->path);
+}
+
 static void do_sync(fsink *f) {
   f->result = 0;
-  if (f->regular && fdatasync(f->fd) != 0) {
+  if (!f->regular)
+    return;
+  if (fdatasync(f->fd) != 0) {
     f->result = -errno;
     set_msg(f, "fdatasync", f->result);
+    return;
   }
+  /* Standard output has no path to open again. */
+  if (!f->is_stdout && removed(f->fd))
+    replace_removed(f);
 }
 
 /* The old descriptor is synced before it is closed: data delivered into it
@@ -342,9 +408,16 @@ static void do_reopen(fsink *f) {
   int fd;
 
   f->result = 0;
+  f->reopen_skipped = false;
   if (f->regular && fdatasync(f->fd) != 0) {
     f->result = -errno;
     set_msg(f, "fdatasync", f->result);
+    return;
+  }
+  /* Removed rather than moved: the lines since the last commit are gone,
+   * and only the sync can tell the consumer to deliver them again. */
+  if (f->regular && removed(f->fd)) {
+    f->reopen_skipped = true;
     return;
   }
   fd = open_append(f->path);
@@ -417,9 +490,27 @@ static void on_work_done(uv_work_t *req, int status) {
     data = f->sync_data;
     f->sync_cb = NULL;
     scb(&f->base, result, result ? f->msg : NULL, data);
+    /* A batch that waited behind the sync belongs after the events the
+     * consumer now delivers again: written first, it would stand ahead of
+     * them in the new file. The consumer drops it and it comes again. */
+    if (result == SINK_EREMOVED && f->write_wanted) {
+      f->write_wanted = false;
+      wcb = f->write_cb;
+      data = f->write_data;
+      f->write_cb = NULL;
+      wcb(&f->base, SINK_RETRY,
+          "not written: the file was removed, and delivery starts again "
+          "from the committed cursor",
+          data);
+    }
     break;
   case OP_REOPEN:
-    if (result != 0)
+    if (f->reopen_skipped)
+      log_warn("not reopening the file: it was removed, not moved; the next "
+               "cursor commit replaces it",
+               LS("consumer", f->consumer), LS("sink", "file"),
+               LS("path", f->path));
+    else if (result != 0)
       log_error("reopening file failed; still writing the old one",
                 LS("consumer", f->consumer), LS("sink", "file"),
                 LS("err", f->msg));

@@ -370,12 +370,12 @@ static void test_sync_and_commit(void) {
   fs.sync_cb = NULL;
   cb(&fs.s, 0, NULL, fs.sync_data);
   ASSERT_EQ(1, calls);
-  consumer_committed(f.c, 1);
+  consumer_committed(f.c, 1, "p1", 0);
   consumer_get_stats(f.c, &st);
   ASSERT_EQ(1, st.committed_seq);
   ASSERT(!consumer_dirty(f.c));
   /* Commits never move the cursor backwards. */
-  consumer_committed(f.c, 0);
+  consumer_committed(f.c, 0, "", 0);
   consumer_get_stats(f.c, &st);
   ASSERT_EQ(1, st.committed_seq);
   teardown(&f);
@@ -658,6 +658,143 @@ static void test_reset_to_needs_a_drained_window(void) {
   teardown(&f);
 }
 
+/* ---- rewind after a removed file ---------------------------------------- */
+
+static void on_sync_status(consumer *c, int status, const char *msg,
+                           void *data) {
+  int *got = data;
+
+  (void)c, (void)msg;
+  *got = status;
+}
+
+/* Syncs and completes the fake sink's sync with status; returns what the
+ * flusher's callback saw. */
+static int sync_with(fixture *f, int status, const char *msg) {
+  sink_sync_cb cb;
+  int got = 1;
+
+  consumer_sync(f->c, on_sync_status, &got);
+  cb = fs.sync_cb;
+  ASSERT(cb != NULL);
+  fs.sync_cb = NULL;
+  cb(&fs.s, status, msg, fs.sync_data);
+  return got;
+}
+
+/* Delivers p<from>..p<to> through the fake sink in one batch. */
+static void deliver(fixture *f, int from, int to) {
+  char p[16];
+  int i;
+
+  for (i = from; i <= to; i++) {
+    snprintf(p, sizeof p, "p%d", i);
+    emit(f, p, "{}");
+  }
+  run_until_writes(f, fs.writes + 1);
+  complete_write(SINK_DELIVERED, NULL);
+}
+
+/* The sink's file was removed: everything after the committed cursor is
+ * gone. The consumer goes back to that cursor before the flusher hears of
+ * the failed sync, drops the window (a batch the sink still holds is
+ * ignored when it returns), and starts the source again from the committed
+ * seq and position, so the same events come again with the same seqs. */
+static void test_rewind_on_removed_file(void) {
+  fixture f;
+  consumer_stats st;
+  uint64_t seq;
+  const char *pos;
+  int64_t at;
+
+  setup(&f, 100, 10, "p10");
+  deliver(&f, 11, 13);
+  ASSERT_EQ(0, sync_with(&f, 0, NULL));
+  consumer_snapshot(f.c, &seq, &pos, &at);
+  consumer_committed(f.c, seq, pos, at);
+  consumer_committed_cursor(f.c, &seq, &pos, &at);
+  ASSERT_EQ(13, seq);
+  ASSERT_STR_EQ("p13", pos);
+  deliver(&f, 14, 15);
+  emit(&f, "p16", "{}");
+  run_until_writes(&f, 3); /* p16 is with the sink */
+  emit(&f, "p17", "{}");   /* p17 is staged */
+
+  ASSERT_EQ(SINK_EREMOVED,
+            sync_with(&f, SINK_EREMOVED, "out.ndjson was removed"));
+  ASSERT_EQ(1, src.stops);
+  ASSERT_EQ(2, src.starts);
+  ASSERT_EQ(13, src.resume_seq);
+  ASSERT_STR_EQ("p13", src.resume_pos);
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(13, st.delivered_seq);
+  ASSERT_EQ(13, st.committed_seq);
+  ASSERT_EQ(0, st.in_flight);
+  ASSERT_EQ(1, st.sink_rewinds);
+  ASSERT_EQ(4, st.retried); /* 14..17 come again */
+  ASSERT(!consumer_dirty(f.c));
+  ASSERT_EQ(CONSUMER_CONNECTED, consumer_get_state(f.c));
+
+  /* The batch the sink held returns, delivered or not: it moves nothing,
+   * and the staged p17 is gone. */
+  emit(&f, "p14", "{}");
+  complete_write(SINK_DELIVERED, NULL);
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(13, st.delivered_seq);
+  run_until_writes(&f, 4);
+  ASSERT_EQ(14, fs.first_seq);
+  ASSERT_EQ(14, fs.last_seq);
+  ASSERT_CONTAINS(buf_cstr(&fs.last_batch), "\"seq\":14,\"cursor\":\"p14\"");
+  complete_write(SINK_DELIVERED, NULL);
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(14, st.delivered_seq);
+  ASSERT(consumer_dirty(f.c));
+  teardown(&f);
+}
+
+/* A paused consumer rewinds too, but its source stays stopped; the resume
+ * starts it from the committed cursor, not from what was handed over. */
+static void test_rewind_while_paused(void) {
+  fixture f;
+  consumer_stats st;
+  char err[128];
+
+  setup(&f, 100, 0, "");
+  deliver(&f, 1, 2);
+  consumer_committed(f.c, 2, "p2", 0);
+  deliver(&f, 3, 5);
+  consumer_pause(f.c);
+  ASSERT_EQ(1, src.stops);
+  ASSERT_EQ(SINK_EREMOVED, sync_with(&f, SINK_EREMOVED, "removed"));
+  ASSERT_EQ(1, src.stops);
+  ASSERT_EQ(1, src.starts);
+  ASSERT_EQ(CONSUMER_PAUSED, consumer_get_state(f.c));
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(2, st.delivered_seq);
+  ASSERT_EQ(0, consumer_resume(f.c, err, sizeof err));
+  ASSERT_EQ(2, src.starts);
+  ASSERT_EQ(2, src.resume_seq);
+  ASSERT_STR_EQ("p2", src.resume_pos);
+  teardown(&f);
+}
+
+/* A finite source that had emitted everything is started again, so what
+ * was lost is produced once more and the consumer is not left "done"
+ * with a gap. A stop for a drain meanwhile cancels that restart. */
+static void test_rewind_restarts_a_done_source(void) {
+  fixture f;
+
+  setup(&f, 100, 0, "");
+  deliver(&f, 1, 3);
+  consumer_source_done(f.c);
+  ASSERT_EQ(CONSUMER_DONE, consumer_get_state(f.c));
+  ASSERT_EQ(SINK_EREMOVED, sync_with(&f, SINK_EREMOVED, "removed"));
+  ASSERT_EQ(2, src.starts);
+  ASSERT_EQ(0, src.resume_seq);
+  ASSERT_EQ(CONSUMER_CONNECTED, consumer_get_state(f.c));
+  teardown(&f);
+}
+
 /* ---- flusher_when_idle -------------------------------------------------- */
 
 static struct {
@@ -760,6 +897,9 @@ static void test_flusher_when_idle(void) {
 
 static const test_case tests[] = {
   TEST(test_flusher_when_idle),
+  TEST(test_rewind_on_removed_file),
+  TEST(test_rewind_while_paused),
+  TEST(test_rewind_restarts_a_done_source),
   TEST(test_source_failure_still_delivers_staged),
   TEST(test_pause_and_resume),
   TEST(test_reset_to_needs_a_drained_window),

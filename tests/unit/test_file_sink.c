@@ -379,6 +379,115 @@ static void test_stdout_closed_reader_is_fatal(void) {
   teardown(&f);
 }
 
+/* Runs a sync to its end and returns its status, with its message in r. */
+static int sync_status(fixture *f, result *r) {
+  memset(r, 0, sizeof *r);
+  f->type->sync(f->s, on_sync, r);
+  uv_run(&f->loop, UV_RUN_DEFAULT);
+  ASSERT_EQ(1, r->calls);
+  return r->status;
+}
+
+/* A file removed under the sink: writes into the open descriptor still
+ * succeed, the sync says the file is gone (so no commit covers those
+ * lines) and opens a new one at the path for what comes next. */
+static void test_removed_file_detected_at_sync(void) {
+  fixture f;
+  result r;
+
+  setup(&f);
+  open_sink(&f);
+  write_batch(&f, "a\n", &r);
+  sync_sink(&f);
+  ASSERT_EQ(0, unlink(f.path));
+  write_batch(&f, "b\n", &r);
+  ASSERT_EQ(SINK_DELIVERED, r.status);
+  ASSERT_EQ(SINK_EREMOVED, sync_status(&f, &r));
+  ASSERT_CONTAINS(r.msg, "out.ndjson was removed; writing a new file there");
+  assert_file(f.path, "");
+  write_batch(&f, "a\n", &r);
+  ASSERT_EQ(SINK_DELIVERED, r.status);
+  ASSERT_EQ(0, sync_status(&f, &r));
+  assert_file(f.path, "a\n");
+  teardown(&f);
+}
+
+/* A rename (logrotate before its SIGHUP) keeps the data where it went:
+ * nothing is lost, so the sync succeeds and no new file appears. */
+static void test_renamed_file_is_not_removed(void) {
+  char moved[PATH_MAX + 128];
+  fixture f;
+  result r;
+
+  setup(&f);
+  open_sink(&f);
+  write_batch(&f, "a\n", &r);
+  snprintf(moved, sizeof moved, "%s.1", f.path);
+  ASSERT_EQ(0, rename(f.path, moved));
+  write_batch(&f, "b\n", &r);
+  ASSERT_EQ(0, sync_status(&f, &r));
+  ASSERT(access(f.path, F_OK) != 0);
+  assert_file(moved, "a\nb\n");
+  teardown(&f);
+}
+
+/* A batch queued behind the sync that finds the file removed is not
+ * written into the new file, where it would stand ahead of the events
+ * delivered again: it is answered retry, untouched. */
+static void test_write_behind_removal_is_refused(void) {
+  sink_batch b = { "late\n", 5, 7, 7 };
+  fixture f;
+  result sr, wr;
+
+  setup(&f);
+  open_sink(&f);
+  write_batch(&f, "a\n", &wr);
+  ASSERT_EQ(0, unlink(f.path));
+  memset(&sr, 0, sizeof sr);
+  memset(&wr, 0, sizeof wr);
+  f.type->sync(f.s, on_sync, &sr);
+  f.type->write(f.s, &b, on_write, &wr);
+  uv_run(&f.loop, UV_RUN_DEFAULT);
+  ASSERT_EQ(1, sr.calls);
+  ASSERT_EQ(SINK_EREMOVED, sr.status);
+  ASSERT_EQ(1, wr.calls);
+  ASSERT_EQ(SINK_RETRY, wr.status);
+  ASSERT_CONTAINS(wr.msg, "not written: the file was removed");
+  assert_file(f.path, "");
+  teardown(&f);
+}
+
+/* Rotation and SIGHUP leave a removed file to the sync: a rotation must
+ * not rename a path that is no longer its file, and neither may start a
+ * new file before the consumer has gone back to its committed cursor. */
+static void test_rotation_and_reopen_leave_removal_to_sync(void) {
+  char p1[PATH_MAX + 128];
+  fixture f;
+  result r;
+
+  setup(&f);
+  set_option(&f, "rotate_size", "10");
+  snprintf(p1, sizeof p1, "%s.1", f.path);
+  open_sink(&f);
+  write_batch(&f, "1111\n2222\n", &r);
+  ASSERT_EQ(0, unlink(f.path));
+  write_batch(&f, "3333\n", &r); /* would rotate */
+  ASSERT_EQ(SINK_DELIVERED, r.status);
+  f.type->reopen(f.s);
+  write_batch(&f, "4444\n", &r);
+  ASSERT(access(p1, F_OK) != 0);
+  ASSERT(access(f.path, F_OK) != 0);
+  ASSERT_EQ(SINK_EREMOVED, sync_status(&f, &r));
+  assert_file(f.path, "");
+  /* Rotation by size goes on as before in the new file. */
+  write_batch(&f, "5555\n6666\n", &r);
+  write_batch(&f, "7777\n", &r);
+  assert_file(p1, "5555\n6666\n");
+  assert_file(f.path, "7777\n");
+  ASSERT_EQ(0, sync_status(&f, &r));
+  teardown(&f);
+}
+
 static const test_case tests[] = {
   TEST(test_write_and_sync),
   TEST(test_appends_to_existing_file),
@@ -387,6 +496,10 @@ static const test_case tests[] = {
   TEST(test_rotation_splits_batches),
   TEST(test_failed_write_is_cut_back),
   TEST(test_reopen_after_move),
+  TEST(test_removed_file_detected_at_sync),
+  TEST(test_renamed_file_is_not_removed),
+  TEST(test_write_behind_removal_is_refused),
+  TEST(test_rotation_and_reopen_leave_removal_to_sync),
   TEST(test_open_error_names_path),
   TEST(test_close_waits_for_write),
   TEST(test_stdout_into_file),

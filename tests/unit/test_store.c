@@ -1588,8 +1588,205 @@ static void test_migrate_v1_to_v2(void) {
   fx_close(&f);
 }
 
+/* ---- A state file that vanishes while open ------------------------------ */
+
+/* Runs one group commit of reqs to its end. */
+static void commit_now(store *s, const store_advance *reqs, size_t n,
+                       commit_result *res) {
+  uv_loop_t loop;
+
+  memset(res, 0, sizeof *res);
+  ASSERT_EQ(0, uv_loop_init(&loop));
+  ASSERT_EQ(0, store_commit_start(s, &loop, reqs, n, on_commit, res));
+  ASSERT_EQ(0, uv_run(&loop, UV_RUN_DEFAULT));
+  ASSERT_EQ(0, uv_loop_close(&loop));
+  ASSERT_EQ(1, res->calls);
+}
+
+static void remove_with_wal(const char *path) {
+  char side[PATH_BUF + 8];
+
+  ASSERT_EQ(0, unlink(path));
+  snprintf(side, sizeof side, "%s-wal", path);
+  unlink(side);
+  snprintf(side, sizeof side, "%s-shm", path);
+  unlink(side);
+}
+
+/* The seq of consumer's cursor in the file at path (-1 when none), read
+ * with SQLite directly rather than through the store under test. */
+static int64_t seq_in_file(const char *path, const char *consumer) {
+  sqlite3 *db;
+  sqlite3_stmt *st;
+  int64_t seq = -1;
+
+  ASSERT_EQ(SQLITE_OK, sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL));
+  if (sqlite3_prepare_v2(db,
+                         "SELECT last_sequence FROM cursors WHERE "
+                         "consumer_id = ?1",
+                         -1, &st, NULL) == SQLITE_OK) {
+    sqlite3_bind_text(st, 1, consumer, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW)
+      seq = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+  }
+  sqlite3_close(db);
+  return seq;
+}
+
+/* The state file removed (with its -wal and -shm) under an open store: the
+ * next commit notices, applies nothing, makes a new file with the schema
+ * at the path and says so; the commit after it lands in the new file. */
+static void test_commit_recreates_removed_file(void) {
+  store_advance first = { { "c1", "s", "" }, 4, "c1:4", "p4", T0, T0 };
+  store_advance next = { { "c2", "s", "" }, 9, "c2:9", "p9", T0, T0 };
+  commit_result res;
+  fixture f;
+  bool paused = true;
+
+  fx_open(&f);
+  ASSERT(store_created(f.s));
+  ASSERT_STR_EQ(f.path, store_path(f.s));
+  commit_now(f.s, &first, 1, &res);
+  ASSERT_EQ(0, res.status);
+  remove_with_wal(f.path);
+
+  commit_now(f.s, &next, 1, &res);
+  ASSERT_EQ(STORE_ERECREATED, res.status);
+  ASSERT_EQ(STORE_ERECREATED, res.item_status[0]);
+  ASSERT_CONTAINS(res.msg, "was removed while tether ran; created it again");
+  ASSERT_CONTAINS(res.msg, f.path);
+  /* A new, empty state file with the schema: nothing of either commit. */
+  ASSERT_EQ(0, access(f.path, F_OK));
+  expect_missing(f.s, key3("c1", "s", ""));
+  expect_missing(f.s, key3("c2", "s", ""));
+  ASSERT_RC(0, store_get_paused(f.s, "c1", &paused, err, sizeof err));
+  ASSERT(!paused);
+
+  /* The caller commits what it holds; it is in the file at the path. */
+  commit_now(f.s, &first, 1, &res);
+  ASSERT_EQ(0, res.status);
+  commit_now(f.s, &next, 1, &res);
+  ASSERT_EQ(0, res.status);
+  ASSERT_EQ(4, seq_in_file(f.path, "c1"));
+  ASSERT_EQ(9, seq_in_file(f.path, "c2"));
+  store_close(f.s);
+  ASSERT_RC(0, store_open(f.path, &f.s, err, sizeof err));
+  ASSERT(!store_created(f.s));
+  expect_stored(f.s, key3("c2", "s", ""), 9, "c2:9", T0, "", T0, "p9");
+  fx_close(&f);
+}
+
+/* A commit of nothing still checks the file: the last one at shutdown may
+ * have nothing new to write. */
+static void test_empty_commit_checks_the_file(void) {
+  commit_result res;
+  fixture f;
+
+  fx_open(&f);
+  commit_now(f.s, NULL, 0, &res);
+  ASSERT_EQ(0, res.status);
+  remove_with_wal(f.path);
+  commit_now(f.s, NULL, 0, &res);
+  ASSERT_EQ(STORE_ERECREATED, res.status);
+  ASSERT_EQ(0, access(f.path, F_OK));
+  commit_now(f.s, NULL, 0, &res);
+  ASSERT_EQ(0, res.status);
+  fx_close(&f);
+}
+
+/* Another file moved onto the path: same inode check, and that file is
+ * moved aside with its name in the message, never deleted. */
+static void test_commit_moves_replacing_file_aside(void) {
+  store_advance adv = { { "c", "s", "" }, 2, "c:2", "p2", T0, T0 };
+  char other[PATH_BUF + 16], aside[PATH_BUF + 16];
+  commit_result res;
+  fixture f;
+  char *text;
+
+  fx_open(&f);
+  commit_now(f.s, &adv, 1, &res);
+  ASSERT_EQ(0, res.status);
+  snprintf(other, sizeof other, "%s.other", f.path);
+  snprintf(aside, sizeof aside, "%s.replaced", f.path);
+  test_write_file(other, "not ours\n", 9);
+  ASSERT_EQ(0, rename(other, f.path));
+
+  commit_now(f.s, &adv, 1, &res);
+  ASSERT_EQ(STORE_ERECREATED, res.status);
+  ASSERT_CONTAINS(res.msg, "was replaced by another file while tether ran");
+  ASSERT_CONTAINS(res.msg, aside);
+  text = test_read_file(aside, NULL);
+  ASSERT_STR_EQ("not ours\n", text);
+  free(text);
+  expect_missing(f.s, K);
+  commit_now(f.s, &adv, 1, &res);
+  ASSERT_EQ(0, res.status);
+  ASSERT_EQ(2, seq_in_file(f.path, "c"));
+  fx_close(&f);
+}
+
+/* Making the file again can fail (its directory is now a file): the store
+ * says why, every call fails with a clear error meanwhile, and a later
+ * commit makes it once that is cured. The lock, gone with the directory,
+ * is taken again. */
+static void test_recreate_fails_then_recovers(void) {
+  char dir[PATH_BUF], path[PATH_BUF + 16], lock[PATH_BUF + 32];
+  commit_result res;
+  store_cursor cur;
+  store *s = NULL, *second = NULL;
+  bool paused;
+
+  snprintf(dir, sizeof dir, "%s/sub", test_tmpdir());
+  snprintf(path, sizeof path, "%s/state.db", dir);
+  snprintf(lock, sizeof lock, "%s.lock", path);
+  ASSERT_RC(0, store_open(path, &s, err, sizeof err));
+  rmtree(dir);
+  test_write_file(dir, "x", 1);
+
+  commit_now(s, NULL, 0, &res);
+  ASSERT_EQ(STORE_EIO, res.status);
+  ASSERT_CONTAINS(res.msg, "was removed while tether ran, and creating it "
+                           "again failed: ");
+  ASSERT_RC(STORE_EIO, store_get(s, &K, &cur, err, sizeof err));
+  ASSERT_CONTAINS(err, "is not open: it was removed while tether ran");
+  ASSERT_RC(STORE_EIO, store_list(s, NULL, NULL, NULL, err, sizeof err));
+  ASSERT_RC(STORE_EIO, advance(s, K, 1, "d", T0, T0, NULL, NULL));
+  ASSERT_RC(STORE_EIO, store_set_paused(s, "c", true, err, sizeof err));
+  ASSERT_RC(STORE_EIO, store_get_paused(s, "c", &paused, err, sizeof err));
+
+  ASSERT_EQ(0, unlink(dir));
+  commit_now(s, NULL, 0, &res);
+  ASSERT_EQ(STORE_ERECREATED, res.status);
+  ASSERT_EQ(0, access(lock, F_OK));
+  /* The new lock is held: a second tether is refused. */
+  ASSERT_RC(STORE_EBUSY, store_open(path, &second, err, sizeof err));
+  ASSERT_RC(STORE_ENOTFOUND, store_get(s, &K, &cur, err, sizeof err));
+  store_close(s);
+  rmtree(dir);
+  *strrchr(dir, '/') = '\0';
+  rmtree(dir);
+}
+
+/* A state file that exists, however empty, is not a first start. */
+static void test_created_only_on_first_open(void) {
+  fixture f;
+
+  snprintf(f.dir, sizeof f.dir, "%s", test_tmpdir());
+  snprintf(f.path, sizeof f.path, "%s/state.db", f.dir);
+  test_write_file(f.path, "", 0);
+  ASSERT_RC(0, store_open(f.path, &f.s, err, sizeof err));
+  ASSERT(!store_created(f.s));
+  fx_close(&f);
+}
+
 static const test_case tests[] = {
   TEST(test_migrate_v1_to_v2),
+  TEST(test_commit_recreates_removed_file),
+  TEST(test_empty_commit_checks_the_file),
+  TEST(test_commit_moves_replacing_file_aside),
+  TEST(test_recreate_fails_then_recovers),
+  TEST(test_created_only_on_first_open),
   TEST(test_vector_01_get_trims_key),
   TEST(test_vector_02_get_blank_consumer),
   TEST(test_vector_03_get_consumer_checked_first),
