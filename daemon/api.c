@@ -848,6 +848,10 @@ static void metrics(api *a, http_conn *c) {
   PER_CONSUMER(&b, "tether_upstream_reconnects_total", "counter",
                "times the source lost its upstream and backed off",
                st.reconnects);
+  PER_CONSUMER(&b, "tether_sink_rewinds_total", "counter",
+               "times the sink lost what it held since the last commit (a "
+               "removed file) and everything after the cursor came again",
+               st.sink_rewinds);
   PER_CONSUMER(&b, "tether_source_cursor_stalls_total", "counter",
                "pages that brought items but came back with the cursor they "
                "were asked with (http-poll)",

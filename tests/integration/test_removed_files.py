@@ -105,6 +105,8 @@ def test_removed_sink_file_is_written_again(tether, tmp_path, sockdir, rate):
             assert c <= max_seq(out), (c, max_seq(out))
             time.sleep(0.02)
         assert consumer(sock, "gen")["sink_rewinds"] == 1
+        _, _, metrics = request(sock, "GET", "/metrics")
+        assert 'tether_sink_rewinds_total{consumer="gen"} 1' in metrics
         assert t.stop() == 0
         old_records = read_lines_fd(old)
     finally:
