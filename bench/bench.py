@@ -23,6 +23,10 @@ Cases:
                   connection, max_in_flight 1000 and 10000; baseline: the
                   same NDJSON bytes through a pipe into subscriber --stdin
                   (the same line splitting and seq parsing, no HTTP)
+  fifo_sink       generate -> fifo:PATH read by bench/subscriber --stdin
+                  from the FIFO (an event counts delivered once read),
+                  max_in_flight 1000 and 10000; baseline: the same NDJSON
+                  bytes through a pipe into subscriber --stdin
   exec_sink       generate -> sink = exec:bench/acker, which answers each
                   event's bare seq in one write per read block;
                   baseline: the same NDJSON bytes through a pipe into
@@ -292,6 +296,41 @@ def socket_sink(work, events, window, runs):
             "acks": int(acks),
             "base_eps": events / float(base_secs),
         })
+    return {k: statistics.median(r[k] for r in results) for k in results[0]}
+
+
+def fifo_sink(work, events, window, runs):
+    """tether's fifo sink read by subscriber --stdin, which opens the FIFO
+    before tether starts (as an application does), against subscriber
+    --stdin reading the same bytes through a pipe. tether exits once the
+    reader has read every line."""
+    ref = reference_ndjson(work, events)
+    fifo = os.path.join(work, "events.pipe")
+    ini = os.path.join(work, "fifo.ini")
+    generate_ini(ini, work, events, window, f"fifo:{fifo}")
+    if not os.path.exists(fifo):
+        os.mkfifo(fifo, 0o600)
+    results = []
+    for _ in range(runs):
+        clean_state(work)
+        # The shell's open of the FIFO waits for tether, and counts as a
+        # reader meanwhile (a reader that sees no writer yet reads EOF).
+        sp = subprocess.Popen(["sh", "-c", 'exec "$0" --stdin "$1" < "$2"',
+                               SUBSCRIBER, str(events), fifo],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wall, cpu, rss = run_timed([TETHER, "run", "-c", ini], work)
+        out, err = sp.communicate(timeout=60)
+        if sp.returncode != 0 or committed_seq(work) != events:
+            sys.exit(f"subscriber: {err.decode()}; tether committed "
+                     f"{committed_seq(work)} of {events}")
+        seen, secs = out.split()
+        base, _ = pipe_into(ref, [SUBSCRIBER, "--stdin", str(events)])
+        base_seen, base_secs = base.split()
+        if int(seen) != events or int(base_seen) != events:
+            sys.exit(f"subscriber saw {seen} and {base_seen} of {events}")
+        results.append({"eps": events / wall, "eps_cpu": events / cpu,
+                        "eps_reader": events / float(secs), "rss": rss,
+                        "base_eps": events / float(base_secs)})
     return {k: statistics.median(r[k] for r in results) for k in results[0]}
 
 
@@ -1104,7 +1143,8 @@ def main():
                     help="short runs; does not write RESULTS.md")
     ap.add_argument("--case", choices=["generate_file", "sse_file",
                                        "sse_latency", "socket_sink",
-                                       "exec_sink", "api_latency", "idle",
+                                       "fifo_sink", "exec_sink",
+                                       "api_latency", "idle",
                                        "binary", "pocketbase_file",
                                        "pocketbase_wakeup"])
     args = ap.parse_args()
@@ -1155,6 +1195,20 @@ def main():
                     + (" (headline)" if window == best else ""),
                     f"{r['eps']:,.0f} events/s at the subscriber "
                     f"({r['eps_wall']:,.0f} over tether's wall time, "
+                    f"{r['eps_cpu']:,.0f} per CPU-s, {r['rss'] / 1024:.1f} "
+                    f"MiB peak RSS)",
+                    f"pipe into subscriber --stdin {r['base_eps']:,.0f} "
+                    f"events/s",
+                    f"{r['eps'] / r['base_eps']:.2f}"))
+        if args.case in (None, "fifo_sink"):
+            n = 300_000 if args.quick else 2_000_000
+            for window in (1000, 10000):
+                r = in_short_dir(fifo_sink, n, window, runs)
+                rows.append((
+                    f"fifo sink -> subscriber --stdin, {n:,} events, "
+                    f"max_in_flight {window}",
+                    f"{r['eps']:,.0f} events/s over tether's wall time "
+                    f"({r['eps_reader']:,.0f} at the reader, "
                     f"{r['eps_cpu']:,.0f} per CPU-s, {r['rss'] / 1024:.1f} "
                     f"MiB peak RSS)",
                     f"pipe into subscriber --stdin {r['base_eps']:,.0f} "
