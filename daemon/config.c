@@ -141,6 +141,12 @@ const option config_consumer_options[] = {
   { "max_in_flight", OPT_INT, "1000", offsetof(consumer_conf, max_in_flight),
     "events read but not yet delivered; a full window pauses the source", 1,
     1000000, NULL, 0 },
+  { "max_in_flight_bytes", OPT_SIZE, "16MiB",
+    offsetof(consumer_conf, max_in_flight_bytes),
+    "bytes of events (their envelope lines) read but not yet delivered; the "
+    "window is full at whichever bound comes first, and always takes one "
+    "event",
+    1024, 1099511627776ULL, NULL, 0 },
   { "retry_min", OPT_DURATION, "250ms", offsetof(consumer_conf, retry_min),
     "backoff after the sink first fails a batch", 1, HOUR, NULL, 0 },
   { "retry_max", OPT_DURATION, "30s", offsetof(consumer_conf, retry_max),

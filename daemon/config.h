@@ -40,12 +40,13 @@ typedef struct daemon_conf {
 
 /* The keys every [consumer] section has, whatever its source and sink. */
 typedef struct consumer_conf {
-  char *source;          /* built-in source type, e.g. generate */
-  char *upstream;        /* or the [upstream NAME] it reads */
-  char *sink;            /* stdout | file:PATH */
-  int64_t max_in_flight; /* the delivery window */
-  uint64_t retry_min;    /* ms, first backoff after a sink failure */
-  uint64_t retry_max;    /* ms, cap of the sink retry backoff */
+  char *source;                 /* built-in source type, e.g. generate */
+  char *upstream;               /* or the [upstream NAME] it reads */
+  char *sink;                   /* stdout | file:PATH */
+  int64_t max_in_flight;        /* the delivery window */
+  uint64_t max_in_flight_bytes; /* its bound in bytes of envelope lines */
+  uint64_t retry_min;           /* ms, first backoff after a sink failure */
+  uint64_t retry_max;           /* ms, cap of the sink retry backoff */
 } consumer_conf;
 
 typedef struct config_kv {

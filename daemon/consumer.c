@@ -12,6 +12,19 @@
  * committed cursor across restarts. In flight = emitted, not yet delivered =
  * next_seq - 1 - delivered_seq, and it never exceeds max_in_flight.
  *
+ * Settlement: every event emitted comes to one outcome, told to the source
+ * through on_settled: delivered (the sink has it), gave up (the sink
+ * refused it for good: on_fail = skip or dead_letter after max_attempts)
+ * or abandoned (this run will not deliver it: a forced stop, a sink that
+ * failed for good, a rewind). The cursor passes delivered and given-up
+ * events, never abandoned ones. After every group commit the source hears
+ * on_durable(seq): the only point where it may tell anything outside.
+ *
+ * The source's life has two phases (daemon/source.h): intake (on, paused
+ * or stopped for good) and the instance itself, which lives on while intake
+ * is off, so settlements and on_durable reach it through a pause, a drain
+ * and the final commit; consumer_close closes it.
+ *
  * Rewind: when the sink reports that what it held since the last commit is
  * gone (a file sink's file was removed, SINK_EREMOVED), the consumer goes
  * back to the committed cursor as a restart after a crash would: the window
@@ -44,20 +57,20 @@ struct consumer {
   consumer_state state;
   const char *stream_name;
 
-  source *src;
-  bool src_running;   /* started and not yet told to stop */
-  bool src_closing;   /* stop() called, waiting for consumer_source_closed */
-  bool src_stopped;   /* told to stop (drain, failure or close) */
-  bool src_done;      /* a finite source emitted everything */
-  bool failed;        /* the sink or the source failed for good */
-  bool sink_dead;     /* the sink failed for good: nothing more is written;
-                         a failed source still lets the window drain */
-  bool held;          /* consumer_hold: room is 0 */
-  bool abandoned;     /* consumer_abandon: undelivered events dropped */
-  bool paused;        /* consumer_pause: the source stays stopped */
-  bool resume_wanted; /* start the source once it has closed (a resume
-                         during a pause's close, or a rewind) */
-  bool discard_write; /* the outstanding write predates a rewind */
+  source *src;          /* the instance, until consumer_source_closed */
+  bool src_closing;     /* close() called, waiting for consumer_source_closed */
+  source_intake intake; /* as last told to the source */
+  bool src_done;        /* a finite source emitted everything */
+  bool failed;          /* the sink or the source failed for good */
+  bool sink_dead;       /* the sink failed for good: nothing more is written;
+                           a failed source still lets the window drain */
+  bool held;            /* consumer_hold: room is 0 */
+  bool abandoned;       /* consumer_abandon: undelivered events dropped */
+  bool paused;          /* consumer_pause: intake paused until resumed */
+  bool stopping;        /* consumer_stop_intake: intake stopped for good */
+  bool resume_wanted;   /* start a new source once the old one has closed
+                           (a rewind, or a resume after a reset) */
+  bool discard_write;   /* the outstanding write predates a rewind */
 
   sink *snk;
   bool closing;
@@ -66,10 +79,12 @@ struct consumer {
 
   envelope_prefix prefix;
   uint64_t max_in_flight;
-  uint64_t next_seq;     /* the seq of the next emitted event */
-  buf staged;            /* lines emitted and not yet handed to the sink */
-  uint64_t staged_first; /* seq of the first staged line */
-  buf writing;           /* the batch the sink holds */
+  uint64_t max_bytes;       /* max_in_flight_bytes */
+  uint64_t bytes_in_flight; /* lines of events not yet settled */
+  uint64_t next_seq;        /* the seq of the next emitted event */
+  buf staged;               /* lines emitted and not yet handed to the sink */
+  uint64_t staged_first;    /* seq of the first staged line */
+  buf writing;              /* the batch the sink holds */
   uint64_t writing_first, writing_last;
   /* One slot per event in flight (seq & (ring_cap - 1)): its position and
    * whether the sink has delivered it. Sinks that acknowledge one by one
@@ -79,8 +94,9 @@ struct consumer {
   struct slot {
     char *pos;
     uint32_t len, cap;
-    bool done;
-    uint64_t at; /* uv_now() when emitted: the age of what waits */
+    uint32_t bytes; /* of its envelope line */
+    uint8_t state;  /* SLOT_* */
+    uint64_t at;    /* uv_now() when emitted: the age of what waits */
   } * ring;
   size_t ring_cap;        /* a power of two, above the events in flight */
   char sink_state[64];    /* the sink's own state ("waiting_for_reader") */
@@ -120,6 +136,11 @@ struct consumer {
   consumer_stats stats;
 };
 
+enum { SLOT_PENDING, SLOT_DELIVERED, SLOT_GAVE_UP };
+
+const char *const source_outcome_names[] = { "delivered", "gave_up",
+                                             "abandoned" };
+
 static int64_t wall_ns(void) {
   struct timespec ts;
 
@@ -135,6 +156,18 @@ static void set_state(consumer *c, consumer_state st) {
     c->hooks.on_state(c, st, c->hooks.data);
 }
 
+/* A source that may still be called: created and not closing. */
+static bool src_live(const consumer *c) {
+  return c->src != NULL && !c->src_closing;
+}
+
+/* The intake the source should have now. */
+static source_intake wanted_intake(const consumer *c) {
+  if (c->stopping || c->failed || c->closing)
+    return SOURCE_INTAKE_STOPPED;
+  return c->paused ? SOURCE_INTAKE_PAUSED : SOURCE_INTAKE_ON;
+}
+
 /* The state the consumer is in when nothing is going wrong. */
 static consumer_state healthy_state(const consumer *c) {
   if (c->failed)
@@ -143,9 +176,9 @@ static consumer_state healthy_state(const consumer *c) {
     return CONSUMER_PAUSED;
   if (c->src_done)
     return CONSUMER_DONE;
-  if (c->src_running)
+  if (src_live(c) && c->intake == SOURCE_INTAKE_ON)
     return CONSUMER_CONNECTED;
-  return c->src_stopped ? CONSUMER_STOPPED : CONSUMER_STARTING;
+  return c->stopping ? CONSUMER_STOPPED : CONSUMER_STARTING;
 }
 
 static uint64_t in_flight(const consumer *c) {
@@ -161,9 +194,30 @@ bool consumer_drained(const consumer *c) {
 size_t consumer_room(const consumer *c) {
   uint64_t used = in_flight(c);
 
-  if (c->held || c->failed || !c->src_running || used >= c->max_in_flight)
+  if (c->held || c->failed || !src_live(c) || c->intake != SOURCE_INTAKE_ON ||
+      used >= c->max_in_flight)
+    return 0;
+  /* The byte bound: one event always fits in an empty window, however big
+   * it is, so a large event cannot wedge the consumer. */
+  if (used > 0 && c->bytes_in_flight >= c->max_bytes)
     return 0;
   return (size_t)(c->max_in_flight - used);
+}
+
+/* Tells a live source about a change of intake, once per change. */
+static void tell_intake(consumer *c) {
+  source_intake want = wanted_intake(c);
+
+  if (!src_live(c) || c->intake == want)
+    return;
+  c->intake = want;
+  if (c->src->type->on_intake != NULL)
+    c->src->type->on_intake(c->src, want);
+}
+
+static void give_room(consumer *c) {
+  if (src_live(c) && consumer_room(c) > 0)
+    c->src->type->on_room(c->src);
 }
 
 static void on_kick(uv_idle_t *h);
@@ -211,29 +265,100 @@ static void on_kick(uv_idle_t *h) {
   start_batch(c);
 }
 
-static void drop_undelivered(consumer *c) {
-  buf_reset(&c->staged);
-  if (!c->write_outstanding) {
-    buf_reset(&c->writing);
-    c->next_seq = c->delivered_seq + 1;
-  } else {
-    c->next_seq = c->writing_last + 1;
+static struct slot *slot_of(const consumer *c, uint64_t seq) {
+  return &c->ring[seq & (c->ring_cap - 1)];
+}
+
+/* Tells the source the outcome of first..last, in runs of events that
+ * were still pending (an event is settled once). */
+static void settle(consumer *c, uint64_t first, uint64_t last, uint8_t state,
+                   source_outcome outcome) {
+  uint64_t seq, run = 0;
+  struct slot *sl;
+
+  if (first <= c->delivered_seq)
+    first = c->delivered_seq + 1;
+  if (last >= c->next_seq)
+    last = c->next_seq - 1;
+  for (seq = first; seq <= last; seq++) {
+    sl = slot_of(c, seq);
+    if (sl->state != SLOT_PENDING) {
+      if (run != 0 && src_live(c) && c->src->type->on_settled != NULL)
+        c->src->type->on_settled(c->src, run, seq - 1, outcome);
+      run = 0;
+      continue;
+    }
+    sl->state = state;
+    c->bytes_in_flight -= sl->bytes;
+    if (run == 0)
+      run = seq;
   }
+  if (run != 0 && src_live(c) && c->src->type->on_settled != NULL)
+    c->src->type->on_settled(c->src, run, last, outcome);
+}
+
+/* Everything emitted and not settled will not be delivered by this run:
+ * the source hears it is abandoned, and next_seq comes back to the cursor,
+ * so the window is empty. Those seqs name the same events again only if a
+ * new source replays them from the cursor. */
+static void abandon_pending(consumer *c) {
+  uint64_t seq, run = 0;
+
+  for (seq = c->delivered_seq + 1; seq < c->next_seq; seq++) {
+    struct slot *sl = slot_of(c, seq);
+
+    if (sl->state == SLOT_PENDING) {
+      c->bytes_in_flight -= sl->bytes;
+      if (run == 0)
+        run = seq;
+      continue;
+    }
+    if (run != 0 && src_live(c) && c->src->type->on_settled != NULL)
+      c->src->type->on_settled(c->src, run, seq - 1, SOURCE_ABANDONED);
+    run = 0;
+  }
+  if (run != 0 && src_live(c) && c->src->type->on_settled != NULL)
+    c->src->type->on_settled(c->src, run, c->next_seq - 1, SOURCE_ABANDONED);
+  /* Settled events past the cursor (an ack sink's, out of order) cannot be
+   * committed over the abandoned ones before them: they come again too. */
+  c->bytes_in_flight = 0;
+  c->next_seq = c->delivered_seq + 1;
+}
+
+/* Gives up on what is not delivered. keep_write: a batch the sink still
+ * holds may yet come back delivered (a drain's second signal), so only what
+ * is after it is abandoned; otherwise (the sink failed for good) its answer
+ * is ignored when it comes and everything pending is abandoned. */
+static void drop_undelivered(consumer *c, bool keep_write) {
+  buf_reset(&c->staged);
   if (c->retry_wait) {
     uv_timer_stop(&c->retry_timer);
     c->retry_wait = false;
     buf_reset(&c->writing);
-    c->next_seq = c->delivered_seq + 1;
   }
+  if (c->write_outstanding && !keep_write)
+    c->discard_write = true;
+  if (c->write_outstanding && keep_write) {
+    uint64_t keep = c->writing_last;
+    uint64_t seq, run = 0;
+
+    for (seq = keep + 1; seq < c->next_seq; seq++) {
+      c->bytes_in_flight -= slot_of(c, seq)->bytes;
+      if (run == 0)
+        run = seq;
+    }
+    if (run != 0 && src_live(c) && c->src->type->on_settled != NULL)
+      c->src->type->on_settled(c->src, run, c->next_seq - 1, SOURCE_ABANDONED);
+    c->next_seq = keep + 1;
+    return;
+  }
+  buf_reset(&c->writing);
+  abandon_pending(c);
 }
 
 static void notify_drained(consumer *c) {
   if (consumer_drained(c) && c->hooks.on_drained != NULL)
     c->hooks.on_drained(c, c->hooks.data);
-}
-
-static struct slot *slot_of(const consumer *c, uint64_t seq) {
-  return &c->ring[seq & (c->ring_cap - 1)];
 }
 
 /* Makes room in the ring for one more event in flight. */
@@ -275,19 +400,20 @@ static int set_slot(consumer *c, uint64_t seq, const char *pos, size_t len) {
   memcpy(sl->pos, pos, len);
   sl->pos[len] = '\0';
   sl->len = (uint32_t)len;
-  sl->done = false;
+  sl->state = SLOT_PENDING;
+  sl->bytes = 0;
   sl->at = uv_now(c->loop);
   return 0;
 }
 
-/* Moves the cursor over every done slot after it, then tells whoever waits
- * on the cursor: the flusher, the source (acks, room) and the drain. */
+/* Moves the cursor over every settled slot after it, then tells whoever
+ * waits on the cursor: the flusher, the source (room) and the drain. */
 static void advance(consumer *c) {
   uint64_t from = c->delivered_seq;
   struct slot *sl;
 
   while (c->delivered_seq + 1 < c->next_seq &&
-         slot_of(c, c->delivered_seq + 1)->done)
+         slot_of(c, c->delivered_seq + 1)->state != SLOT_PENDING)
     c->delivered_seq++;
   if (c->delivered_seq == from)
     return;
@@ -303,21 +429,7 @@ static void advance(consumer *c) {
   c->stats.delivered += c->delivered_seq - from;
   if (c->hooks.on_delivered != NULL)
     c->hooks.on_delivered(c, c->hooks.data);
-  if (c->src_running && c->src->type->on_delivered != NULL)
-    c->src->type->on_delivered(c->src, c->delivered_seq);
-  if (c->src_running && consumer_room(c) > 0)
-    c->src->type->on_room(c->src);
-}
-
-static void mark_done(consumer *c, uint64_t first, uint64_t last) {
-  uint64_t seq;
-
-  if (first <= c->delivered_seq)
-    first = c->delivered_seq + 1;
-  if (last >= c->next_seq)
-    last = c->next_seq - 1;
-  for (seq = first; seq <= last; seq++)
-    slot_of(c, seq)->done = true;
+  give_room(c);
 }
 
 static void on_sink_delivered(sink *s, uint64_t first, uint64_t last,
@@ -325,7 +437,17 @@ static void on_sink_delivered(sink *s, uint64_t first, uint64_t last,
   consumer *c = data;
 
   (void)s;
-  mark_done(c, first, last);
+  settle(c, first, last, SLOT_DELIVERED, SOURCE_DELIVERED);
+  advance(c);
+  notify_drained(c);
+}
+
+static void on_sink_gave_up(sink *s, uint64_t first, uint64_t last,
+                            const char *why, void *data) {
+  consumer *c = data;
+
+  (void)s, (void)why;
+  settle(c, first, last, SLOT_GAVE_UP, SOURCE_GAVE_UP);
   advance(c);
   notify_drained(c);
 }
@@ -342,8 +464,8 @@ static void on_sink_failed(sink *s, const char *why, void *data) {
   snprintf(c->last_error, sizeof c->last_error, "%s", why);
   c->failed = true;
   c->sink_dead = true;
-  drop_undelivered(c);
-  consumer_stop_source(c);
+  drop_undelivered(c, false);
+  tell_intake(c);
   set_state(c, CONSUMER_FAILED);
   notify_drained(c);
 }
@@ -403,7 +525,8 @@ static void on_written(sink *s, sink_outcome outcome, const char *msg,
      * event later through on_sink_delivered, and takes the next batch
      * now. */
     if (outcome == SINK_DELIVERED) {
-      mark_done(c, c->writing_first, c->writing_last);
+      settle(c, c->writing_first, c->writing_last, SLOT_DELIVERED,
+             SOURCE_DELIVERED);
       advance(c);
     }
     start_batch(c);
@@ -416,7 +539,7 @@ static void on_written(sink *s, sink_outcome outcome, const char *msg,
       /* Shutting down: what is not delivered stays behind the cursor and
        * comes again after the restart. */
       buf_reset(&c->writing);
-      c->next_seq = c->delivered_seq + 1;
+      abandon_pending(c);
       break;
     }
     delay = backoff_next(&c->retry);
@@ -434,22 +557,23 @@ static void on_written(sink *s, sink_outcome outcome, const char *msg,
     log_error("sink failed for good; the consumer stops",
               LS("consumer", c->conf->name), LS("sink", c->snk->type->name),
               LS("err", msg));
+    snprintf(c->last_error, sizeof c->last_error, "%s", msg);
     c->failed = true;
     c->sink_dead = true;
     buf_reset(&c->writing);
-    drop_undelivered(c);
-    consumer_stop_source(c);
+    drop_undelivered(c, false);
+    tell_intake(c);
     set_state(c, CONSUMER_FAILED);
     break;
   }
   notify_drained(c);
 }
 
-int consumer_emit(consumer *c, const event *ev) {
+uint64_t consumer_emit(consumer *c, const event *ev) {
   envelope e;
   size_t before = c->staged.len;
+  uint64_t seq = c->next_seq;
   int64_t ms;
-  int err;
 
   assert(consumer_room(c) > 0 && "emit without room");
   ms = ev->time_ms;
@@ -463,7 +587,7 @@ int consumer_emit(consumer *c, const event *ev) {
     envelope_format_time(ms, c->time_text);
     c->time_ms = ms;
   }
-  e.seq = c->next_seq;
+  e.seq = seq;
   e.cursor = ev->position != NULL ? ev->position : "";
   e.cursor_len = ev->position != NULL ? ev->position_len : 0;
   e.event = ev->name;
@@ -472,17 +596,19 @@ int consumer_emit(consumer *c, const event *ev) {
   e.data = ev->data;
   e.data_len = ev->data_len;
   e.data_is_json = ev->data_is_json;
-  if ((err = ring_reserve(c)) != 0 ||
-      (err = set_slot(c, c->next_seq, e.cursor, e.cursor_len)) != 0)
-    return err;
-  if ((err = envelope_append(&c->staged, &c->prefix, &e)) != 0)
-    return err;
+  if (ring_reserve(c) != 0 || set_slot(c, seq, e.cursor, e.cursor_len) != 0 ||
+      envelope_append(&c->staged, &c->prefix, &e) != 0) {
+    c->staged.len = before;
+    return 0;
+  }
+  slot_of(c, seq)->bytes = (uint32_t)(c->staged.len - before);
+  c->bytes_in_flight += c->staged.len - before;
   if (before == 0)
-    c->staged_first = c->next_seq;
+    c->staged_first = seq;
   c->next_seq++;
   c->stats.emitted++;
   schedule_kick(c);
-  return 0;
+  return seq;
 }
 
 int consumer_create(uv_loop_t *loop, const config_consumer *conf,
@@ -502,6 +628,9 @@ int consumer_create(uv_loop_t *loop, const config_consumer *conf,
   c->state = CONSUMER_STARTING;
   c->stream_name = conf->source->stream_name(conf->source_conf);
   c->max_in_flight = (uint64_t)conf->common.max_in_flight;
+  c->max_bytes = conf->common.max_in_flight_bytes > 0
+                     ? conf->common.max_in_flight_bytes
+                     : UINT64_MAX;
   c->delivered_seq = resume->seq;
   c->committed_seq = resume->seq;
   c->next_seq = resume->seq + 1;
@@ -523,6 +652,7 @@ int consumer_create(uv_loop_t *loop, const config_consumer *conf,
   if (rc != 0)
     goto fail;
   c->snk->report.delivered = on_sink_delivered;
+  c->snk->report.gave_up = on_sink_gave_up;
   c->snk->report.failed = on_sink_failed;
   c->snk->report.state = on_sink_state;
   c->snk->report.data = c;
@@ -541,54 +671,68 @@ fail:
   return rc;
 }
 
-int consumer_start(consumer *c, char *err, size_t errlen) {
+/* Creates the source after the last event handed over: the committed
+ * cursor at start, the delivered one after a rewind or a reset (the window
+ * is empty then). */
+static int start_source(consumer *c, char *err, size_t errlen) {
   source_resume r;
   int rc;
 
-  /* The source goes on after the last event it handed over: at start that
-   * is the committed cursor; after a pause, events still in flight count. */
-  r.seq = c->next_seq - 1;
-  r.position = in_flight(c) > 0 ? slot_of(c, c->next_seq - 1)->pos
-                                : buf_cstr(&c->delivered_pos);
+  assert(c->src == NULL && in_flight(c) == 0);
+  memset(&r, 0, sizeof r);
+  r.seq = c->delivered_seq;
+  r.position = buf_cstr(&c->delivered_pos);
   if (r.position == NULL) {
     snprintf(err, errlen, "out of memory");
     return UV_ENOMEM;
   }
-  if (c->paused) {
-    set_state(c, CONSUMER_PAUSED);
-    return 0;
-  }
-  c->src_stopped = false;
   c->src_done = false;
-  c->src_running = true;
+  c->intake = wanted_intake(c);
   rc =
       c->conf->source->start(c, c->conf->source_conf, &r, &c->src, err, errlen);
   if (rc != 0) {
-    c->src_running = false;
     c->src = NULL;
     c->failed = true;
     set_state(c, CONSUMER_FAILED);
     return rc;
   }
+  set_state(c, healthy_state(c));
   return 0;
 }
 
-void consumer_stop_source(consumer *c) {
-  c->src_stopped = true;
-  /* A stop for good (drain, failure, pause, close) outranks a restart
-   * that a rewind or a resume asked for. */
-  c->resume_wanted = false;
-  if (!c->src_running)
+int consumer_start(consumer *c, char *err, size_t errlen) {
+  /* Paused at start (a pause outlives a restart): the source starts when
+   * it is resumed. */
+  if (c->paused) {
+    set_state(c, CONSUMER_PAUSED);
+    return 0;
+  }
+  if (c->src != NULL || c->failed || c->stopping || c->closing)
+    return 0;
+  return start_source(c, err, errlen);
+}
+
+/* Asks a live source to close; consumer_source_closed follows. */
+static void close_source(consumer *c) {
+  if (!src_live(c))
     return;
-  c->src_running = false;
   c->src_closing = true;
-  c->src->type->stop(c->src);
+  /* May call consumer_source_closed at once. */
+  c->src->type->close(c->src);
+}
+
+void consumer_stop_intake(consumer *c) {
+  c->stopping = true;
+  /* A stop for good outranks a restart a rewind or a resume asked for. */
+  c->resume_wanted = false;
+  tell_intake(c);
+  set_state(c, healthy_state(c));
 }
 
 void consumer_abandon(consumer *c) {
   c->abandoned = true;
-  consumer_stop_source(c);
-  drop_undelivered(c);
+  consumer_stop_intake(c);
+  drop_undelivered(c, true);
   notify_drained(c);
 }
 
@@ -596,12 +740,12 @@ void consumer_hold(consumer *c, bool hold) {
   bool was = c->held;
 
   c->held = hold;
-  if (was && !hold && c->src_running && consumer_room(c) > 0)
-    c->src->type->on_room(c->src);
+  if (was && !hold)
+    give_room(c);
 }
 
 static void maybe_closed(consumer *c) {
-  if (c->pending_closes > 0 || c->src_closing || c->snk != NULL)
+  if (c->pending_closes > 0 || c->src != NULL || c->snk != NULL)
     return;
   set_state(c, c->failed ? CONSUMER_FAILED : CONSUMER_STOPPED);
   if (c->hooks.on_closed != NULL)
@@ -626,7 +770,7 @@ static void on_sink_closed(void *data) {
  * is already queued), then the sink, which finishes its running operation
  * before it lets go. */
 static void close_rest(consumer *c) {
-  if (c->src_closing || c->rest_closing)
+  if (c->src != NULL || c->rest_closing)
     return;
   c->rest_closing = true;
   c->pending_closes = 2;
@@ -646,17 +790,18 @@ void consumer_source_closed(consumer *c) {
   }
   if (c->resume_wanted) {
     c->resume_wanted = false;
-    if (!c->failed && consumer_start(c, err, sizeof err) != 0)
+    if (!c->failed && !c->stopping && !c->paused &&
+        start_source(c, err, sizeof err) != 0)
       consumer_source_failed(c, err);
   }
+  set_state(c, healthy_state(c));
 }
 
 void consumer_pause(consumer *c) {
   if (c->paused)
     return;
   c->paused = true;
-  c->resume_wanted = false;
-  consumer_stop_source(c);
+  tell_intake(c);
   set_state(c, healthy_state(c));
 }
 
@@ -664,16 +809,21 @@ int consumer_resume(consumer *c, char *err, size_t errlen) {
   if (!c->paused)
     return 0;
   c->paused = false;
-  if (c->failed || c->closing) {
+  if (c->failed || c->closing || c->stopping) {
     set_state(c, healthy_state(c));
     return 0;
   }
-  /* A source still closing from the pause starts when it has closed. */
+  if (c->src == NULL)
+    return start_source(c, err, errlen);
+  /* A source closing from a reset starts anew once it has closed. */
   if (c->src_closing) {
     c->resume_wanted = true;
     return 0;
   }
-  return consumer_start(c, err, errlen);
+  tell_intake(c);
+  set_state(c, healthy_state(c));
+  give_room(c);
+  return 0;
 }
 
 bool consumer_is_paused(const consumer *c) {
@@ -692,6 +842,9 @@ int consumer_reset_to(consumer *c, uint64_t seq, const char *position) {
   c->committed_seq = seq;
   c->committed_at_ns = 0;
   c->next_seq = seq + 1;
+  /* The paused source read from the old position: it goes, and the
+   * resume starts a new one from the new cursor. */
+  close_source(c);
   return 0;
 }
 
@@ -710,11 +863,13 @@ const config_consumer *consumer_config(const consumer *c) {
 void consumer_close(consumer *c) {
   assert(!c->closing);
   c->closing = true;
-  consumer_stop_source(c);
+  c->resume_wanted = false;
   if (c->retry_wait) {
     uv_timer_stop(&c->retry_timer);
     c->retry_wait = false;
   }
+  tell_intake(c);
+  close_source(c);
   close_rest(c);
 }
 
@@ -755,7 +910,7 @@ void consumer_source_backoff(consumer *c, uint64_t delay_ms, unsigned attempt,
   log_warn("source failed; retrying", LS("consumer", c->conf->name),
            LS("source", c->conf->source->name), LS("err", why),
            LU("retry_in_ms", delay_ms), LU("attempt", attempt));
-  if (!c->failed && c->src_running)
+  if (!c->failed && src_live(c) && c->intake == SOURCE_INTAKE_ON)
     set_state(c, CONSUMER_BACKOFF);
 }
 
@@ -779,12 +934,15 @@ void consumer_source_stalled(consumer *c) {
   c->stats.cursor_stalls++;
 }
 
+/* The source failed for good: its intake stops, and it stays open, so what
+ * it emitted is still settled and made durable; consumer_close closes it. */
 void consumer_source_failed(consumer *c, const char *why) {
   snprintf(c->last_error, sizeof c->last_error, "%s", why);
   log_error("source failed; the consumer stops", LS("consumer", c->conf->name),
             LS("source", c->conf->source->name), LS("err", why));
   c->failed = true;
-  consumer_stop_source(c);
+  c->resume_wanted = false;
+  tell_intake(c);
   set_state(c, CONSUMER_FAILED);
 }
 
@@ -800,6 +958,10 @@ const char *consumer_stream_name(const consumer *c) {
   return c->stream_name;
 }
 
+source_intake consumer_intake(const consumer *c) {
+  return wanted_intake(c);
+}
+
 bool consumer_dirty(const consumer *c) {
   return c->delivered_seq > c->committed_seq && !c->syncing;
 }
@@ -809,7 +971,6 @@ bool consumer_dirty(const consumer *c) {
  * the failed sync, so no commit can cover what was lost. */
 static void rewind_to_committed(consumer *c, const char *why) {
   uint64_t lost = c->next_seq - 1 - c->committed_seq;
-  bool restart = c->src_running;
 
   log_error("the sink lost what it held since the last commit; delivering "
             "again everything after the committed cursor",
@@ -822,7 +983,7 @@ static void rewind_to_committed(consumer *c, const char *why) {
 
   /* The window goes: staged lines are dropped, a batch waiting to be
    * retried too, and one the sink still holds is ignored when it
-   * returns. */
+   * returns. What was not settled is abandoned. */
   buf_reset(&c->staged);
   if (c->retry_wait) {
     uv_timer_stop(&c->retry_timer);
@@ -833,6 +994,7 @@ static void rewind_to_committed(consumer *c, const char *why) {
     c->discard_write = true;
   if (uv_is_active((uv_handle_t *)&c->kick))
     uv_idle_stop(&c->kick);
+  abandon_pending(c);
 
   /* Back to the committed cursor. Resuming from the delivered position
    * would skip what was lost, so without memory for the copy the consumer
@@ -848,20 +1010,16 @@ static void rewind_to_committed(consumer *c, const char *why) {
   buf_reset(&c->delivered_pos);
   buf_append(&c->delivered_pos, c->committed_pos.data, c->committed_pos.len);
 
-  /* A source that runs starts again from there once it has closed; one
-   * paused, failed or stopped for a drain stays as it is, and a later
-   * resume or restart starts from the committed cursor too. */
-  if (restart) {
-    c->src_running = false;
-    c->src_closing = true;
+  /* The source read past the committed cursor: it goes. A running one
+   * starts again from the cursor once it has closed; a paused one when it
+   * is resumed; a failed or draining one not at all (a restart resumes
+   * from the committed cursor too). */
+  if (src_live(c)) {
     c->src_done = false;
-    c->resume_wanted = true;
-    set_state(c, healthy_state(c));
-    /* May call consumer_source_closed, and so start it, at once. */
-    c->src->type->stop(c->src);
-  } else {
-    set_state(c, healthy_state(c));
+    c->resume_wanted = !c->failed && !c->stopping && !c->paused;
+    close_source(c);
   }
+  set_state(c, healthy_state(c));
   notify_drained(c);
 }
 
@@ -904,6 +1062,10 @@ void consumer_snapshot(const consumer *c, uint64_t *seq, const char **position,
   *delivered_at_ns = c->snap_at_ns;
 }
 
+/* The durability rule's last step: the commit is done, so the source may
+ * now tell the world (on_durable). It hears this after every commit that
+ * covered the consumer, while it lives: through a pause, a drain and the
+ * final commit. */
 void consumer_committed(consumer *c, uint64_t seq, const char *position,
                         int64_t delivered_at_ns) {
   if (seq <= c->committed_seq)
@@ -921,8 +1083,8 @@ void consumer_committed(consumer *c, uint64_t seq, const char *position,
   buf_cstr(&c->committed_pos);
   c->committed_seq = seq;
   c->committed_at_ns = delivered_at_ns;
-  if (c->src_running && c->src->type->on_committed != NULL)
-    c->src->type->on_committed(c->src, seq, position);
+  if (src_live(c) && c->src->type->on_durable != NULL)
+    c->src->type->on_durable(c->src, seq, position);
 }
 
 void consumer_committed_cursor(consumer *c, uint64_t *seq,
@@ -949,6 +1111,7 @@ void consumer_get_stats(const consumer *c, consumer_stats *out) {
   out->delivered_seq = c->delivered_seq;
   out->committed_seq = c->committed_seq;
   out->in_flight = (size_t)in_flight(c);
+  out->bytes_in_flight = c->bytes_in_flight;
   out->oldest_ms = in_flight(c) > 0
                        ? uv_now(c->loop) - slot_of(c, c->delivered_seq + 1)->at
                        : 0;

@@ -6,9 +6,13 @@
  *   --> sink write --> delivered --> cursor advances --> the flusher syncs
  *   the sink and commits the cursor --> (upstream ack, later sources).
  *
- * Backpressure, not buffering: at most max_in_flight events are between
- * emit and delivery. consumer_room() says how many more may be emitted now;
- * a source with no room stops reading and waits for its on_room().
+ * Backpressure, not buffering: at most max_in_flight events (and about
+ * max_in_flight_bytes of their lines) are between emit and delivery.
+ * consumer_room() says how many more may be emitted now; a source with no
+ * room stops reading and waits for its on_room().
+ *
+ * What a source may rely on is written in daemon/source.h: settlement of
+ * every event, on_durable after every commit, a two-phase stop.
  */
 #ifndef TETHER_DAEMON_CONSUMER_H
 #define TETHER_DAEMON_CONSUMER_H
@@ -53,21 +57,22 @@ typedef struct event {
 
 /* What the flusher needs of a consumer, and what the status shows. */
 typedef struct consumer_stats {
-  uint64_t emitted;       /* events taken from the source since start */
-  uint64_t delivered;     /* events the sink reported delivered */
-  uint64_t delivered_seq; /* cursor: highest contiguous delivered seq */
-  uint64_t committed_seq; /* the cursor as last committed */
-  size_t in_flight;       /* emitted, not yet delivered */
-  uint64_t sink_retries;  /* batches the sink failed and that came again */
-  uint64_t sink_rewinds;  /* times the sink lost what it held since the last
-                             commit (a removed file) and every event after
-                             the committed cursor was delivered again */
-  uint64_t retried;       /* events sent to the sink again, for any reason */
-  uint64_t failed;        /* events the sink gave up on (skip, dead letter) */
-  uint64_t dead_lettered; /* of those, kept in a dead-letter file */
-  uint64_t write_errors;  /* sink writes that failed */
-  uint64_t oldest_ms;     /* age of the oldest event in flight; 0 = none */
-  const char *position;   /* the cursor's position (not NUL-terminated) */
+  uint64_t emitted;         /* events taken from the source since start */
+  uint64_t delivered;       /* events the sink reported delivered */
+  uint64_t delivered_seq;   /* cursor: highest contiguous delivered seq */
+  uint64_t committed_seq;   /* the cursor as last committed */
+  size_t in_flight;         /* emitted, not yet delivered */
+  uint64_t bytes_in_flight; /* their envelope lines, not yet settled */
+  uint64_t sink_retries;    /* batches the sink failed and that came again */
+  uint64_t sink_rewinds;    /* times the sink lost what it held since the last
+                               commit (a removed file) and every event after
+                               the committed cursor was delivered again */
+  uint64_t retried;         /* events sent to the sink again, for any reason */
+  uint64_t failed;          /* events the sink gave up on (skip, dead letter) */
+  uint64_t dead_lettered;   /* of those, kept in a dead-letter file */
+  uint64_t write_errors;    /* sink writes that failed */
+  uint64_t oldest_ms;       /* age of the oldest event in flight; 0 = none */
+  const char *position;     /* the cursor's position (not NUL-terminated) */
   size_t position_len;
   uint64_t reconnects;    /* times the source backed off */
   uint64_t cursor_stalls; /* pages whose next cursor was the one asked for */
@@ -96,12 +101,13 @@ int consumer_create(uv_loop_t *loop, const config_consumer *conf,
                     const source_resume *resume, const consumer_hooks *hooks,
                     consumer **out, char *err, size_t errlen);
 
-/* Starts the source. */
+/* Starts the source (not while paused: then at consumer_resume). */
 int consumer_start(consumer *c, char *err, size_t errlen);
 
-/* Stops taking events: the source is stopped; what is in the window is still
- * delivered. */
-void consumer_stop_source(consumer *c);
+/* Stops taking events for good (a drain): the source's intake stops, what
+ * is in the window is still delivered, and the source lives on, hearing
+ * settlements and on_durable, until consumer_close. */
+void consumer_stop_intake(consumer *c);
 
 /* True when nothing is in the window and no write is outstanding. */
 bool consumer_drained(const consumer *c);
@@ -110,8 +116,8 @@ bool consumer_drained(const consumer *c);
  * not wait for it; what is delivered stays delivered. */
 void consumer_abandon(consumer *c);
 
-/* Closes the source and the sink; hooks->on_closed follows, after which the
- * consumer may be destroyed. */
+/* Closes the source, then the sink; hooks->on_closed follows, after which
+ * the consumer may be destroyed. */
 void consumer_close(consumer *c);
 void consumer_destroy(consumer *c);
 
@@ -120,9 +126,14 @@ void consumer_destroy(consumer *c);
 void consumer_set_upstream(consumer *c, upstream *up);
 upstream *consumer_upstream(const consumer *c);
 
-/* For sources. */
+/* For sources (see daemon/source.h). */
 size_t consumer_room(const consumer *c);
-int consumer_emit(consumer *c, const event *ev);
+/* Hands one event to the window; room must be > 0. Returns its seq, which
+ * the source's on_settled and on_durable later name, or 0 when memory ran
+ * out (nothing was taken). */
+uint64_t consumer_emit(consumer *c, const event *ev);
+/* The intake the source should have now (daemon/source.h). */
+source_intake consumer_intake(const consumer *c);
 void consumer_source_connected(consumer *c);
 /* The source lost its upstream (why) and tries again in delay_ms; attempt
  * counts its failures since it last connected. Logged here. */
@@ -161,16 +172,19 @@ void consumer_committed_cursor(consumer *c, uint64_t *seq,
                                const char **position, int64_t *delivered_at_ns);
 const char *consumer_stream_name(const consumer *c);
 
-/* An operator's pause: the source stops fetching (in-flight events are
- * still delivered) and the state is paused until consumer_resume. */
+/* An operator's pause: the source's intake pauses (in-flight events are
+ * still delivered, and the source still acknowledges them) and the state is
+ * paused until consumer_resume. */
 void consumer_pause(consumer *c);
-/* Starts the source again, after the last event it handed over. */
+/* Intake on again (or the source starts, when it was paused at start or
+ * reset meanwhile). */
 int consumer_resume(consumer *c, char *err, size_t errlen);
 bool consumer_is_paused(const consumer *c);
 
 /* After an operator reset the cursor (paused and drained): the consumer
- * goes on from seq and position. Returns UV_EBUSY when events are still in
- * flight. */
+ * goes on from seq and position; its source, which read from the old
+ * position, is closed and a new one starts at the resume. Returns UV_EBUSY
+ * when events are still in flight. */
 int consumer_reset_to(consumer *c, uint64_t seq, const char *position);
 
 /* The sink, for the local API (socket sink subscriptions). */

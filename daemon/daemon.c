@@ -231,7 +231,7 @@ static void begin_shutdown(daemon_ctx *d, const char *why) {
            LU("timeout_ms", d->cfg->daemon.shutdown_timeout));
   uv_timer_stop(&d->status_timer);
   for (i = 0; i < d->created; i++)
-    consumer_stop_source(d->consumers[i]);
+    consumer_stop_intake(d->consumers[i]);
   if (all_drained(d)) {
     begin_flush(d);
     return;
@@ -434,9 +434,11 @@ static int create_consumers(daemon_ctx *d) {
     const config_consumer *cc = &d->cfg->consumers[i];
     store_cursor cur;
     store_key key;
-    source_resume r = { 0, "" };
+    source_resume r;
 
     memset(&cur, 0, sizeof cur);
+    memset(&r, 0, sizeof r);
+    r.position = "";
     key.consumer_id = cc->name;
     key.stream_name = cc->source->stream_name(cc->source_conf);
     key.subject_id = "";

@@ -29,6 +29,12 @@ typedef struct sink_report {
   /* Events first..last (inclusive) are delivered: any order, any range
    * inside what was accepted; a repeat is harmless. */
   void (*delivered)(sink *s, uint64_t first, uint64_t last, void *data);
+  /* The sink gave up on events first..last (on_fail = skip, or their
+   * dead-letter records are durable): the cursor passes them, and the
+   * source learns they were refused, not delivered. why (borrowed for the
+   * call) is the last failure. */
+  void (*gave_up)(sink *s, uint64_t first, uint64_t last, const char *why,
+                  void *data);
   /* The sink cannot go on, as a SINK_FATAL outcome would say. */
   void (*failed)(sink *s, const char *why, void *data);
   /* A state of the sink's own for the status and the log, such as

@@ -690,16 +690,28 @@ static int add_ev(exec_sink *x, uint64_t seq, const char *line, size_t len) {
   return 0;
 }
 
-/* The handler handled it (or on_fail gave up on it). */
-static void deliver(exec_sink *x, ev *e) {
+/* The handler handled it (or, with gave_up, on_fail gave up on it: the
+ * consumer's source hears the difference, so an upstream is never told an
+ * event the application refused was handled). */
+static void settle(exec_sink *x, ev *e, bool gave_up) {
   uint64_t seq = e->seq;
+  char why[256];
 
+  snprintf(why, sizeof why, "%s", e->error != NULL ? e->error : "");
   remove_ev(x, e);
   /* Once closing, the consumer has committed its last cursor; reporting
    * now would poke a flusher that is closing too. What is answered now
    * comes again after the restart. */
-  if (!x->closing && x->base.report.delivered != NULL)
+  if (x->closing)
+    return;
+  if (gave_up && x->base.report.gave_up != NULL)
+    x->base.report.gave_up(&x->base, seq, seq, why, x->base.report.data);
+  else if (x->base.report.delivered != NULL)
     x->base.report.delivered(&x->base, seq, seq, x->base.report.data);
+}
+
+static void deliver(exec_sink *x, ev *e) {
+  settle(x, e, false);
 }
 
 /* ---- timers for deadlines and resends --------------------------------- */
@@ -794,7 +806,7 @@ static void count_attempt(exec_sink *x, ev *e, const char *why, int64_t hint_ms,
                 LS("consumer", x->consumer), LS("sink", "exec"),
                 LU("seq", e->seq), LU("attempts", e->attempts), LS("err", why));
       x->failed++;
-      deliver(x, e);
+      settle(x, e, true);
       return;
     case FAIL_DEAD_LETTER:
       log_warn("event goes to the dead-letter file after max_attempts",
@@ -1725,7 +1737,7 @@ static void dl_done(uv_work_t *req, int status) {
     if (e != NULL && e->state == EV_DEAD) {
       x->failed++;
       x->dead_lettered++;
-      deliver(x, e);
+      settle(x, e, true);
     }
   }
   buf_reset(&x->dl_op);

@@ -94,6 +94,16 @@ static const char *generate_stream_name(const void *conf) {
   return "generate";
 }
 
+/* Every generator counts from 1: one stream. */
+static int generate_identity(const void *conf, const char *upstream_url,
+                             buf *out) {
+  (void)conf, (void)upstream_url;
+  buf_reset(out);
+  return buf_append_str(out, "generate") != 0 || buf_cstr(out) == NULL
+             ? UV_ENOMEM
+             : 0;
+}
+
 /* A bounded amount of work per wake-up (STYLE rule 9), so one fast source
  * cannot starve the rest of the loop. */
 #define GENERATE_BURST 4096
@@ -159,11 +169,9 @@ static uint64_t emit_some(generate *g, uint64_t max) {
   char digits[24];
   event ev;
   uint64_t i;
-  size_t room = consumer_room(c), n;
+  size_t n;
   int err;
 
-  if (max > room)
-    max = room;
   if (max > GENERATE_BURST)
     max = GENERATE_BURST;
   /* One clock read per burst: a burst takes well under a millisecond, the
@@ -173,7 +181,8 @@ static uint64_t emit_some(generate *g, uint64_t max) {
   ev.kind = "generate";
   ev.data_is_json = true;
   ev.time_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-  for (i = 0; i < max && !finished(g); i++) {
+  /* Room is asked for each event: the window is bounded in bytes too. */
+  for (i = 0; i < max && !finished(g) && consumer_room(c) > 0; i++) {
     n = envelope_put_u64(digits, g->next);
     err = g->conf->template[0] != '\0' ? build_template(g, digits, n)
                                        : build_default(g, digits, n);
@@ -185,7 +194,7 @@ static uint64_t emit_some(generate *g, uint64_t max) {
     ev.position_len = n;
     ev.data = g->data.data;
     ev.data_len = g->data.len;
-    if (consumer_emit(c, &ev) != 0) {
+    if (consumer_emit(c, &ev) == 0) {
       consumer_source_failed(c, "out of memory queueing an event");
       return i;
     }
@@ -227,6 +236,8 @@ static void on_tick(uv_timer_t *t) {
     g->paced += emit_some(g, due - g->paced);
 }
 
+static void start_pacing(generate *g);
+
 static void generate_on_room(source *s) {
   generate *g = (generate *)s;
 
@@ -242,7 +253,6 @@ static int generate_start(consumer *c, const void *conf,
   const generate_conf *gc = conf;
   generate *g = calloc(1, sizeof *g);
   uv_loop_t *loop = consumer_loop(c);
-  uint64_t period;
 
   if (g == NULL || (g->pad = malloc(gc->payload_size + 1)) == NULL) {
     free(g);
@@ -267,18 +277,42 @@ static int generate_start(consumer *c, const void *conf,
     consumer_source_done(c);
     return 0;
   }
-  if (gc->rate == 0) {
-    uv_idle_start(&g->idle, on_idle);
-  } else {
-    /* Tick often enough that each tick carries about one event, but at
-     * most once a millisecond and at least once a second. */
-    period = 1000 / (uint64_t)gc->rate;
-    if (period < 1)
-      period = 1;
-    g->t0 = uv_now(loop);
-    uv_timer_start(&g->timer, on_tick, 0, period);
-  }
+  if (consumer_intake(c) == SOURCE_INTAKE_ON)
+    start_pacing(g);
   return 0;
+}
+
+/* Pacing starts afresh after a pause: a paused generator is a quiet one
+ * (no timer runs), and it does not burst to catch up afterwards. */
+static void start_pacing(generate *g) {
+  uv_loop_t *loop = consumer_loop(g->base.consumer);
+  uint64_t period;
+
+  if (g->done || g->stopping)
+    return;
+  if (g->conf->rate == 0) {
+    uv_idle_start(&g->idle, on_idle);
+    return;
+  }
+  /* Tick often enough that each tick carries about one event, but at
+   * most once a millisecond and at least once a second. */
+  period = 1000 / (uint64_t)g->conf->rate;
+  if (period < 1)
+    period = 1;
+  g->t0 = uv_now(loop);
+  g->paced = 0;
+  uv_timer_start(&g->timer, on_tick, 0, period);
+}
+
+static void generate_on_intake(source *s, source_intake intake) {
+  generate *g = (generate *)s;
+
+  if (intake == SOURCE_INTAKE_ON) {
+    start_pacing(g);
+    return;
+  }
+  uv_timer_stop(&g->timer);
+  uv_idle_stop(&g->idle);
 }
 
 static void on_close(uv_handle_t *h) {
@@ -293,7 +327,7 @@ static void on_close(uv_handle_t *h) {
   consumer_source_closed(c);
 }
 
-static void generate_stop(source *s) {
+static void generate_close(source *s) {
   generate *g = (generate *)s;
 
   assert(!g->stopping);
@@ -310,8 +344,9 @@ const source_type source_generate = {
   .conf_size = sizeof(generate_conf),
   .check = generate_check,
   .stream_name = generate_stream_name,
+  .identity = generate_identity,
   .start = generate_start,
-  .stop = generate_stop,
+  .close = generate_close,
   .on_room = generate_on_room,
-  .on_delivered = NULL,
+  .on_intake = generate_on_intake,
 };

@@ -91,6 +91,12 @@ static const option http_poll_options[] = {
   { "conditional", OPT_BOOL, "true", offsetof(http_poll_conf, conditional),
     "send If-None-Match with the last ETag; a 304 means nothing new", 0, 0,
     NULL, 0 },
+  { "tuning_params", OPT_STRING,
+    "limit,_limit,per_page,perPage,page_size,pageSize,timeout,heartbeat,feed",
+    offsetof(http_poll_conf, tuning_params),
+    "query parameters of path that tune the reading, not which stream it "
+    "is: a change to them keeps the cursor (comma-separated)",
+    0, 0, NULL, 0 },
   { "event", OPT_STRING, "item", offsetof(http_poll_conf, event),
     "the event name each item carries in the envelope", 0, 0, NULL, 0 },
   { NULL, 0, NULL, 0, NULL, 0, 0, NULL, 0 },
@@ -364,7 +370,7 @@ static void hand_over(poll_src *s) {
     e.data = data;
     e.data_len = strlen(data);
     e.data_is_json = true;
-    rc = consumer_emit(c, &e);
+    rc = consumer_emit(c, &e) == 0 ? UV_ENOMEM : 0;
     free(data);
     free(pos);
     if (rc != 0)
@@ -766,6 +772,13 @@ static int http_poll_start(consumer *c, const void *conf,
   return 0;
 }
 
+static int http_poll_identity(const void *conf, const char *upstream_url,
+                              buf *out) {
+  const http_poll_conf *c = conf;
+
+  return http_source_identity(upstream_url, c->path, c->tuning_params, out);
+}
+
 const source_type source_http_poll = {
   .name = "http-poll",
   .description = "a JSON collection or changes feed read in pages, its "
@@ -774,7 +787,8 @@ const source_type source_http_poll = {
   .conf_size = sizeof(http_poll_conf),
   .check = http_poll_check,
   .stream_name = http_poll_stream_name,
+  .identity = http_poll_identity,
   .start = http_poll_start,
-  .stop = http_source_stop,
+  .close = http_source_close,
   .on_room = http_poll_on_room,
 };

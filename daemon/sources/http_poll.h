@@ -26,9 +26,10 @@ typedef struct http_poll_conf {
   uint64_t poll_interval;
   uint64_t request_timeout;
   uint64_t max_page_size; /* bytes of one response body */
-  bool follow_next; /* follow Link: rel="next" within a cycle */
-  bool conditional; /* If-None-Match with the last ETag */
-  char *event;      /* the envelope's event name */
+  bool follow_next;       /* follow Link: rel="next" within a cycle */
+  bool conditional;       /* If-None-Match with the last ETag */
+  char *event;            /* the envelope's event name */
+  char *tuning_params;    /* query names left out of the stream's identity */
 } http_poll_conf;
 
 extern const source_type source_http_poll;

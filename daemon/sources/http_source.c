@@ -3,7 +3,9 @@
 #include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "daemon/consumer.h"
@@ -36,7 +38,7 @@ void http_source_init(http_source *hs, const source_type *type, consumer *c,
   hs->timer.data = hs;
 }
 
-void http_source_stop(source *s) {
+void http_source_close(source *s) {
   http_source *hs = (http_source *)s;
 
   assert(!hs->stopping);
@@ -84,6 +86,62 @@ uint64_t http_source_retry_delay(http_source *hs, const http_response *resp) {
     return backoff_next_hinted(
         &hs->retry, hint < h->reconnect_min ? h->reconnect_min : hint);
   return backoff_next_at(&hs->retry, uv_now(loop));
+}
+
+/* Whether name (n bytes) is one of the comma-separated names in list. */
+static bool listed(const char *list, const char *name, size_t n) {
+  const char *p = list, *end;
+  size_t len;
+
+  while (*p != '\0') {
+    while (*p == ',' || *p == ' ')
+      p++;
+    end = p;
+    while (*end != '\0' && *end != ',')
+      end++;
+    len = (size_t)(end - p);
+    while (len > 0 && p[len - 1] == ' ')
+      len--;
+    if (len == n && len > 0 && strncasecmp(p, name, n) == 0)
+      return true;
+    p = end;
+  }
+  return false;
+}
+
+int http_source_identity(const char *upstream_url, const char *path,
+                         const char *ignore, buf *out) {
+  char err[128], *url = NULL;
+  const char *q, *p, *end;
+  bool first = true;
+  int rc;
+
+  buf_reset(out);
+  if (http_url_resolve(upstream_url, path, &url, err, sizeof err) != 0) {
+    /* Checked at start-up anyway; the text still names the stream. */
+    rc = buf_appendf(out, "%s %s", upstream_url, path);
+    return rc != 0 || buf_cstr(out) == NULL ? UV_ENOMEM : 0;
+  }
+  q = strchr(url, '?');
+  rc = buf_append(out, url, q != NULL ? (size_t)(q - url) : strlen(url));
+  for (p = q != NULL ? q + 1 : NULL; rc == 0 && p != NULL && *p != '\0';
+       p = *end == '&' ? end + 1 : end) {
+    size_t name;
+
+    end = strchr(p, '&');
+    if (end == NULL)
+      end = p + strlen(p);
+    name = strcspn(p, "=&");
+    if (name > (size_t)(end - p))
+      name = (size_t)(end - p);
+    if (end == p || listed(ignore, p, name))
+      continue;
+    if ((rc = buf_append(out, first ? "?" : "&", 1)) == 0)
+      rc = buf_append(out, p, (size_t)(end - p));
+    first = false;
+  }
+  free(url);
+  return rc != 0 || buf_cstr(out) == NULL ? UV_ENOMEM : 0;
 }
 
 void http_source_fail(http_source *hs, const char *fmt, ...) {

@@ -9,7 +9,7 @@
  *   start:    http_source_init(&s->h, &source_mine, c, my_free);
  *   on_done:  if (http_source_ended(&s->h)) return;   (first thing)
  *   retry:    http_source_wait(&s->h, delay, on_timer, "why");
- *   stop:     .stop = http_source_stop in the source type
+ *   close:    .close = http_source_close in the source type
  */
 #ifndef TETHER_DAEMON_SOURCES_HTTP_SOURCE_H
 #define TETHER_DAEMON_SOURCES_HTTP_SOURCE_H
@@ -23,6 +23,7 @@
 #include "daemon/upstream.h"
 #include "loop/backoff.h"
 #include "loop/http_client.h"
+#include "protocol/buf.h"
 
 typedef struct http_source http_source;
 
@@ -38,7 +39,7 @@ struct http_source {
   http_req *req;    /* the request in flight, or NULL */
   uv_timer_t timer; /* the wait before the next request; data = this */
   backoff retry;    /* from the upstream's reconnect options */
-  bool stopping;    /* stop() was called */
+  bool stopping;    /* close() was called: nothing more is started */
   bool failed;      /* failed for good; nothing more is started */
   /* private */
   bool _closing;
@@ -50,12 +51,12 @@ struct http_source {
 void http_source_init(http_source *hs, const source_type *type, consumer *c,
                       void (*free_fn)(http_source *hs));
 
-/* source_type.stop of an HTTP source: a request in flight is cancelled and
- * its on_done (through http_source_ended) finishes the stop. */
-void http_source_stop(source *s);
+/* source_type.close of an HTTP source: a request in flight is cancelled and
+ * its on_done (through http_source_ended) finishes the close. */
+void http_source_close(source *s);
 
 /* The first call of every on_done: forgets the request. Returns true when
- * the source is stopping; the caller must then return at once. */
+ * the source is closing; the caller must then return at once. */
 bool http_source_ended(http_source *hs);
 
 /* Calls cb after delay_ms, drawn from the process-wide reconnect budget so
@@ -71,6 +72,13 @@ bool http_source_retryable(int status);
  * or an HTTP-date, clamped to [reconnect_min, reconnect_max]) when it sent
  * one, else the next step of the backoff. */
 uint64_t http_source_retry_delay(http_source *hs, const http_response *resp);
+
+/* The identity of a stream read from path under upstream_url (see
+ * source_type.identity): the resolved URL, without the query parameters
+ * named in ignore (comma-separated, compared without case: tuning such as
+ * a page limit), into out. Returns 0 or UV_ENOMEM. */
+int http_source_identity(const char *upstream_url, const char *path,
+                         const char *ignore, buf *out);
 
 /* Fails the consumer for good with the formatted reason; nothing more is
  * started. */

@@ -279,10 +279,15 @@ typedef struct pb_src {
   char *mirror_due;     /* a committed position not yet written */
   char *mirror_sending; /* the position of the write in flight */
   bool mirror_retry;    /* the last write failed: wait for the timer */
+  /* close() came: the last committed position is written to the mirror
+   * (one write, no retry, no new login), then the source closes. */
+  bool closing;
 } pb_src;
 
 static void kick(pb_src *s);
 static void start_poll(pb_src *s);
+static void finish_close(pb_src *s);
+static bool is_mirror(int kind);
 
 /* Fails the consumer for good; see http_source_fail. */
 #define fail(s, ...) http_source_fail(&(s)->h, __VA_ARGS__)
@@ -316,6 +321,10 @@ static void schedule(pb_src *s, uint64_t delay) {
 }
 
 static void back_off(pb_src *s, uint64_t delay, const char *why) {
+  if (s->closing) {
+    kick(s); /* no retries while closing: kick closes */
+    return;
+  }
   s->backing_off = true;
   s->poll_due = false;
   http_source_wait(&s->h, delay, on_poll_timer, why);
@@ -429,6 +438,8 @@ static bool send_req(pb_src *s, int kind, const char *method, const char *path,
   int rc;
 
   if (!pb_client_token(s->pc, &token, &s->req_gen)) {
+    if (s->closing)
+      return false; /* no new login for the last mirror write */
     if (pb_client_auth_error(s->pc) != NULL) {
       fail(s, "%s", pb_client_auth_error(s->pc));
       return false;
@@ -651,7 +662,7 @@ static void hand_over(pb_src *s) {
     e.data_len = strlen(data);
     e.data_is_json = true;
     e.time_ms = t;
-    rc = consumer_emit(c, &e);
+    rc = consumer_emit(c, &e) == 0 ? UV_ENOMEM : 0;
     free(data);
     if (rc != 0) {
       buf_free(&pos);
@@ -934,6 +945,10 @@ static void on_done(http_req *r, int status, const http_response *resp,
 /* Starts whatever is due when no request runs: the start-up steps, then a
  * mirror write before a poll (it is small and says what is durable). */
 static void kick(pb_src *s) {
+  if (s->closing) {
+    finish_close(s);
+    return;
+  }
   if (s->h.req != NULL || s->h.stopping || s->h.failed || s->waiting_token ||
       s->handing || s->backing_off)
     return;
@@ -955,7 +970,9 @@ static void kick(pb_src *s) {
     if (s->h.req != NULL || s->waiting_token || s->h.failed)
       return;
   }
-  if (s->poll_due)
+  /* Polls wait while intake is off (a pause, a drain): on_intake asks for
+   * one when it is on again. */
+  if (s->poll_due && consumer_intake(cons(s)) == SOURCE_INTAKE_ON)
     start_poll(s);
 }
 
@@ -966,12 +983,16 @@ static void pb_on_room(source *src) {
     hand_over(s);
 }
 
-static void pb_on_committed(source *src, uint64_t seq, const char *position) {
+/* The durability rule: the mirror row is written only with a position a
+ * local commit already holds, never ahead of it. It hears every commit,
+ * the final one at shutdown too, and the write of that one finishes
+ * before the source closes. */
+static void pb_on_durable(source *src, uint64_t seq, const char *position) {
   pb_src *s = (pb_src *)src;
   char *p;
 
   (void)seq;
-  if (s->mirror == NULL || s->h.stopping || s->h.failed)
+  if (s->mirror == NULL || s->h.stopping)
     return;
   if ((p = strdup(position)) == NULL)
     return;
@@ -980,14 +1001,43 @@ static void pb_on_committed(source *src, uint64_t seq, const char *position) {
   kick(s);
 }
 
-static void pb_stop(source *src) {
+static void pb_on_intake(source *src, source_intake intake) {
   pb_src *s = (pb_src *)src;
 
+  if (intake != SOURCE_INTAKE_ON)
+    return;
+  s->poll_due = true;
+  kick(s);
+}
+
+/* Closing: a mirror write in flight finishes, and a position still due
+ * (the final commit's) is written once, if a token is at hand; then the
+ * source closes. Anything else in flight is cancelled. */
+static void finish_close(pb_src *s) {
+  if (s->h.stopping)
+    return;
+  if (s->h.req != NULL && is_mirror(s->req_kind) && !s->starting)
+    return; /* its on_done comes back here */
+  if (s->h.req == NULL && s->mirror != NULL && s->mirror_due != NULL &&
+      s->mirror_id != NULL && !s->mirror_retry && !s->starting &&
+      !s->h.failed) {
+    start_mirror(s);
+    if (s->h.req != NULL)
+      return;
+  }
+  http_source_close(&s->h.base);
+}
+
+static void pb_close(source *src) {
+  pb_src *s = (pb_src *)src;
+
+  s->closing = true;
   pb_client_cancel_wait(s->pc, &s->waiter);
   s->waiting_token = false;
   if (s->topic != NULL)
     pb_client_unwatch(s->pc, &s->watch);
-  http_source_stop(src);
+  uv_timer_stop(&s->h.timer);
+  finish_close(s);
 }
 
 static void free_source(http_source *hs) {
@@ -1006,6 +1056,20 @@ static const char *pb_stream_name(const void *conf) {
   const pb_consumer_conf *c = conf;
 
   return c->collection;
+}
+
+/* The collection, its filter and the offset read from it name the stream;
+ * batch_size, intervals, settle and fields only tune the reading. */
+static int pb_identity(const void *conf, const char *upstream_url, buf *out) {
+  const pb_consumer_conf *c = conf;
+
+  buf_reset(out);
+  if (buf_appendf(out, "%s/api/collections/%s/records?filter=%s&offset=%s",
+                  upstream_url, c->collection, c->filter,
+                  c->offset == PB_OFFSET_ID ? "id" : "created") != 0 ||
+      buf_cstr(out) == NULL)
+    return UV_ENOMEM;
+  return 0;
 }
 
 static int pb_start(consumer *c, const void *conf, const source_resume *r,
@@ -1080,10 +1144,12 @@ const source_type source_pocketbase = {
   .conf_size = sizeof(pb_consumer_conf),
   .check = pb_consumer_check,
   .stream_name = pb_stream_name,
+  .identity = pb_identity,
   .start = pb_start,
-  .stop = pb_stop,
+  .close = pb_close,
   .on_room = pb_on_room,
-  .on_committed = pb_on_committed,
+  .on_durable = pb_on_durable,
+  .on_intake = pb_on_intake,
 };
 
 const upstream_type upstream_pocketbase = {

@@ -117,7 +117,7 @@ static int on_event(void *data, const sse_event *ev) {
   e.data = ev->data;
   e.data_len = ev->data_len;
   e.data_is_json = envelope_is_json(ev->data, ev->data_len);
-  if (consumer_emit(c, &e) != 0)
+  if (consumer_emit(c, &e) == 0)
     return -1;
   s->delivered_any = true;
   /* The window is full: stop right after this event. */
@@ -500,6 +500,10 @@ static const char *sse_stream_name(const void *conf) {
   return c->path[0] != '\0' ? c->path : "/";
 }
 
+static int sse_identity(const void *conf, const char *upstream_url, buf *out) {
+  return http_source_identity(upstream_url, sse_stream_name(conf), "", out);
+}
+
 const source_type source_sse = {
   .name = "sse",
   .description = "any text/event-stream endpoint, resumed with Last-Event-ID",
@@ -507,7 +511,8 @@ const source_type source_sse = {
   .conf_size = sizeof(sse_conf),
   .check = sse_check,
   .stream_name = sse_stream_name,
+  .identity = sse_identity,
   .start = sse_start,
-  .stop = http_source_stop,
+  .close = http_source_close,
   .on_room = sse_on_room,
 };

@@ -548,6 +548,7 @@ static void test_dump(void) {
                 "source = generate\n"
                 "sink = file:/tmp/o\n"
                 "max_in_flight = 1000\n"
+                "max_in_flight_bytes = 16MiB\n"
                 "retry_min = 250ms\n"
                 "retry_max = 1m30s\n"
                 /* generate refuses payload_size next to template, so
@@ -567,6 +568,7 @@ static void test_dump(void) {
                      "source = generate\n"
                      "sink = stdout\n"
                      "max_in_flight = 1000\n"
+                     "max_in_flight_bytes = 16MiB\n"
                      "retry_min = 250ms\n"
                      "retry_max = 30s\n"
                      "rate = 0\n"

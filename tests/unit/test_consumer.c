@@ -88,10 +88,19 @@ static void complete_write(sink_outcome o, const char *msg) {
 
 /* ---- fake source -------------------------------------------------------- */
 
+/* What the fake source heard, by callback. settled[seq] is the outcome
+ * each event came to plus one (0 = none yet); a second settlement of one
+ * event fails the test. */
+#define MAX_SEQ 256
+
 static struct {
-  int starts, stops, rooms, delivered_calls;
-  uint64_t resume_seq, last_delivered;
-  char resume_pos[64];
+  int starts, closes, rooms, delivered_calls, durable_calls;
+  int intakes[3]; /* by source_intake */
+  source_intake intake;
+  uint64_t resume_seq, last_delivered, durable_seq;
+  char resume_pos[64], durable_pos[64];
+  int settled[MAX_SEQ];
+  int settle_calls[3]; /* by source_outcome */
   consumer *c;
   source s;
 } src;
@@ -104,9 +113,9 @@ static const char *fake_stream(const void *conf) {
 static int fake_start(consumer *c, const void *conf, const source_resume *r,
                       source **out, char *err, size_t errlen);
 
-static void fake_stop(source *s) {
+static void fake_close(source *s) {
   (void)s;
-  src.stops++;
+  src.closes++;
   consumer_source_closed(src.c);
 }
 
@@ -115,10 +124,43 @@ static void fake_on_room(source *s) {
   src.rooms++;
 }
 
-static void fake_on_delivered(source *s, uint64_t seq) {
+static void fake_on_settled(source *s, uint64_t first, uint64_t last,
+                            source_outcome o) {
+  uint64_t seq;
+
   (void)s;
-  src.delivered_calls++;
-  src.last_delivered = seq;
+  ASSERT(first <= last && last < MAX_SEQ);
+  for (seq = first; seq <= last; seq++) {
+    ASSERT_EQ(0, src.settled[seq]);
+    src.settled[seq] = (int)o + 1;
+  }
+  src.settle_calls[o]++;
+  if (o == SOURCE_DELIVERED) {
+    src.delivered_calls++;
+    src.last_delivered = last;
+  }
+}
+
+static void fake_on_durable(source *s, uint64_t seq, const char *pos) {
+  (void)s;
+  src.durable_calls++;
+  src.durable_seq = seq;
+  snprintf(src.durable_pos, sizeof src.durable_pos, "%s", pos);
+}
+
+static void fake_on_intake(source *s, source_intake i) {
+  (void)s;
+  src.intakes[i]++;
+  src.intake = i;
+}
+
+/* How many of seqs first..last came to outcome o. */
+static int settled_as(uint64_t first, uint64_t last, source_outcome o) {
+  int n = 0;
+
+  for (; first <= last; first++)
+    n += src.settled[first] == (int)o + 1;
+  return n;
 }
 
 static const source_type fake_source = {
@@ -127,15 +169,20 @@ static const source_type fake_source = {
   .options = no_options,
   .stream_name = fake_stream,
   .start = fake_start,
-  .stop = fake_stop,
+  .close = fake_close,
   .on_room = fake_on_room,
-  .on_delivered = fake_on_delivered,
+  .on_settled = fake_on_settled,
+  .on_durable = fake_on_durable,
+  .on_intake = fake_on_intake,
 };
 
 static int fake_start(consumer *c, const void *conf, const source_resume *r,
                       source **out, char *err, size_t errlen) {
   (void)conf, (void)err, (void)errlen;
   src.starts++;
+  /* Settlements are per instance: a new one may emit the seqs an older
+   * one had (a rewind replays from the committed cursor). */
+  memset(src.settled, 0, sizeof src.settled);
   src.c = c;
   src.resume_seq = r->seq;
   snprintf(src.resume_pos, sizeof src.resume_pos, "%s", r->position);
@@ -182,9 +229,12 @@ static void setup(fixture *f, int64_t window, uint64_t resume_seq,
                   const char *resume_pos) {
   consumer_hooks hooks = { on_state, on_delivered, on_drained, on_closed,
                            NULL };
-  source_resume r = { resume_seq, resume_pos };
+  source_resume r;
   char err[256];
 
+  memset(&r, 0, sizeof r);
+  r.seq = resume_seq;
+  r.position = resume_pos;
   memset(&fs, 0, sizeof fs);
   memset(&src, 0, sizeof src);
   memset(&hk, 0, sizeof hk);
@@ -193,6 +243,7 @@ static void setup(fixture *f, int64_t window, uint64_t resume_seq,
   ASSERT_EQ(0, uv_loop_init(&f->loop));
   f->conf.name = "orders";
   f->conf.common.max_in_flight = window;
+  f->conf.common.max_in_flight_bytes = 1 << 20;
   f->conf.common.retry_min = 1;
   f->conf.common.retry_max = 4;
   f->conf.source = &fake_source;
@@ -226,7 +277,7 @@ static void emit(fixture *f, const char *pos, const char *data) {
   ev.data_len = strlen(data);
   ev.data_is_json = true;
   ev.time_ms = 1767348000000;
-  ASSERT_EQ(0, consumer_emit(f->c, &ev));
+  ASSERT(consumer_emit(f->c, &ev) != 0);
 }
 
 /* Runs the loop until the fake sink has seen n writes (bounded). */
@@ -421,7 +472,11 @@ static void test_fatal_stops_source(void) {
   run_until_writes(&f, 1);
   complete_write(SINK_FATAL, "write stdout: Broken pipe");
   ASSERT_EQ(CONSUMER_FAILED, consumer_get_state(f.c));
-  ASSERT_EQ(1, src.stops);
+  /* Intake stops for good; the source stays open until the close, and
+   * hears that what it emitted will not be delivered by this run. */
+  ASSERT_EQ(1, src.intakes[SOURCE_INTAKE_STOPPED]);
+  ASSERT_EQ(0, src.closes);
+  ASSERT_EQ(1, settled_as(1, 1, SOURCE_ABANDONED));
   ASSERT_EQ(0, consumer_room(f.c));
   consumer_get_stats(f.c, &st);
   ASSERT_EQ(0, st.delivered_seq);
@@ -450,9 +505,14 @@ static void test_abandon_drops_staged(void) {
   emit(&f, "p2", "{}");
   emit(&f, "p3", "{}");
   consumer_abandon(f.c);
-  ASSERT_EQ(1, src.stops);
+  ASSERT_EQ(1, src.intakes[SOURCE_INTAKE_STOPPED]);
+  ASSERT_EQ(0, src.closes);
+  /* The staged ones are given up; the one the sink holds may yet land. */
+  ASSERT_EQ(2, settled_as(2, 3, SOURCE_ABANDONED));
+  ASSERT_EQ(0, src.settled[1]);
   ASSERT(!consumer_drained(f.c)); /* the outstanding write */
   complete_write(SINK_DELIVERED, NULL);
+  ASSERT_EQ(1, settled_as(1, 1, SOURCE_DELIVERED));
   ASSERT(consumer_drained(f.c));
   uv_run(&f.loop, UV_RUN_NOWAIT);
   ASSERT_EQ(1, fs.writes);
@@ -469,8 +529,9 @@ static void test_stop_source_still_delivers(void) {
   setup(&f, 10, 0, "");
   emit(&f, "p1", "{}");
   emit(&f, "p2", "{}");
-  consumer_stop_source(f.c);
-  ASSERT_EQ(1, src.stops);
+  consumer_stop_intake(f.c);
+  ASSERT_EQ(1, src.intakes[SOURCE_INTAKE_STOPPED]);
+  ASSERT_EQ(0, src.closes);
   ASSERT_EQ(0, consumer_room(f.c));
   run_until_writes(&f, 1);
   complete_write(SINK_DELIVERED, NULL);
@@ -607,7 +668,8 @@ static void test_sink_failed_through_report(void) {
   complete_write(SINK_ACCEPTED, NULL);
   fs.s.report.failed(&fs.s, "handler exited", fs.s.report.data);
   ASSERT_EQ(CONSUMER_FAILED, consumer_get_state(f.c));
-  ASSERT_EQ(1, src.stops);
+  ASSERT_EQ(1, src.intakes[SOURCE_INTAKE_STOPPED]);
+  ASSERT_EQ(1, settled_as(1, 1, SOURCE_ABANDONED));
   ASSERT(consumer_drained(f.c));
   teardown(&f);
 }
@@ -621,18 +683,22 @@ static void test_pause_and_resume(void) {
   emit(&f, "p5", "{}");
   consumer_pause(f.c);
   ASSERT(consumer_is_paused(f.c));
-  ASSERT_EQ(1, src.stops);
+  /* A pause keeps the source: its intake pauses. */
+  ASSERT_EQ(0, src.closes);
+  ASSERT_EQ(1, src.intakes[SOURCE_INTAKE_PAUSED]);
   ASSERT_EQ(CONSUMER_PAUSED, consumer_get_state(f.c));
   ASSERT_EQ(0, consumer_room(f.c));
-  /* In-flight events still go out while paused. */
+  /* In-flight events still go out while paused, and the source hears. */
   run_until_writes(&f, 1);
   complete_write(SINK_DELIVERED, NULL);
+  ASSERT_EQ(2, settled_as(4, 5, SOURCE_DELIVERED));
   ASSERT_EQ(CONSUMER_PAUSED, consumer_get_state(f.c));
+  ASSERT_EQ(0, src.rooms);
   ASSERT_EQ(0, consumer_resume(f.c, err, sizeof err));
-  ASSERT_EQ(2, src.starts);
-  /* The source goes on after the last event it handed over. */
-  ASSERT_EQ(5, src.resume_seq);
-  ASSERT_STR_EQ("p5", src.resume_pos);
+  ASSERT_EQ(1, src.starts);
+  ASSERT_EQ(1, src.intakes[SOURCE_INTAKE_ON]);
+  ASSERT_EQ(1, src.rooms);
+  ASSERT_EQ(10, consumer_room(f.c));
   ASSERT_EQ(CONSUMER_CONNECTED, consumer_get_state(f.c));
   teardown(&f);
 }
@@ -649,10 +715,13 @@ static void test_reset_to_needs_a_drained_window(void) {
   run_until_writes(&f, 1);
   complete_write(SINK_DELIVERED, NULL);
   ASSERT_EQ(0, consumer_reset_to(f.c, 2, "p2"));
+  /* The paused source read from the old position: it goes. */
+  ASSERT_EQ(1, src.closes);
   consumer_get_stats(f.c, &st);
   ASSERT_EQ(2, st.delivered_seq);
   ASSERT_EQ(2, st.committed_seq);
   ASSERT_EQ(0, consumer_resume(f.c, err, sizeof err));
+  ASSERT_EQ(2, src.starts);
   ASSERT_EQ(2, src.resume_seq);
   ASSERT_STR_EQ("p2", src.resume_pos);
   teardown(&f);
@@ -722,7 +791,10 @@ static void test_rewind_on_removed_file(void) {
 
   ASSERT_EQ(SINK_EREMOVED,
             sync_with(&f, SINK_EREMOVED, "out.ndjson was removed"));
-  ASSERT_EQ(1, src.stops);
+  ASSERT_EQ(1, src.closes);
+  /* The one the sink held and the staged one were never delivered: the
+   * old instance heard so (in one run) before it was closed. */
+  ASSERT_EQ(1, src.settle_calls[SOURCE_ABANDONED]);
   ASSERT_EQ(2, src.starts);
   ASSERT_EQ(13, src.resume_seq);
   ASSERT_STR_EQ("p13", src.resume_pos);
@@ -752,8 +824,9 @@ static void test_rewind_on_removed_file(void) {
   teardown(&f);
 }
 
-/* A paused consumer rewinds too, but its source stays stopped; the resume
- * starts it from the committed cursor, not from what was handed over. */
+/* A paused consumer rewinds too: its source, which read past the committed
+ * cursor, is closed and not started again until the resume, which starts it
+ * from the committed cursor, not from what was handed over. */
 static void test_rewind_while_paused(void) {
   fixture f;
   consumer_stats st;
@@ -764,9 +837,9 @@ static void test_rewind_while_paused(void) {
   consumer_committed(f.c, 2, "p2", 0);
   deliver(&f, 3, 5);
   consumer_pause(f.c);
-  ASSERT_EQ(1, src.stops);
+  ASSERT_EQ(0, src.closes);
   ASSERT_EQ(SINK_EREMOVED, sync_with(&f, SINK_EREMOVED, "removed"));
-  ASSERT_EQ(1, src.stops);
+  ASSERT_EQ(1, src.closes);
   ASSERT_EQ(1, src.starts);
   ASSERT_EQ(CONSUMER_PAUSED, consumer_get_state(f.c));
   consumer_get_stats(f.c, &st);

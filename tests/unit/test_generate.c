@@ -35,6 +35,7 @@ static void setup(fixture *f) {
   snprintf(f->path, sizeof f->path, "%s/out.ndjson", f->dir);
   f->conf.name = "gen";
   f->conf.common.max_in_flight = 1000;
+  f->conf.common.max_in_flight_bytes = 16 << 20;
   f->conf.common.retry_min = 1;
   f->conf.common.retry_max = 10;
   f->conf.source = registry_source("generate");
@@ -63,9 +64,12 @@ static void on_closed(consumer *c, void *data) {
 static void run(fixture *f, uint64_t resume_seq) {
   consumer_hooks hooks = { NULL, NULL, NULL, on_closed, f };
   char pos[32], err[256];
-  source_resume r = { resume_seq, pos };
+  source_resume r;
   int turns;
 
+  memset(&r, 0, sizeof r);
+  r.seq = resume_seq;
+  r.position = pos;
   snprintf(pos, sizeof pos, "%llu", (unsigned long long)resume_seq);
   if (consumer_create(&f->loop, &f->conf, &r, &hooks, &f->c, err, sizeof err) !=
       0)
