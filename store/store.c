@@ -1185,7 +1185,10 @@ static int migrate(store *s, char *err, size_t errlen) {
     if ((rc = exec_sql(s, migrations[version], what, err, errlen)) != 0 ||
         (rc = exec_sql(s, sql, what, err, errlen)) != 0 ||
         (rc = exec_sql(s, "COMMIT", what, err, errlen)) != 0) {
-      tx_rollback(s);
+      /* Not tx_rollback: the cached statements are prepared after the
+       * migrations, against the schema they make. */
+      if (!sqlite3_get_autocommit(s->db))
+        sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
       return rc;
     }
   }

@@ -1588,6 +1588,48 @@ static void test_migrate_v1_to_v2(void) {
   fx_close(&f);
 }
 
+/* A migration that fails (here: a table of the next version is there
+ * already) is reported with its reason and rolled back; the file stays at
+ * its version with its rows, and the store does not crash on the way. */
+static void test_migrate_failure_rolls_back(void) {
+  store_cursor cur;
+  sqlite3 *db;
+  fixture f;
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, K, 7, "d7", 0, T0, "p7", NULL));
+  store_close(f.s);
+  f.s = NULL;
+  ASSERT_EQ(SQLITE_OK, sqlite3_open(f.path, &db));
+  ASSERT_EQ(SQLITE_OK, sqlite3_exec(db,
+                                    "DROP TABLE IF EXISTS consumer_state; "
+                                    "DROP TABLE IF EXISTS journal; "
+                                    "DROP TABLE IF EXISTS outbox; "
+                                    "DELETE FROM consumer_flags; "
+                                    "PRAGMA user_version = 1",
+                                    NULL, NULL, NULL));
+  sqlite3_close(db);
+  ASSERT_RC(STORE_EIO, store_open(f.path, &f.s, err, sizeof err));
+  ASSERT(f.s == NULL);
+  ASSERT_CONTAINS(err, f.path);
+  ASSERT_CONTAINS(err, "migrate schema to version 2: table consumer_flags "
+                       "already exists");
+  ASSERT_EQ(SQLITE_OK, sqlite3_open(f.path, &db));
+  ASSERT_EQ(1, pragma_int(db, "PRAGMA user_version"));
+  ASSERT_EQ(7, pragma_int(db, "SELECT last_sequence FROM cursors"));
+  sqlite3_close(db);
+  /* Curing the cause lets the next start migrate. */
+  ASSERT_EQ(SQLITE_OK, sqlite3_open(f.path, &db));
+  ASSERT_EQ(SQLITE_OK,
+            sqlite3_exec(db, "DROP TABLE consumer_flags", NULL, NULL, NULL));
+  sqlite3_close(db);
+  ASSERT_RC(0, store_open(f.path, &f.s, err, sizeof err));
+  ASSERT_RC(0, store_get(f.s, &K, &cur, err, sizeof err));
+  ASSERT_EQ(7, cur.last_sequence);
+  store_cursor_free(&cur);
+  fx_close(&f);
+}
+
 /* ---- A state file that vanishes while open ------------------------------ */
 
 /* Runs one group commit of reqs to its end. */
@@ -1782,6 +1824,7 @@ static void test_created_only_on_first_open(void) {
 
 static const test_case tests[] = {
   TEST(test_migrate_v1_to_v2),
+  TEST(test_migrate_failure_rolls_back),
   TEST(test_commit_recreates_removed_file),
   TEST(test_empty_commit_checks_the_file),
   TEST(test_commit_moves_replacing_file_aside),
