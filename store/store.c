@@ -281,19 +281,34 @@ static int db_lost(store *s, char *err, size_t errlen) {
                  s->path);
 }
 
+static size_t utf8_decode(const unsigned char *p, size_t n, uint32_t *cp);
+
 /* Writes s into out as a Go-style quoted string, cut with "..." when it does
- * not fit, for error messages about ids of any length. */
+ * not fit, for error messages about ids of any length. A byte that does not
+ * start valid UTF-8 is written as \xNN, so the message is valid UTF-8 for
+ * the log and the API's JSON whatever the id held. */
 static void quote(const char *s, size_t n, char *out, size_t outlen) {
-  size_t o = 0, i;
+  size_t o = 0, i, seq;
+  uint32_t cp;
 
   assert(outlen >= 8);
   out[o++] = '"';
-  for (i = 0; i < n; i++) {
+  for (i = 0; i < n; i += seq) {
     unsigned char c = (unsigned char)s[i];
     char esc[8];
     size_t k;
 
-    if (c == '"' || c == '\\')
+    seq = 1;
+    if (c >= 0x80) {
+      seq = utf8_decode((const unsigned char *)s + i, n - i, &cp);
+      if (seq == 0) {
+        seq = 1;
+        snprintf(esc, sizeof esc, "\\x%02x", c);
+      } else {
+        memcpy(esc, s + i, seq);
+        esc[seq] = '\0';
+      }
+    } else if (c == '"' || c == '\\')
       snprintf(esc, sizeof esc, "\\%c", c);
     else if (c == '\n')
       snprintf(esc, sizeof esc, "\\n");

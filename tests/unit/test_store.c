@@ -863,6 +863,23 @@ static void test_trim_go_parity(void) {
   fx_close(&f);
 }
 
+/* Messages quote ids; a byte that is not UTF-8 is escaped, so the message
+ * stays valid UTF-8 for the log and the API's JSON, and UTF-8 stays as it
+ * is. */
+static void test_message_quotes_invalid_utf8(void) {
+  fixture f;
+
+  fx_open(&f);
+  ASSERT_RC(0, advance(f.s, K, 5, "d\xc3\xbc", T0, T0, NULL, NULL));
+  ASSERT_RC(STORE_ENONMONO,
+            advance(f.s, K, 5, "\xff\xc3\xbc\xc3", T0, T0, NULL, NULL));
+  ASSERT_STR_EQ("non-monotonic cursor advance: stored seq 5 delivery "
+                "\"d\xc3\xbc\", requested seq 5 delivery "
+                "\"\\xff\xc3\xbc\\xc3\" (fork)",
+                err);
+  fx_close(&f);
+}
+
 /* ---- Reset audit -------------------------------------------------------- */
 
 static void test_reset_audit_recorded(void) {
@@ -1877,6 +1894,7 @@ static const test_case tests[] = {
   TEST(test_bounds_position),
   TEST(test_bounds_reason),
   TEST(test_trim_go_parity),
+  TEST(test_message_quotes_invalid_utf8),
   TEST(test_reset_audit_recorded),
   TEST(test_time_format_round_trip),
   TEST(test_time_stored_as_text),
