@@ -281,6 +281,7 @@ struct store {
   ino_t ino;      /* whether the path still names it */
   bool mu_init;   /* whether mu needs destroying */
   bool in_commit; /* a group commit is queued; loop thread only */
+  bool sync_full; /* the connection runs synchronous=FULL (set_pragmas) */
   /* One connection must not interleave transactions, so every use of db
    * (synchronous calls and the commit worker) holds this mutex. */
   pthread_mutex_t mu;
@@ -1525,8 +1526,32 @@ static int set_pragmas(store *s, char *err, size_t errlen) {
                    "state file %s: cannot switch to WAL mode (journal_mode is "
                    "%s); is it on a file system without shared memory?",
                    s->path, mode);
+  s->sync_full = false;
   return exec_sql(s, "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON",
                   "set pragmas", err, errlen);
+}
+
+/* A commit that carries operations is made durable before it returns
+ * (synchronous=FULL: the WAL is fsync'd at COMMIT), unlike a commit of
+ * cursors alone. What follows such a commit is told outside and cannot be
+ * taken back by a power cut: an upstream acked for a message whose journal
+ * entry is then lost, an app told its write is in an outbox that then
+ * lacks it, a high_seq that goes back and lets a seq the sink already
+ * holds be assigned to another event. A lost cursor alone only costs
+ * duplicates (set_pragmas). The setting belongs to the connection and
+ * cannot change inside a transaction, so it is switched between them, and
+ * only when the kind of commit changes. */
+static int set_sync(store *s, bool full, char *err, size_t errlen) {
+  int rc;
+
+  if (s->sync_full == full)
+    return 0;
+  rc = exec_sql(s,
+                full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
+                "set synchronous", err, errlen);
+  if (rc == 0)
+    s->sync_full = full;
+  return rc;
 }
 
 static int migrate(store *s, char *err, size_t errlen) {
@@ -2703,8 +2728,9 @@ static void op_failed(commit_req *c, size_t i, const char *why) {
  * and the upstream never forgets an event tether has not made durable.
  * COMMIT returning means the WAL frames are written; with
  * synchronous=NORMAL they reach the disk at the next checkpoint, which can
- * only cost duplicates (see set_pragmas). A refused advance (non-monotonic,
- * invalid) is decided before it writes, so it does not hold back the others; an
+ * only cost duplicates (see set_pragmas); a commit with operations is
+ * fsync'd at COMMIT (set_sync). A refused advance (non-monotonic, invalid)
+ * is decided before it writes, so it does not hold back the others; an
  * operation that is invalid or fails, and a failure of SQLite itself (disk
  * full, I/O error), roll the whole batch back, so no cursor moves without
  * its operations and the batch can be retried as a unit. */
@@ -2741,7 +2767,8 @@ static void on_commit_work(uv_work_t *w) {
       return;
     }
   }
-  if ((rc = tx_begin(s, c->msg, sizeof c->msg)) != 0)
+  if ((rc = set_sync(s, c->n_ops > 0, c->msg, sizeof c->msg)) != 0 ||
+      (rc = tx_begin(s, c->msg, sizeof c->msg)) != 0)
     goto fail;
   for (i = 0; i < c->n; i++) {
     msg[0] = '\0';

@@ -306,7 +306,10 @@ typedef void (*store_commit_cb)(void *data, int status, const char *msg,
  * operation that is invalid or fails to write fails the whole commit
  * (status STORE_E*, msg naming the operation's index, kind and key), so a
  * crash or a failure never leaves a cursor without the operations that
- * went with it. One commit at a time per store. Each commit, an empty one
+ * went with it. A commit with operations is on disk when cb reports it
+ * (fsync'd), since what follows it is told outside; one of advances alone
+ * may be lost to a power cut, which costs duplicates only. One commit at a
+ * time per store. Each commit, an empty one
  * too, first checks that the path still names the file the store has
  * open, and otherwise creates it again (STORE_ERECREATED: nothing of this
  * commit applied). Returns 0 (cb will run exactly once) or UV_EINVAL /

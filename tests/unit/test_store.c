@@ -4,6 +4,7 @@
  * commit on the thread pool. */
 #include "store/store.h"
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <signal.h>
@@ -2449,6 +2450,60 @@ static void test_ops_copied(void) {
   fx_close(&f);
 }
 
+/* A commit that carries operations reaches the disk before it returns
+ * (synchronous=FULL), since what follows it is told outside; one of
+ * cursors alone does not (a lost one costs duplicates only). Counted by
+ * interposing the sync calls SQLite makes. */
+static int syncs;
+
+static int count_sync(const char *name, int fd) {
+  int (*real)(int) = NULL;
+  void *sym = dlsym(RTLD_NEXT, name);
+
+  memcpy(&real, &sym, sizeof sym);
+  __atomic_add_fetch(&syncs, 1, __ATOMIC_SEQ_CST);
+  return real(fd);
+}
+
+int fdatasync(int fd) {
+  return count_sync("fdatasync", fd);
+}
+
+int fsync(int fd) {
+  return count_sync("fsync", fd);
+}
+
+static int syncs_during(store *s, const store_advance *adv, size_t n,
+                        const store_op *ops, size_t n_ops) {
+  commit_result res;
+  int before = __atomic_load_n(&syncs, __ATOMIC_SEQ_CST);
+
+  commit_ops(s, adv, n, ops, n_ops, &res);
+  ASSERT_EQ(0, res.status);
+  return __atomic_load_n(&syncs, __ATOMIC_SEQ_CST) - before;
+}
+
+static void test_ops_commit_is_synced(void) {
+  store_advance adv = { { "c", "s", "" }, 1, "d", "p", T0, T0 };
+  store_op op = op_journal_put("c", "k", "v", T0);
+  fixture f;
+
+  fx_open(&f);
+  /* The first frames of a new WAL may sync its header. */
+  commit_ops(f.s, &adv, 1, NULL, 0, &(commit_result){ 0 });
+  adv.last_sequence++;
+  ASSERT_EQ(0, syncs_during(f.s, &adv, 1, NULL, 0));
+  adv.last_sequence++;
+  ASSERT(syncs_during(f.s, &adv, 1, &op, 1) >= 1);
+  adv.last_sequence++;
+  /* A commit that changes nothing writes nothing, so the value moves. */
+  op.value = "w";
+  ASSERT(syncs_during(f.s, NULL, 0, &op, 1) >= 1);
+  adv.last_sequence++;
+  ASSERT_EQ(0, syncs_during(f.s, &adv, 1, NULL, 0));
+  fx_close(&f);
+}
+
 /* ---- Removal and re-keying ---------------------------------------------- */
 
 static void test_remove_cursor(void) {
@@ -3041,6 +3096,7 @@ static const test_case tests[] = {
   TEST(test_ops_invalid_fail_whole_commit),
   TEST(test_ops_write_failure_rolls_back),
   TEST(test_ops_copied),
+  TEST(test_ops_commit_is_synced),
   TEST(test_remove_cursor),
   TEST(test_remove_consumer),
   TEST(test_rekey_cursor),
