@@ -337,7 +337,7 @@ static void round_commit(flusher *f) {
   f->commit_items = n;
   f->full_in_flight = f->need_full;
   f->commit_started = uv_hrtime();
-  rc = store_commit_start(f->st, f->loop, f->reqs, n, on_commit, f);
+  rc = store_commit_start(f->st, f->loop, f->reqs, n, NULL, 0, on_commit, f);
   if (rc != 0) {
     f->full_in_flight = false;
     log_error("cursor commit could not start", LS("err", uv_strerror(rc)));

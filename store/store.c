@@ -77,6 +77,41 @@ static const char *const migrations[] = {
   "  paused INTEGER NOT NULL DEFAULT 0,"
   "  updated_at TEXT NOT NULL"
   ");",
+  /* 3: what a source makes durable beside its cursor, in the same
+   * transaction: the consumer's state, a journal and an outbox. WITHOUT
+   * ROWID because every lookup and scan is by the primary key, and the
+   * rows are small. A file of schema 2 gets a consumer_state row per
+   * consumer it knew, with an unknown identity and the highest seq it
+   * recorded anywhere (a reset's old sequence included), so a seq
+   * assigned before the upgrade is never assigned again. */
+  "CREATE TABLE consumer_state ("
+  "  consumer_id TEXT PRIMARY KEY CHECK (trim(consumer_id) <> ''),"
+  "  identity TEXT NOT NULL DEFAULT '',"
+  "  high_seq INTEGER NOT NULL DEFAULT 0 CHECK (high_seq >= 0),"
+  "  updated_at TEXT NOT NULL"
+  ") WITHOUT ROWID;"
+  "CREATE TABLE journal ("
+  "  consumer_id TEXT NOT NULL CHECK (trim(consumer_id) <> ''),"
+  "  key TEXT NOT NULL CHECK (key <> ''),"
+  "  value BLOB NOT NULL,"
+  "  updated_at TEXT NOT NULL,"
+  "  PRIMARY KEY (consumer_id, key)"
+  ") WITHOUT ROWID;"
+  "CREATE TABLE outbox ("
+  "  consumer_id TEXT NOT NULL CHECK (trim(consumer_id) <> ''),"
+  "  id INTEGER NOT NULL CHECK (id >= 0),"
+  "  value BLOB NOT NULL,"
+  "  created_at TEXT NOT NULL,"
+  "  PRIMARY KEY (consumer_id, id)"
+  ") WITHOUT ROWID;"
+  "INSERT INTO consumer_state (consumer_id, identity, high_seq, updated_at)"
+  "  SELECT consumer_id, '', max(seq), max(at) FROM ("
+  "    SELECT consumer_id, last_sequence AS seq, updated_at AS at"
+  "      FROM cursors"
+  "    UNION ALL SELECT consumer_id, max(old_sequence, new_sequence), at"
+  "      FROM cursor_resets"
+  "    UNION ALL SELECT consumer_id, 0, updated_at FROM consumer_flags"
+  "  ) GROUP BY consumer_id;",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
@@ -102,8 +137,28 @@ enum {
   ST_RESET,
   ST_AUDIT,
   ST_ERROR,
+  ST_CURSOR_PUT,
+  ST_JOURNAL_PUT,
+  ST_JOURNAL_DELETE,
+  ST_OUTBOX_PUT,
+  ST_OUTBOX_DELETE,
+  ST_CONSUMER_PUT,
+  ST_CONSUMER_GET,
+  ST_CONSUMER_LIST,
+  ST_JOURNAL_LOAD,
+  ST_OUTBOX_LOAD,
+  ST_CURSOR_DELETE,
+  ST_REKEY,
+  ST_REKEY_RESETS,
+  ST_REMOVE_CURSORS,
+  ST_REMOVE_JOURNAL,
+  ST_REMOVE_OUTBOX,
+  ST_REMOVE_STATE,
+  ST_REMOVE_FLAGS,
   ST__COUNT
 };
+
+#define CONSUMER_COLUMNS "consumer_id, identity, high_seq, updated_at"
 
 static const char *const stmt_sql[ST__COUNT] = {
   [ST_BEGIN] = "BEGIN IMMEDIATE",
@@ -148,6 +203,59 @@ static const char *const stmt_sql[ST__COUNT] = {
                "ON CONFLICT (consumer_id, stream_name, subject_id) DO UPDATE "
                "SET last_error = excluded.last_error, "
                "updated_at = excluded.updated_at",
+  /* ?1-?3 key, ?4 sequence, ?5 now, ?6 position. In an upsert's SET every
+   * right-hand side reads the stored row, so the CASE sees the old
+   * sequence. */
+  [ST_CURSOR_PUT] =
+      "INSERT INTO cursors (consumer_id, stream_name, subject_id, "
+      "last_sequence, last_delivery_id, last_delivered_at, last_error, "
+      "updated_at, position) "
+      "VALUES (?1, ?2, ?3, ?4, '', CASE WHEN ?4 > 0 THEN ?5 END, '', ?5, ?6) "
+      "ON CONFLICT (consumer_id, stream_name, subject_id) DO UPDATE SET "
+      "last_delivered_at = CASE WHEN excluded.last_sequence > last_sequence "
+      "THEN excluded.updated_at ELSE last_delivered_at END, "
+      "last_sequence = max(last_sequence, excluded.last_sequence), "
+      "last_error = '', updated_at = excluded.updated_at, "
+      "position = excluded.position",
+  /* ?1 consumer, ?2 key or id, ?3 value, ?4 now. */
+  [ST_JOURNAL_PUT] = "INSERT INTO journal (consumer_id, key, value, "
+                     "updated_at) VALUES (?1, ?2, ?3, ?4) "
+                     "ON CONFLICT (consumer_id, key) DO UPDATE SET "
+                     "value = excluded.value, updated_at = excluded.updated_at",
+  [ST_JOURNAL_DELETE] = "DELETE FROM journal WHERE consumer_id = ?1 AND "
+                        "key = ?2",
+  [ST_OUTBOX_PUT] = "INSERT INTO outbox (consumer_id, id, value, created_at) "
+                    "VALUES (?1, ?2, ?3, ?4) "
+                    "ON CONFLICT (consumer_id, id) DO UPDATE SET "
+                    "value = excluded.value",
+  [ST_OUTBOX_DELETE] = "DELETE FROM outbox WHERE consumer_id = ?1 AND id = ?2",
+  /* ?1 consumer, ?2 identity (NULL keeps the stored one), ?3 high seq,
+   * ?4 now. */
+  [ST_CONSUMER_PUT] = "INSERT INTO consumer_state (" CONSUMER_COLUMNS ") "
+                      "VALUES (?1, coalesce(?2, ''), ?3, ?4) "
+                      "ON CONFLICT (consumer_id) DO UPDATE SET "
+                      "identity = coalesce(?2, identity), "
+                      "high_seq = max(high_seq, excluded.high_seq), "
+                      "updated_at = excluded.updated_at",
+  [ST_CONSUMER_GET] = "SELECT " CONSUMER_COLUMNS " FROM consumer_state "
+                      "WHERE consumer_id = ?1",
+  [ST_CONSUMER_LIST] = "SELECT " CONSUMER_COLUMNS " FROM consumer_state "
+                       "ORDER BY consumer_id",
+  [ST_JOURNAL_LOAD] = "SELECT key, value, updated_at FROM journal "
+                      "WHERE consumer_id = ?1 ORDER BY key",
+  [ST_OUTBOX_LOAD] = "SELECT id, value, created_at FROM outbox "
+                     "WHERE consumer_id = ?1 ORDER BY id",
+  [ST_CURSOR_DELETE] = "DELETE FROM cursors WHERE " KEY_MATCH,
+  /* ?1-?3 the old key, ?4-?6 the new one. */
+  [ST_REKEY] = "UPDATE cursors SET consumer_id = ?4, stream_name = ?5, "
+               "subject_id = ?6 WHERE " KEY_MATCH,
+  [ST_REKEY_RESETS] = "UPDATE cursor_resets SET consumer_id = ?4, "
+                      "stream_name = ?5, subject_id = ?6 WHERE " KEY_MATCH,
+  [ST_REMOVE_CURSORS] = "DELETE FROM cursors WHERE consumer_id = ?1",
+  [ST_REMOVE_JOURNAL] = "DELETE FROM journal WHERE consumer_id = ?1",
+  [ST_REMOVE_OUTBOX] = "DELETE FROM outbox WHERE consumer_id = ?1",
+  [ST_REMOVE_STATE] = "DELETE FROM consumer_state WHERE consumer_id = ?1",
+  [ST_REMOVE_FLAGS] = "DELETE FROM consumer_flags WHERE consumer_id = ?1",
 };
 
 /* List statements are cached per shape: bit 0-2 = consumer, stream and
@@ -173,6 +281,7 @@ struct store {
   ino_t ino;      /* whether the path still names it */
   bool mu_init;   /* whether mu needs destroying */
   bool in_commit; /* a group commit is queued; loop thread only */
+  bool sync_full; /* the connection runs synchronous=FULL (set_pragmas) */
   /* One connection must not interleave transactions, so every use of db
    * (synchronous calls and the commit worker) holds this mutex. */
   pthread_mutex_t mu;
@@ -224,6 +333,8 @@ const char *store_strerror(int code) {
     return "state file in use by another process";
   case STORE_ERECREATED:
     return "state file removed or replaced; created again";
+  case STORE_EEXIST:
+    return "cursor already exists";
   default:
     return uv_strerror(code);
   }
@@ -281,19 +392,34 @@ static int db_lost(store *s, char *err, size_t errlen) {
                  s->path);
 }
 
+static size_t utf8_decode(const unsigned char *p, size_t n, uint32_t *cp);
+
 /* Writes s into out as a Go-style quoted string, cut with "..." when it does
- * not fit, for error messages about ids of any length. */
+ * not fit, for error messages about ids of any length. A byte that does not
+ * start valid UTF-8 is written as \xNN, so the message is valid UTF-8 for
+ * the log and the API's JSON whatever the id held. */
 static void quote(const char *s, size_t n, char *out, size_t outlen) {
-  size_t o = 0, i;
+  size_t o = 0, i, seq;
+  uint32_t cp;
 
   assert(outlen >= 8);
   out[o++] = '"';
-  for (i = 0; i < n; i++) {
+  for (i = 0; i < n; i += seq) {
     unsigned char c = (unsigned char)s[i];
     char esc[8];
     size_t k;
 
-    if (c == '"' || c == '\\')
+    seq = 1;
+    if (c >= 0x80) {
+      seq = utf8_decode((const unsigned char *)s + i, n - i, &cp);
+      if (seq == 0) {
+        seq = 1;
+        snprintf(esc, sizeof esc, "\\x%02x", c);
+      } else {
+        memcpy(esc, s + i, seq);
+        esc[seq] = '\0';
+      }
+    } else if (c == '"' || c == '\\')
       snprintf(esc, sizeof esc, "\\%c", c);
     else if (c == '\n')
       snprintf(esc, sizeof esc, "\\n");
@@ -580,19 +706,25 @@ typedef struct nerror {
   int64_t now;
 } nerror;
 
+/* The rules of a text field: present when required, at most max bytes,
+ * UTF-8. prefix starts the message ("invalid cursor: " for a key). */
+static int check_text(slice f, const char *prefix, const char *name,
+                      bool required, size_t max, char *err, size_t errlen) {
+  if (required && f.n == 0)
+    return set_err(err, errlen, STORE_EINVAL, "%s%s is required", prefix, name);
+  if (f.n > max)
+    return set_err(err, errlen, STORE_EINVAL, "%s%s is longer than %zu bytes",
+                   prefix, name, max);
+  if (!utf8_valid(f))
+    return set_err(err, errlen, STORE_EINVAL, "%s%s is not valid UTF-8", prefix,
+                   name);
+  return 0;
+}
+
 static int check_field(slice f, const char *name, bool required, char *err,
                        size_t errlen) {
-  if (required && f.n == 0)
-    return set_err(err, errlen, STORE_EINVAL, "invalid cursor: %s is required",
-                   name);
-  if (f.n > STORE_MAX_KEY_FIELD)
-    return set_err(err, errlen, STORE_EINVAL,
-                   "invalid cursor: %s is longer than %d bytes", name,
-                   STORE_MAX_KEY_FIELD);
-  if (!utf8_valid(f))
-    return set_err(err, errlen, STORE_EINVAL,
-                   "invalid cursor: %s is not valid UTF-8", name);
-  return 0;
+  return check_text(f, "invalid cursor: ", name, required, STORE_MAX_KEY_FIELD,
+                    err, errlen);
 }
 
 /* CursorKey.Normalize: trim all three, then the consumer is checked before
@@ -682,6 +814,186 @@ static int normalize_error(const store_error *r, nerror *out, char *err,
                    "invalid cursor: last error is required");
   out->error = trim(cut_utf8(out->error, STORE_MAX_ERROR));
   out->now = r->now != 0 ? r->now : clock_now();
+  return 0;
+}
+
+/* An operation of a group commit, checked; slices point into the op. */
+typedef struct nop {
+  store_op_kind kind;
+  nkey key;   /* only key.consumer for the journal, outbox and consumer */
+  slice name; /* journal key, or identity */
+  bool keep_identity; /* a consumer op with name NULL */
+  int64_t id;
+  slice value; /* the value, position or error text */
+  int64_t seq;
+  int64_t now;
+} nop;
+
+static const char *op_kind_name(store_op_kind kind) {
+  switch (kind) {
+  case STORE_OP_JOURNAL_PUT:
+    return "journal put";
+  case STORE_OP_JOURNAL_DELETE:
+    return "journal delete";
+  case STORE_OP_OUTBOX_PUT:
+    return "outbox put";
+  case STORE_OP_OUTBOX_DELETE:
+    return "outbox delete";
+  case STORE_OP_CURSOR_PUT:
+    return "cursor put";
+  case STORE_OP_ERROR:
+    return "error";
+  case STORE_OP_CONSUMER:
+    return "consumer state";
+  }
+  return "unknown operation";
+}
+
+/* Names an operation for a message, from what the caller gave (the fields
+ * may be the very thing that is wrong): its kind and key. */
+static void describe_op(const store_op *op, char *out, size_t outlen) {
+  char c[96], a[96], b[96];
+  const char *consumer = op->key.consumer_id != NULL ? op->key.consumer_id : "";
+
+  quote(consumer, strlen(consumer), c, sizeof c);
+  switch (op->kind) {
+  case STORE_OP_JOURNAL_PUT:
+  case STORE_OP_JOURNAL_DELETE:
+    if (op->name != NULL)
+      quote(op->name, strlen(op->name), a, sizeof a);
+    snprintf(out, outlen, "%s of consumer %s, key %s", op_kind_name(op->kind),
+             c, op->name != NULL ? a : "(null)");
+    return;
+  case STORE_OP_OUTBOX_PUT:
+  case STORE_OP_OUTBOX_DELETE:
+    snprintf(out, outlen, "%s of consumer %s, id %" PRIu64,
+             op_kind_name(op->kind), c, op->id);
+    return;
+  case STORE_OP_CURSOR_PUT:
+  case STORE_OP_ERROR: {
+    const char *st = op->key.stream_name != NULL ? op->key.stream_name : "";
+    const char *sub = op->key.subject_id != NULL ? op->key.subject_id : "";
+
+    quote(st, strlen(st), a, sizeof a);
+    quote(sub, strlen(sub), b, sizeof b);
+    snprintf(out, outlen, "%s of cursor %s/%s/%s", op_kind_name(op->kind), c, a,
+             b);
+    return;
+  }
+  case STORE_OP_CONSUMER:
+    snprintf(out, outlen, "consumer state of %s", c);
+    return;
+  }
+  snprintf(out, outlen, "operation of kind %d", (int)op->kind);
+}
+
+/* The consumer id of an operation that is not about one cursor. */
+static int normalize_consumer(const char *id, slice *out, char *err,
+                              size_t errlen) {
+  *out = trim(slice_of(id));
+  return check_text(*out, "", "consumer id", true, STORE_MAX_KEY_FIELD, err,
+                    errlen);
+}
+
+static int check_value(const store_op *op, size_t max, const char *name,
+                       char *err, size_t errlen) {
+  if (op->value == NULL && op->len > 0)
+    return set_err(err, errlen, STORE_EINVAL,
+                   "%s is NULL with a length of %zu bytes", name, op->len);
+  if (op->len > max)
+    return set_err(err, errlen, STORE_EINVAL, "%s is longer than %zu bytes",
+                   name, max);
+  return 0;
+}
+
+/* Checks an operation by its kind's rules (store.h) into out, without the
+ * message's naming of the operation. */
+static int normalize_op(const store_op *op, nop *out, char *err,
+                        size_t errlen) {
+  int rc;
+
+  memset(out, 0, sizeof *out);
+  out->kind = op->kind;
+  out->now = op->now != 0 ? op->now : clock_now();
+  out->value.p = op->value != NULL ? op->value : "";
+  out->value.n = op->len;
+  switch (op->kind) {
+  case STORE_OP_JOURNAL_PUT:
+  case STORE_OP_JOURNAL_DELETE:
+    if ((rc = normalize_consumer(op->key.consumer_id, &out->key.consumer, err,
+                                 errlen)) != 0)
+      return rc;
+    /* The key is an upstream's id, stored byte for byte, as a position. */
+    out->name = slice_of(op->name);
+    if ((rc = check_text(out->name, "", "journal key", true, STORE_MAX_NAME,
+                         err, errlen)) != 0)
+      return rc;
+    if (op->kind == STORE_OP_JOURNAL_PUT &&
+        (rc = check_value(op, STORE_MAX_VALUE, "value", err, errlen)) != 0)
+      return rc;
+    return 0;
+  case STORE_OP_OUTBOX_PUT:
+  case STORE_OP_OUTBOX_DELETE:
+    if ((rc = normalize_consumer(op->key.consumer_id, &out->key.consumer, err,
+                                 errlen)) != 0)
+      return rc;
+    if (op->id > (uint64_t)INT64_MAX)
+      return set_err(err, errlen, STORE_EINVAL,
+                     "outbox id %" PRIu64 " is greater than %" PRId64, op->id,
+                     INT64_MAX);
+    out->id = (int64_t)op->id;
+    if (op->kind == STORE_OP_OUTBOX_PUT &&
+        (rc = check_value(op, STORE_MAX_VALUE, "value", err, errlen)) != 0)
+      return rc;
+    return 0;
+  case STORE_OP_CURSOR_PUT:
+    if ((rc = normalize_key(&op->key, &out->key, err, errlen)) != 0)
+      return rc;
+    if (op->seq < 0)
+      return set_err(err, errlen, STORE_EINVAL,
+                     "invalid cursor: sequence must be zero or greater");
+    out->seq = op->seq;
+    return check_value(op, STORE_MAX_POSITION, "invalid cursor: position", err,
+                       errlen);
+  case STORE_OP_ERROR:
+    if ((rc = normalize_key(&op->key, &out->key, err, errlen)) != 0 ||
+        (rc = check_value(op, SIZE_MAX, "last error", err, errlen)) != 0)
+      return rc;
+    out->value = trim(out->value);
+    if (out->value.n == 0)
+      return set_err(err, errlen, STORE_EINVAL,
+                     "invalid cursor: last error is required");
+    out->value = trim(cut_utf8(out->value, STORE_MAX_ERROR));
+    return 0;
+  case STORE_OP_CONSUMER:
+    if ((rc = normalize_consumer(op->key.consumer_id, &out->key.consumer, err,
+                                 errlen)) != 0)
+      return rc;
+    if (op->seq < 0)
+      return set_err(err, errlen, STORE_EINVAL,
+                     "high seq must be zero or greater");
+    out->seq = op->seq;
+    out->keep_identity = op->name == NULL;
+    out->name = slice_of(op->name);
+    return check_text(out->name, "", "identity", false, STORE_MAX_IDENTITY, err,
+                      errlen);
+  }
+  return set_err(err, errlen, STORE_EINVAL, "unknown operation kind %d",
+                 (int)op->kind);
+}
+
+int store_op_check(const store_op *op, char *err, size_t errlen) {
+  char what[400], why[256];
+  nop n;
+  int rc;
+
+  clear_err(err, errlen);
+  if (op == NULL)
+    return set_err(err, errlen, STORE_EINVAL, "operation is required");
+  if ((rc = normalize_op(op, &n, why, sizeof why)) != 0) {
+    describe_op(op, what, sizeof what);
+    return set_err(err, errlen, rc, "%s: %s", what, why);
+  }
   return 0;
 }
 
@@ -968,6 +1280,80 @@ static int error_locked(store *s, const nerror *e, char *err, size_t errlen) {
   return 0;
 }
 
+/* A zero-length value is bound as an empty blob, not NULL (SQLite binds
+ * NULL for a NULL pointer). */
+static int bind_blob(sqlite3_stmt *st, int idx, slice v) {
+  return sqlite3_bind_blob64(st, idx, v.n > 0 ? v.p : "", v.n, SQLITE_STATIC);
+}
+
+/* Applies one checked operation inside the open transaction. */
+static int op_locked(store *s, const nop *o, char *err, size_t errlen) {
+  char now[TIME_TEXT_LEN + 1];
+  sqlite3_stmt *st;
+  nerror e;
+  int rc;
+
+  switch (o->kind) {
+  case STORE_OP_JOURNAL_PUT:
+  case STORE_OP_JOURNAL_DELETE:
+    st = s->stmts[o->kind == STORE_OP_JOURNAL_PUT ? ST_JOURNAL_PUT
+                                                  : ST_JOURNAL_DELETE];
+    if ((rc = bind_slice(st, 1, o->key.consumer)) != SQLITE_OK ||
+        (rc = bind_slice(st, 2, o->name)) != SQLITE_OK ||
+        (o->kind == STORE_OP_JOURNAL_PUT &&
+         ((rc = bind_blob(st, 3, o->value)) != SQLITE_OK ||
+          (rc = bind_time(st, 4, o->now, now)) != SQLITE_OK)))
+      break;
+    rc = step_done(st);
+    return rc == SQLITE_OK ? 0 : db_error(s, rc, "write journal", err, errlen);
+  case STORE_OP_OUTBOX_PUT:
+  case STORE_OP_OUTBOX_DELETE:
+    st = s->stmts[o->kind == STORE_OP_OUTBOX_PUT ? ST_OUTBOX_PUT
+                                                 : ST_OUTBOX_DELETE];
+    if ((rc = bind_slice(st, 1, o->key.consumer)) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(st, 2, o->id)) != SQLITE_OK ||
+        (o->kind == STORE_OP_OUTBOX_PUT &&
+         ((rc = bind_blob(st, 3, o->value)) != SQLITE_OK ||
+          (rc = bind_time(st, 4, o->now, now)) != SQLITE_OK)))
+      break;
+    rc = step_done(st);
+    return rc == SQLITE_OK ? 0 : db_error(s, rc, "write outbox", err, errlen);
+  case STORE_OP_CURSOR_PUT:
+    st = s->stmts[ST_CURSOR_PUT];
+    if ((rc = bind_key(st, &o->key)) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(st, 4, o->seq)) != SQLITE_OK ||
+        (rc = bind_time(st, 5, o->now, now)) != SQLITE_OK ||
+        (rc = bind_slice(st, 6, o->value)) != SQLITE_OK)
+      break;
+    rc = step_done(st);
+    return rc == SQLITE_OK ? 0 : db_error(s, rc, "write cursor", err, errlen);
+  case STORE_OP_ERROR:
+    e.key = o->key;
+    e.error = o->value;
+    e.now = o->now;
+    return error_locked(s, &e, err, errlen);
+  case STORE_OP_CONSUMER:
+    st = s->stmts[ST_CONSUMER_PUT];
+    if ((rc = bind_slice(st, 1, o->key.consumer)) != SQLITE_OK ||
+        (rc = o->keep_identity ? sqlite3_bind_null(st, 2)
+                               : bind_slice(st, 2, o->name)) != SQLITE_OK ||
+        (rc = sqlite3_bind_int64(st, 3, o->seq)) != SQLITE_OK ||
+        (rc = bind_time(st, 4, o->now, now)) != SQLITE_OK)
+      break;
+    rc = step_done(st);
+    return rc == SQLITE_OK
+               ? 0
+               : db_error(s, rc, "write consumer state", err, errlen);
+  default:
+    /* normalize_op let no other kind through. */
+    assert(0 && "unchecked operation kind");
+    return set_err(err, errlen, STORE_EINVAL, "unknown operation kind");
+  }
+  /* A bind failed. */
+  stmt_done(st);
+  return db_error(s, rc, "bind operation", err, errlen);
+}
+
 /* ---- Open and close ---------------------------------------------------- */
 
 /* Creates every missing directory above path, owner-only. */
@@ -1140,8 +1526,32 @@ static int set_pragmas(store *s, char *err, size_t errlen) {
                    "state file %s: cannot switch to WAL mode (journal_mode is "
                    "%s); is it on a file system without shared memory?",
                    s->path, mode);
+  s->sync_full = false;
   return exec_sql(s, "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON",
                   "set pragmas", err, errlen);
+}
+
+/* A commit that carries operations is made durable before it returns
+ * (synchronous=FULL: the WAL is fsync'd at COMMIT), unlike a commit of
+ * cursors alone. What follows such a commit is told outside and cannot be
+ * taken back by a power cut: an upstream acked for a message whose journal
+ * entry is then lost, an app told its write is in an outbox that then
+ * lacks it, a high_seq that goes back and lets a seq the sink already
+ * holds be assigned to another event. A lost cursor alone only costs
+ * duplicates (set_pragmas). The setting belongs to the connection and
+ * cannot change inside a transaction, so it is switched between them, and
+ * only when the kind of commit changes. */
+static int set_sync(store *s, bool full, char *err, size_t errlen) {
+  int rc;
+
+  if (s->sync_full == full)
+    return 0;
+  rc = exec_sql(s,
+                full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
+                "set synchronous", err, errlen);
+  if (rc == 0)
+    s->sync_full = full;
+  return rc;
 }
 
 static int migrate(store *s, char *err, size_t errlen) {
@@ -1185,7 +1595,10 @@ static int migrate(store *s, char *err, size_t errlen) {
     if ((rc = exec_sql(s, migrations[version], what, err, errlen)) != 0 ||
         (rc = exec_sql(s, sql, what, err, errlen)) != 0 ||
         (rc = exec_sql(s, "COMMIT", what, err, errlen)) != 0) {
-      tx_rollback(s);
+      /* Not tx_rollback: the cached statements are prepared after the
+       * migrations, against the schema they make. */
+      if (!sqlite3_get_autocommit(s->db))
+        sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
       return rc;
     }
   }
@@ -1641,6 +2054,395 @@ out:
   return 0;
 }
 
+/* ---- Consumer state, journal and outbox --------------------------------- */
+
+static int read_consumer(store *s, sqlite3_stmt *st, store_consumer *out,
+                         char *err, size_t errlen) {
+  int rc;
+
+  memset(out, 0, sizeof *out);
+  out->high_seq = sqlite3_column_int64(st, 2);
+  if ((rc = time_column(s, st, 3, &out->updated_at, err, errlen)) != 0)
+    return rc;
+  out->consumer_id = dup_column(st, 0);
+  out->identity = dup_column(st, 1);
+  if (out->consumer_id == NULL || out->identity == NULL) {
+    store_consumer_free(out);
+    return set_err(err, errlen, UV_ENOMEM,
+                   "out of memory reading a consumer's state");
+  }
+  return 0;
+}
+
+int store_get_consumer(store *s, const char *consumer_id, store_consumer *out,
+                       char *err, size_t errlen) {
+  sqlite3_stmt *st;
+  slice id;
+  int rc;
+
+  clear_err(err, errlen);
+  if (out != NULL)
+    memset(out, 0, sizeof *out);
+  if (s == NULL || out == NULL)
+    return set_err(err, errlen, UV_EINVAL, "store and out are required");
+  if ((rc = normalize_consumer(consumer_id, &id, err, errlen)) != 0)
+    return rc;
+  pthread_mutex_lock(&s->mu);
+  if (s->db == NULL) {
+    rc = db_lost(s, err, errlen);
+    goto out;
+  }
+  st = s->stmts[ST_CONSUMER_GET];
+  if ((rc = bind_slice(st, 1, id)) != SQLITE_OK) {
+    stmt_done(st);
+    rc = db_error(s, rc, "read consumer state", err, errlen);
+    goto out;
+  }
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_DONE)
+    rc = set_err(err, errlen, STORE_ENOTFOUND, "consumer state not found");
+  else if (rc != SQLITE_ROW)
+    rc = db_error(s, rc, "read consumer state", err, errlen);
+  else
+    rc = read_consumer(s, st, out, err, errlen);
+  stmt_done(st);
+out:
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
+int store_list_consumers(store *s, store_consumer **out, size_t *n, char *err,
+                         size_t errlen) {
+  store_consumer *v = NULL, *grown;
+  size_t cap = 0, count = 0;
+  sqlite3_stmt *st;
+  int rc;
+
+  clear_err(err, errlen);
+  if (out != NULL)
+    *out = NULL;
+  if (n != NULL)
+    *n = 0;
+  if (s == NULL || out == NULL || n == NULL)
+    return set_err(err, errlen, UV_EINVAL, "store, out and n are required");
+  pthread_mutex_lock(&s->mu);
+  if (s->db == NULL) {
+    rc = db_lost(s, err, errlen);
+    goto out;
+  }
+  st = s->stmts[ST_CONSUMER_LIST];
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if ((grown = grow(v, &cap, count, sizeof *v)) == NULL) {
+      rc = set_err(err, errlen, UV_ENOMEM, "out of memory listing consumers");
+      goto out_stmt;
+    }
+    v = grown;
+    if ((rc = read_consumer(s, st, &v[count], err, errlen)) != 0)
+      goto out_stmt;
+    count++;
+  }
+  rc = rc == SQLITE_DONE ? 0 : db_error(s, rc, "list consumers", err, errlen);
+out_stmt:
+  stmt_done(st);
+out:
+  pthread_mutex_unlock(&s->mu);
+  if (rc != 0 || count == 0) {
+    store_consumers_free(v, count);
+    return rc;
+  }
+  *out = v;
+  *n = count;
+  return 0;
+}
+
+/* A blob column as an owned copy with a NUL after its bytes. */
+static void *dup_blob(sqlite3_stmt *st, int col, size_t *len) {
+  const void *b = sqlite3_column_blob(st, col);
+  size_t n = (size_t)sqlite3_column_bytes(st, col);
+  char *p = malloc(n + 1);
+
+  if (p == NULL)
+    return NULL;
+  if (n > 0)
+    memcpy(p, b, n);
+  p[n] = '\0';
+  *len = n;
+  return p;
+}
+
+/* Runs the per-consumer load statement st (journal or outbox) and hands
+ * each row to fill, which takes what it needs into element i of the
+ * array. The array's element size is size; it is grown as rows come. */
+typedef int (*load_row_fn)(store *s, sqlite3_stmt *st, void *elem, char *err,
+                           size_t errlen);
+
+static int load_rows(store *s, int stmt, const char *consumer_id, size_t size,
+                     load_row_fn fill, const char *what, void **out, size_t *n,
+                     char *err, size_t errlen) {
+  void *v = NULL, *grown;
+  size_t cap = 0, count = 0;
+  sqlite3_stmt *st;
+  slice id;
+  int rc;
+
+  *out = NULL;
+  *n = 0;
+  if ((rc = normalize_consumer(consumer_id, &id, err, errlen)) != 0)
+    return rc;
+  pthread_mutex_lock(&s->mu);
+  if (s->db == NULL) {
+    rc = db_lost(s, err, errlen);
+    goto out;
+  }
+  st = s->stmts[stmt];
+  if ((rc = bind_slice(st, 1, id)) != SQLITE_OK) {
+    rc = db_error(s, rc, what, err, errlen);
+    goto out_stmt;
+  }
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if ((grown = grow(v, &cap, count, size)) == NULL) {
+      rc = set_err(err, errlen, UV_ENOMEM, "out of memory: %s", what);
+      goto out_stmt;
+    }
+    v = grown;
+    memset((char *)v + count * size, 0, size);
+    count++;
+    if ((rc = fill(s, st, (char *)v + (count - 1) * size, err, errlen)) != 0)
+      goto out_stmt;
+  }
+  rc = rc == SQLITE_DONE ? 0 : db_error(s, rc, what, err, errlen);
+out_stmt:
+  stmt_done(st);
+out:
+  pthread_mutex_unlock(&s->mu);
+  *out = v;
+  *n = count;
+  return rc;
+}
+
+static int fill_journal(store *s, sqlite3_stmt *st, void *elem, char *err,
+                        size_t errlen) {
+  store_journal_entry *e = elem;
+
+  e->key = dup_column(st, 0);
+  e->value = dup_blob(st, 1, &e->len);
+  if (e->key == NULL || e->value == NULL)
+    return set_err(err, errlen, UV_ENOMEM, "out of memory loading a journal");
+  return time_column(s, st, 2, &e->updated_at, err, errlen);
+}
+
+static int fill_outbox(store *s, sqlite3_stmt *st, void *elem, char *err,
+                       size_t errlen) {
+  store_outbox_entry *e = elem;
+
+  e->id = (uint64_t)sqlite3_column_int64(st, 0);
+  e->value = dup_blob(st, 1, &e->len);
+  if (e->value == NULL)
+    return set_err(err, errlen, UV_ENOMEM, "out of memory loading an outbox");
+  return time_column(s, st, 2, &e->created_at, err, errlen);
+}
+
+int store_load_journal(store *s, const char *consumer_id,
+                       store_journal_entry **out, size_t *n, char *err,
+                       size_t errlen) {
+  void *v;
+  size_t count;
+  int rc;
+
+  clear_err(err, errlen);
+  if (out != NULL)
+    *out = NULL;
+  if (n != NULL)
+    *n = 0;
+  if (s == NULL || out == NULL || n == NULL)
+    return set_err(err, errlen, UV_EINVAL, "store, out and n are required");
+  rc = load_rows(s, ST_JOURNAL_LOAD, consumer_id, sizeof(store_journal_entry),
+                 fill_journal, "load journal", &v, &count, err, errlen);
+  if (rc != 0 || count == 0) {
+    store_journal_free(v, count);
+    return rc;
+  }
+  *out = v;
+  *n = count;
+  return 0;
+}
+
+int store_load_outbox(store *s, const char *consumer_id,
+                      store_outbox_entry **out, size_t *n, char *err,
+                      size_t errlen) {
+  void *v;
+  size_t count;
+  int rc;
+
+  clear_err(err, errlen);
+  if (out != NULL)
+    *out = NULL;
+  if (n != NULL)
+    *n = 0;
+  if (s == NULL || out == NULL || n == NULL)
+    return set_err(err, errlen, UV_EINVAL, "store, out and n are required");
+  rc = load_rows(s, ST_OUTBOX_LOAD, consumer_id, sizeof(store_outbox_entry),
+                 fill_outbox, "load outbox", &v, &count, err, errlen);
+  if (rc != 0 || count == 0) {
+    store_outbox_free(v, count);
+    return rc;
+  }
+  *out = v;
+  *n = count;
+  return 0;
+}
+
+/* ---- Removal and re-keying ---------------------------------------------- */
+
+/* Writes a key as consumer "c", stream "s", subject "x" for messages. */
+static void key_text(const nkey *k, char *out, size_t outlen) {
+  char c[96], st[96], sub[96];
+
+  quote(k->consumer.p, k->consumer.n, c, sizeof c);
+  quote(k->stream.p, k->stream.n, st, sizeof st);
+  quote(k->subject.p, k->subject.n, sub, sizeof sub);
+  snprintf(out, outlen, "consumer %s, stream %s, subject %s", c, st, sub);
+}
+
+int store_remove_cursor(store *s, const store_key *key, char *err,
+                        size_t errlen) {
+  sqlite3_stmt *st;
+  nkey k;
+  int rc;
+
+  clear_err(err, errlen);
+  if (s == NULL || key == NULL)
+    return set_err(err, errlen, UV_EINVAL, "store and key are required");
+  if ((rc = normalize_key(key, &k, err, errlen)) != 0)
+    return rc;
+  pthread_mutex_lock(&s->mu);
+  if (s->db == NULL) {
+    rc = db_lost(s, err, errlen);
+    goto out;
+  }
+  st = s->stmts[ST_CURSOR_DELETE];
+  if ((rc = bind_key(st, &k)) != SQLITE_OK) {
+    stmt_done(st);
+    rc = db_error(s, rc, "remove cursor", err, errlen);
+    goto out;
+  }
+  if ((rc = step_done(st)) != SQLITE_OK)
+    rc = db_error(s, rc, "remove cursor", err, errlen);
+  else if (sqlite3_changes(s->db) == 0)
+    rc = set_err(err, errlen, STORE_ENOTFOUND, "cursor not found");
+out:
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
+int store_remove_consumer(store *s, const char *consumer_id, char *err,
+                          size_t errlen) {
+  static const int tables[] = { ST_REMOVE_CURSORS, ST_REMOVE_JOURNAL,
+                                ST_REMOVE_OUTBOX, ST_REMOVE_STATE,
+                                ST_REMOVE_FLAGS };
+  char q[96];
+  int64_t removed = 0;
+  sqlite3_stmt *st;
+  size_t i;
+  slice id;
+  int rc;
+
+  clear_err(err, errlen);
+  if (s == NULL)
+    return set_err(err, errlen, UV_EINVAL, "store is required");
+  if ((rc = normalize_consumer(consumer_id, &id, err, errlen)) != 0)
+    return rc;
+  pthread_mutex_lock(&s->mu);
+  if ((rc = tx_begin(s, err, errlen)) != 0)
+    goto out;
+  for (i = 0; i < sizeof tables / sizeof tables[0]; i++) {
+    st = s->stmts[tables[i]];
+    if ((rc = bind_slice(st, 1, id)) != SQLITE_OK ||
+        (rc = step_done(st)) != SQLITE_OK) {
+      stmt_done(st);
+      rc = db_error(s, rc, "remove consumer", err, errlen);
+      goto fail;
+    }
+    removed += sqlite3_changes(s->db);
+  }
+  if (removed == 0) {
+    quote(id.p, id.n, q, sizeof q);
+    rc = set_err(err, errlen, STORE_ENOTFOUND,
+                 "the state file holds nothing for consumer %s", q);
+    goto fail;
+  }
+  if ((rc = tx_commit(s, err, errlen)) == 0)
+    goto out;
+fail:
+  tx_rollback(s);
+out:
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
+int store_rekey_cursor(store *s, const store_key *from, const store_key *to,
+                       char *err, size_t errlen) {
+  static const int stmts[] = { ST_REKEY, ST_REKEY_RESETS };
+  char a[400], b[400];
+  sqlite3_stmt *st;
+  nkey f, t;
+  size_t i;
+  int rc;
+
+  clear_err(err, errlen);
+  if (s == NULL || from == NULL || to == NULL)
+    return set_err(err, errlen, UV_EINVAL, "store, from and to are required");
+  if ((rc = normalize_key(from, &f, err, errlen)) != 0 ||
+      (rc = normalize_key(to, &t, err, errlen)) != 0)
+    return rc;
+  key_text(&f, a, sizeof a);
+  key_text(&t, b, sizeof b);
+  if (slice_eq(f.consumer, t.consumer) && slice_eq(f.stream, t.stream) &&
+      slice_eq(f.subject, t.subject))
+    return set_err(err, errlen, STORE_EINVAL,
+                   "cannot move the cursor of %s onto itself", a);
+  pthread_mutex_lock(&s->mu);
+  if ((rc = tx_begin(s, err, errlen)) != 0)
+    goto out;
+  if ((rc = get_locked(s, &f, NULL, err, errlen)) != 0) {
+    if (rc == STORE_ENOTFOUND)
+      set_err(err, errlen, rc, "cannot move the cursor of %s: there is none",
+              a);
+    goto fail;
+  }
+  rc = get_locked(s, &t, NULL, err, errlen);
+  if (rc == STORE_ENOTFOUND)
+    clear_err(err, errlen);
+  if (rc == 0) {
+    rc = set_err(err, errlen, STORE_EEXIST,
+                 "cannot move the cursor of %s to %s: that key has a cursor "
+                 "already; remove one of the two first",
+                 a, b);
+    goto fail;
+  }
+  if (rc != STORE_ENOTFOUND)
+    goto fail;
+  for (i = 0; i < sizeof stmts / sizeof stmts[0]; i++) {
+    st = s->stmts[stmts[i]];
+    if ((rc = bind_key(st, &f)) != SQLITE_OK ||
+        (rc = bind_slice(st, 4, t.consumer)) != SQLITE_OK ||
+        (rc = bind_slice(st, 5, t.stream)) != SQLITE_OK ||
+        (rc = bind_slice(st, 6, t.subject)) != SQLITE_OK ||
+        (rc = step_done(st)) != SQLITE_OK) {
+      stmt_done(st);
+      rc = db_error(s, rc, "move cursor", err, errlen);
+      goto fail;
+    }
+  }
+  if ((rc = tx_commit(s, err, errlen)) == 0)
+    goto out;
+fail:
+  tx_rollback(s);
+out:
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
 bool store_created(const store *s) {
   return s->created;
 }
@@ -1684,6 +2486,46 @@ void store_reset_records_free(store_reset_record *v, size_t n) {
     free(v[i].new_position);
     free(v[i].reason);
   }
+  free(v);
+}
+
+void store_consumer_free(store_consumer *c) {
+  if (c == NULL)
+    return;
+  free(c->consumer_id);
+  free(c->identity);
+  memset(c, 0, sizeof *c);
+}
+
+void store_consumers_free(store_consumer *v, size_t n) {
+  size_t i;
+
+  if (v == NULL)
+    return;
+  for (i = 0; i < n; i++)
+    store_consumer_free(&v[i]);
+  free(v);
+}
+
+void store_journal_free(store_journal_entry *v, size_t n) {
+  size_t i;
+
+  if (v == NULL)
+    return;
+  for (i = 0; i < n; i++) {
+    free(v[i].key);
+    free(v[i].value);
+  }
+  free(v);
+}
+
+void store_outbox_free(store_outbox_entry *v, size_t n) {
+  size_t i;
+
+  if (v == NULL)
+    return;
+  for (i = 0; i < n; i++)
+    free(v[i].value);
   free(v);
 }
 
@@ -1792,9 +2634,12 @@ typedef struct commit_req {
   void *data;
   size_t n;
   store_advance *items; /* owned; their strings point into text */
-  char *text;           /* owned: every copied string, NUL-terminated */
+  size_t n_ops;
+  store_op *ops; /* owned; their strings and values point into text */
+  nop *nops;     /* owned; the checked ops, filled by the worker */
+  char *text;    /* owned: every copied string and value */
   int status;
-  char msg[512];
+  char msg[1024];        /* an operation's name and its reason fit */
   int *item_status;      /* owned */
   char **item_text;      /* owned, as are its entries (NULL = none) */
   const char **item_msg; /* owned array; the view handed to cb */
@@ -1812,6 +2657,8 @@ static void commit_req_free(commit_req *c) {
   free(c->item_msg);
   free(c->item_status);
   free(c->items);
+  free(c->ops);
+  free(c->nops);
   free(c->text);
   free(c);
 }
@@ -1832,6 +2679,40 @@ static const char *copy_str(char **dst, const char *p) {
   return out;
 }
 
+/* A copy that keeps NULL apart from "" (a consumer op's identity). */
+static const char *copy_str_or_null(char **dst, const char *p) {
+  return p != NULL ? copy_str(dst, p) : NULL;
+}
+
+static const void *copy_bytes(char **dst, const void *p, size_t n) {
+  char *out = *dst;
+
+  if (p == NULL)
+    return NULL;
+  if (n > 0)
+    memcpy(out, p, n);
+  *dst += n;
+  return out;
+}
+
+/* The bytes store_commit_start copies for an op; false on overflow. */
+static bool op_copy_len(const store_op *op, size_t *total) {
+  size_t n = copy_len(op->key.consumer_id) + copy_len(op->key.stream_name) +
+             copy_len(op->key.subject_id) + copy_len(op->name);
+
+  return !__builtin_add_overflow(*total, n, total) &&
+         !__builtin_add_overflow(*total, op->value != NULL ? op->len : 0,
+                                 total);
+}
+
+/* Names the failing operation i of a commit in its message. */
+static void op_failed(commit_req *c, size_t i, const char *why) {
+  char what[300];
+
+  describe_op(&c->ops[i], what, sizeof what);
+  snprintf(c->msg, sizeof c->msg, "operation %zu, %s: %s", i, what, why);
+}
+
 /* Applies the batch in one transaction on a thread-pool thread.
  *
  * Threading: this worker touches only its commit_req, whose requests were
@@ -1847,10 +2728,12 @@ static const char *copy_str(char **dst, const char *p) {
  * and the upstream never forgets an event tether has not made durable.
  * COMMIT returning means the WAL frames are written; with
  * synchronous=NORMAL they reach the disk at the next checkpoint, which can
- * only cost duplicates (see set_pragmas). A refused item (non-monotonic,
- * invalid) is decided before it writes, so it does not hold back the others; a
- * failure of SQLite itself (disk full, I/O error) rolls the whole batch back,
- * so no cursor moves and the batch can be retried as a unit. */
+ * only cost duplicates (see set_pragmas); a commit with operations is
+ * fsync'd at COMMIT (set_sync). A refused advance (non-monotonic, invalid)
+ * is decided before it writes, so it does not hold back the others; an
+ * operation that is invalid or fails, and a failure of SQLite itself (disk
+ * full, I/O error), roll the whole batch back, so no cursor moves without
+ * its operations and the batch can be retried as a unit. */
 static void on_commit_work(uv_work_t *w) {
   commit_req *c = container_of(w, commit_req, work);
   store *s = c->s;
@@ -1870,11 +2753,22 @@ static void on_commit_work(uv_work_t *w) {
     pthread_mutex_unlock(&s->mu);
     return;
   }
-  if (c->n == 0) {
+  if (c->n == 0 && c->n_ops == 0) {
     pthread_mutex_unlock(&s->mu);
     return;
   }
-  if ((rc = tx_begin(s, c->msg, sizeof c->msg)) != 0)
+  /* Every operation is checked before the transaction begins: one that
+   * cannot apply fails the commit without taking the write lock. */
+  for (i = 0; i < c->n_ops; i++) {
+    if ((rc = normalize_op(&c->ops[i], &c->nops[i], msg, sizeof msg)) != 0) {
+      op_failed(c, i, msg);
+      pthread_mutex_unlock(&s->mu);
+      c->status = rc;
+      return;
+    }
+  }
+  if ((rc = set_sync(s, c->n_ops > 0, c->msg, sizeof c->msg)) != 0 ||
+      (rc = tx_begin(s, c->msg, sizeof c->msg)) != 0)
     goto fail;
   for (i = 0; i < c->n; i++) {
     msg[0] = '\0';
@@ -1886,6 +2780,15 @@ static void on_commit_work(uv_work_t *w) {
       c->item_text[i] = strdup(msg);
     } else if (rc != 0) {
       snprintf(c->msg, sizeof c->msg, "%s", msg);
+      goto fail;
+    }
+  }
+  /* After the advances, in the caller's order: a put and a delete of one
+   * key in one commit end as the later one says. */
+  for (i = 0; i < c->n_ops; i++) {
+    msg[0] = '\0';
+    if ((rc = op_locked(s, &c->nops[i], msg, sizeof msg)) != 0) {
+      op_failed(c, i, msg);
       goto fail;
     }
   }
@@ -1930,13 +2833,15 @@ static void on_commit_done(uv_work_t *w, int status) {
 }
 
 int store_commit_start(store *s, uv_loop_t *loop, const store_advance *reqs,
-                       size_t n, store_commit_cb cb, void *data) {
+                       size_t n, const store_op *ops, size_t n_ops,
+                       store_commit_cb cb, void *data) {
   commit_req *c;
   size_t i, text = 0;
   char *p;
   int rc;
 
-  if (s == NULL || loop == NULL || cb == NULL || (reqs == NULL && n > 0))
+  if (s == NULL || loop == NULL || cb == NULL || (reqs == NULL && n > 0) ||
+      (ops == NULL && n_ops > 0))
     return UV_EINVAL;
   if (s->in_commit)
     return UV_EBUSY;
@@ -1952,13 +2857,22 @@ int store_commit_start(store *s, uv_loop_t *loop, const store_advance *reqs,
             copy_len(reqs[i].key.stream_name) +
             copy_len(reqs[i].key.subject_id) + copy_len(reqs[i].delivery_id) +
             copy_len(reqs[i].position);
+  for (i = 0; i < n_ops; i++)
+    if (!op_copy_len(&ops[i], &text)) {
+      rc = UV_ENOMEM;
+      goto fail;
+    }
+  c->n_ops = n_ops;
   c->text = malloc(text > 0 ? text : 1);
   c->items = calloc(n > 0 ? n : 1, sizeof *c->items);
   c->item_status = calloc(n > 0 ? n : 1, sizeof *c->item_status);
   c->item_text = calloc(n > 0 ? n : 1, sizeof *c->item_text);
   c->item_msg = calloc(n > 0 ? n : 1, sizeof *c->item_msg);
+  c->ops = calloc(n_ops > 0 ? n_ops : 1, sizeof *c->ops);
+  c->nops = calloc(n_ops > 0 ? n_ops : 1, sizeof *c->nops);
   if (c->text == NULL || c->items == NULL || c->item_status == NULL ||
-      c->item_text == NULL || c->item_msg == NULL) {
+      c->item_text == NULL || c->item_msg == NULL || c->ops == NULL ||
+      c->nops == NULL) {
     rc = UV_ENOMEM;
     goto fail;
   }
@@ -1970,6 +2884,14 @@ int store_commit_start(store *s, uv_loop_t *loop, const store_advance *reqs,
     c->items[i].key.subject_id = copy_str(&p, reqs[i].key.subject_id);
     c->items[i].delivery_id = copy_str(&p, reqs[i].delivery_id);
     c->items[i].position = copy_str(&p, reqs[i].position);
+  }
+  for (i = 0; i < n_ops; i++) {
+    c->ops[i] = ops[i];
+    c->ops[i].key.consumer_id = copy_str(&p, ops[i].key.consumer_id);
+    c->ops[i].key.stream_name = copy_str(&p, ops[i].key.stream_name);
+    c->ops[i].key.subject_id = copy_str(&p, ops[i].key.subject_id);
+    c->ops[i].name = copy_str_or_null(&p, ops[i].name);
+    c->ops[i].value = copy_bytes(&p, ops[i].value, ops[i].len);
   }
   if ((rc = uv_queue_work(loop, &c->work, on_commit_work, on_commit_done)) != 0)
     goto fail;
