@@ -692,10 +692,18 @@ static void req_detach(http_req *r) {
     r->o = NULL;
   }
   if (k != NULL) {
+    origin *o = k->o;
+    bool pooled = k->state == CONN_BUSY;
+
     r->k = NULL;
     k->req = NULL;
     if (k->state == CONN_BUSY)
       conn_close(k);
+    /* The pool has a free slot now: a request waiting for one (a cancel
+     * or a timeout of a full pool's request) goes out at once, not when
+     * some other request happens to come or go. */
+    if (pooled && o != NULL)
+      origin_pump(o);
   }
   uv_timer_stop(&r->deadline);
   uv_timer_stop(&r->phase);

@@ -1017,6 +1017,54 @@ static void test_max_connections_queue(void) {
   FINISH_LOOP(&loop);
 }
 
+/* ---- a full pool ----------------------------------------------------------
+ */
+
+/* /stream: a head and one event, then the stream stays open; /hold: no
+ * answer at all; anything else: a short answer, kept alive. */
+static void lane_handler(sconn *c, const char *req, size_t len) {
+  char path[128];
+
+  (void)len;
+  req_path(req, path, sizeof path);
+  if (strncmp(path, "/stream", 7) == 0)
+    srv_send(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n"
+                "8\r\ndata: x\n\r\n");
+  else if (strcmp(path, "/hold") != 0)
+    srv_send(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+}
+
+/* A request of a full pool that times out gives its slot to the one
+ * waiting behind it at once. */
+static void test_timeout_frees_the_pool_slot(void) {
+  uv_loop_t loop;
+  server sv;
+  http_client *c;
+  http_client_opts o = { 0 };
+  http_request req = { 0 };
+  result held = { 0 }, queued = { 0 };
+
+  ASSERT_EQ(0, uv_loop_init(&loop));
+  srv_start(&sv, &loop);
+  sv.handler = lane_handler;
+  o.max_connections = 1;
+  c = make_client(&loop, &o);
+  req.method = "GET";
+  req.url = url_of(&sv, "/hold");
+  req.timeout = 50;
+  ASSERT_EQ(0, start_req(c, &req, &held));
+  start_get(c, url_of(&sv, "/short"), false, &queued);
+  RUN_UNTIL(&loop, held.dones == 1, 5000);
+  ASSERT_EQ(HTTP_EDEADLINE, held.done_status);
+  RUN_UNTIL(&loop, queued.dones == 1, 5000);
+  ASSERT_EQ(0, queued.done_status);
+  ASSERT_MEM_EQ("ok", 2, queued.body, queued.body_len);
+  close_client(&loop, c);
+  srv_stop(&sv);
+  FINISH_LOOP(&loop);
+}
+
 /* The first connection answers once with keep-alive, then closes on the
  * next request without a byte: the client must retry on a new one. */
 static void stale_handler(sconn *c, const char *req, size_t len) {
@@ -2399,6 +2447,7 @@ static const test_case tests[] = {
   TEST(test_bad_response),
   TEST(test_keep_alive_reuse),
   TEST(test_max_connections_queue),
+  TEST(test_timeout_frees_the_pool_slot),
   TEST(test_stale_pooled_connection_retry),
   TEST(test_fresh_connection_closed),
   TEST(test_pool_idle_close_and_timeout),
