@@ -2,8 +2,9 @@
  * origin, requests with their timers, redirects and proxies.
  *
  * Ownership, in one place:
- *   http_client  owns its origins; origins list their connections and the
- *                requests waiting for one.
+ *   http_client  owns its origins; origins list their connections (the
+ *                pool's and the control lane's apart) and the requests
+ *                waiting for a pooled one.
  *   conn         owns its stream, its timer and the bytes being written;
  *                it points at the request it serves (or was opened for).
  *   http_req     owns its copy of the request, its parser (so the head and
@@ -30,6 +31,7 @@
 #include "protocol/http.h"
 
 #define DEFAULT_MAX_CONNECTIONS 4
+#define DEFAULT_MAX_STREAMS     64
 #define DEFAULT_MAX_STATUS_LINE (8 * 1024)
 #define DEFAULT_MAX_HEADER_SIZE (64 * 1024)
 #define DEFAULT_MAX_HEADERS     100
@@ -475,9 +477,11 @@ struct origin {
   char *tls_host;   /* SNI and verification name */
   buf connect_head; /* ROUTE_TUNNEL: the CONNECT request */
   char *proxy_name; /* ROUTE_TUNNEL: host:port of the proxy, for messages */
-  list conns;       /* every connection not closing */
+  list conns;       /* every pooled connection not closing */
   unsigned n_conns;
-  list queue; /* requests waiting for a connection */
+  list streams; /* connections of long-lived requests, not closing */
+  unsigned n_streams;
+  list queue; /* requests waiting for a pooled connection */
 };
 
 typedef enum conn_state {
@@ -503,6 +507,8 @@ struct conn {
   unsigned writes;      /* writes not called back yet */
   http__parser *tunnel; /* the proxy's answer to CONNECT */
   unsigned closes;      /* close callbacks still to come */
+  bool lane;            /* opened for a long-lived request: in
+                           origin.streams, never pooled */
 };
 
 typedef enum req_state {
@@ -526,7 +532,7 @@ struct http_req {
   size_t n_headers;
   char *body;
   size_t body_len;
-  bool streaming;
+  bool streaming, long_lived;
   uint64_t timeout, response_timeout, idle_timeout;
   unsigned max_redirects, redirects;
   /* Where it is. */
@@ -580,6 +586,8 @@ static const char *code_name(int code) {
     return "aborted";
   case HTTP_EDEADLINE:
     return "deadline";
+  case HTTP_ESTREAMS:
+    return "too_many_streams";
   default:
     return NULL;
   }
@@ -683,7 +691,8 @@ static void req_deliver(http_req *r) {
 
 /* Takes the request off its queue or connection. A connection in the
  * middle of this request's exchange cannot serve another, so it closes; one
- * still being opened goes on and joins the pool. */
+ * still being opened goes on and joins the pool, unless it was the control
+ * lane's, which serves its one request only. */
 static void req_detach(http_req *r) {
   conn *k = r->k;
 
@@ -693,11 +702,11 @@ static void req_detach(http_req *r) {
   }
   if (k != NULL) {
     origin *o = k->o;
-    bool pooled = k->state == CONN_BUSY;
+    bool pooled = !k->lane && k->state == CONN_BUSY;
 
     r->k = NULL;
     k->req = NULL;
-    if (k->state == CONN_BUSY)
+    if (k->state == CONN_BUSY || k->lane)
       conn_close(k);
     /* The pool has a free slot now: a request waiting for one (a cancel
      * or a timeout of a full pool's request) goes out at once, not when
@@ -760,7 +769,7 @@ static void client_sweep(http_client *c) {
     origin *o = container_of(n, origin, node);
 
     n = n->next;
-    if (o->n_conns == 0 && list_empty(&o->queue)) {
+    if (o->n_conns == 0 && o->n_streams == 0 && list_empty(&o->queue)) {
       list_remove(&o->node);
       origin_free(o);
     }
@@ -815,6 +824,7 @@ static origin *origin_get(http_client *c, const http_url *u) {
   o->c = c;
   o->kind = kind;
   list_init(&o->conns);
+  list_init(&o->streams);
   list_init(&o->queue);
   buf_init(&o->connect_head, 0);
   o->key = strdup(key);
@@ -898,7 +908,10 @@ static void conn_close(conn *k) {
   }
   if (k->o != NULL) {
     list_remove(&k->node);
-    k->o->n_conns--;
+    if (k->lane)
+      k->o->n_streams--;
+    else
+      k->o->n_conns--;
     k->o = NULL;
   }
   k->state = CONN_CLOSING;
@@ -1050,6 +1063,8 @@ static void conn_ready(conn *k) {
     k->req = NULL;
     r->k = NULL;
     conn_assign(k, r);
+  } else if (k->lane) {
+    conn_close(k); /* not reached: req_detach closes a lane's at once */
   } else {
     conn_make_idle(k);
   }
@@ -1224,7 +1239,8 @@ static void conn_on_connect(stream *s, int status, const char *msg,
   conn_ready(k);
 }
 
-/* Opens a connection of o for r. */
+/* Opens a connection of o for r: a pooled one, or for a long-lived r one
+ * of the control lane. */
 static int conn_open(origin *o, http_req *r) {
   http_client *c = o->c;
   stream_opts so;
@@ -1259,8 +1275,14 @@ static int conn_open(origin *o, http_req *r) {
     return rc;
   }
   k->o = o;
-  list_push_back(&o->conns, &k->node);
-  o->n_conns++;
+  k->lane = r->long_lived;
+  if (k->lane) {
+    list_push_back(&o->streams, &k->node);
+    o->n_streams++;
+  } else {
+    list_push_back(&o->conns, &k->node);
+    o->n_conns++;
+  }
   k->req = r;
   r->k = k;
   r->state = REQ_CONNECTING;
@@ -1543,7 +1565,8 @@ static void req_complete(http_req *r, bool leftover) {
 
   r->k = NULL;
   k->req = NULL;
-  if (r->p.keep_alive && !leftover && k->state == CONN_BUSY && k->writes == 0) {
+  if (r->p.keep_alive && !leftover && k->state == CONN_BUSY && k->writes == 0 &&
+      !k->lane) {
     k->served++;
     conn_make_idle(k);
   } else {
@@ -1672,11 +1695,37 @@ static void req_on_defer(uv_idle_t *h) {
     req_drain(r);
 }
 
+/* A long-lived request takes the control lane: a connection of its own at
+ * once, never the pool's queue, so it neither holds a pooled connection
+ * for hours nor waits behind short requests. */
+static void req_open_lane(http_req *r, origin *o) {
+  http_client *c = r->c;
+  char name[HTTP_HOST_MAX + 32];
+  int rc;
+
+  if (o->n_streams >= c->o.max_streams) {
+    origin_name(o, name, sizeof name);
+    req_fail(r, HTTP_ESTREAMS,
+             "more than %u long-lived streams at once to %s (max_streams)",
+             c->o.max_streams, name);
+    return;
+  }
+  r->o = NULL;
+  if ((rc = conn_open(o, r)) != 0) {
+    origin_name(o, name, sizeof name);
+    req_fail(r, rc, "connect to %s failed: %s", name, err_text(rc, false));
+  }
+}
+
 static void req_dispatch(http_req *r) {
   origin *o = origin_get(r->c, &r->u);
 
   if (o == NULL) {
     req_fail(r, UV_ENOMEM, "out of memory");
+    return;
+  }
+  if (r->long_lived) {
+    req_open_lane(r, o);
     return;
   }
   r->state = REQ_QUEUED;
@@ -1782,6 +1831,8 @@ int http_client_create(uv_loop_t *loop, const http_client_opts *o,
   list_init(&c->origins);
   if (c->o.max_connections == 0)
     c->o.max_connections = DEFAULT_MAX_CONNECTIONS;
+  if (c->o.max_streams == 0)
+    c->o.max_streams = DEFAULT_MAX_STREAMS;
   c->lim.max_status_line = o->max_status_line;
   c->lim.max_header_size = o->max_header_size;
   c->lim.max_headers = o->max_headers;
@@ -1837,6 +1888,8 @@ void http_client_close(http_client *c, void (*cb)(void *data), void *data) {
 
     while ((m = o->conns.next) != &o->conns)
       conn_close(container_of(m, conn, node));
+    while ((m = o->streams.next) != &o->streams)
+      conn_close(container_of(m, conn, node));
   }
   client_maybe_closed(c);
 }
@@ -1871,6 +1924,7 @@ int http_request_start(http_client *c, const http_request *req,
   r->cb = *cbs;
   r->data = data;
   r->streaming = req->streaming;
+  r->long_lived = req->long_lived;
   r->timeout = req->timeout;
   r->response_timeout =
       req->response_timeout > 0 ? req->response_timeout : c->o.response_timeout;

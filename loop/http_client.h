@@ -6,6 +6,14 @@
  * capped by max_body) or streams it to on_body as it arrives (SSE, NDJSON),
  * where backpressure is http_req_pause / http_req_resume.
  *
+ * The control lane. A request marked long_lived (a subscribe stream that
+ * may stay open for hours) never takes a pool slot: it gets a connection of
+ * its own at once, outside max_connections, and that connection closes with
+ * it. So the pool stays free for the short requests (polls, acks, lease
+ * extensions, logins, pushes), which never wait behind streams, and a
+ * stream never waits behind them either. Streams have a cap of their own,
+ * max_streams per origin; one past it ends at once with HTTP_ESTREAMS.
+ *
  * Bodies may be delimited by Content-Length, chunked encoding or the close
  * of the connection (nchan): the end of a close-delimited body is a success.
  * Redirects (301, 302, 303, 307, 308) are followed up to max_redirects, never
@@ -47,13 +55,16 @@
 #define HTTP_ETIMEOUT    (-32010) /* a timeout; the message names which one */
 #define HTTP_EABORTED    (-32011) /* a callback asked to stop */
 #define HTTP_EDEADLINE   (-32012) /* the request's own timeout ran out */
+#define HTTP_ESTREAMS    (-32013) /* a long-lived request over max_streams */
 
 typedef struct http_client http_client;
 typedef struct http_req http_req;
 
 typedef struct http_client_opts {
   tls_ctx *tls;               /* for https; borrowed; NULL = no https */
-  unsigned max_connections;   /* per origin; 0 = 4 */
+  unsigned max_connections;   /* pooled, per origin; 0 = 4 */
+  unsigned max_streams;       /* long-lived requests open at once, per
+                                 origin, beside the pool; 0 = 64 */
   uint64_t connect_timeout;   /* ms: DNS, connect and TLS handshake */
   uint64_t response_timeout;  /* ms from a request put on a connection to
                                  its whole response head; 0 = none */
@@ -90,7 +101,12 @@ typedef struct http_request {
   size_t n_headers;
   const char *body; /* request body, or NULL */
   size_t body_len;
-  bool streaming;            /* body to on_body as it arrives, no cap */
+  bool streaming; /* body to on_body as it arrives, no cap */
+  /* A subscribe stream: a connection of its own, outside max_connections,
+   * closed when the request ends (see the control lane above). Meant for
+   * requests that stay open indefinitely; a short request is better
+   * served by the pool, which keeps its connections alive. */
+  bool long_lived;
   uint64_t timeout;          /* ms for the whole request; 0 = none */
   uint64_t response_timeout; /* ms for the head; 0 = the client's */
   uint64_t idle_timeout;  /* ms without a byte in a streaming body; 0 = none */

@@ -1017,8 +1017,7 @@ static void test_max_connections_queue(void) {
   FINISH_LOOP(&loop);
 }
 
-/* ---- a full pool ----------------------------------------------------------
- */
+/* ---- the control lane ---------------------------------------------------- */
 
 /* /stream: a head and one event, then the stream stays open; /hold: no
  * answer at all; anything else: a short answer, kept alive. */
@@ -1033,6 +1032,134 @@ static void lane_handler(sconn *c, const char *req, size_t len) {
                 "8\r\ndata: x\n\r\n");
   else if (strcmp(path, "/hold") != 0)
     srv_send(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+}
+
+static void start_stream(http_client *c, const char *url, result *res) {
+  http_request req = { 0 };
+
+  req.method = "GET";
+  req.url = url;
+  req.streaming = true;
+  req.long_lived = true;
+  ASSERT_EQ(0, start_req(c, &req, res));
+}
+
+/* Streams held open take no slot of the pool: with max_connections = 1
+ * and two streams open, a short request goes out at once on the pool's one
+ * connection, and the next one reuses it. */
+static void test_streams_leave_the_pool_free(void) {
+  uv_loop_t loop;
+  server sv;
+  http_client *c;
+  http_client_opts o = { 0 };
+  result s1 = { 0 }, s2 = { 0 }, a = { 0 }, b = { 0 };
+
+  ASSERT_EQ(0, uv_loop_init(&loop));
+  srv_start(&sv, &loop);
+  sv.handler = lane_handler;
+  o.max_connections = 1;
+  c = make_client(&loop, &o);
+  start_stream(c, url_of(&sv, "/stream1"), &s1);
+  start_stream(c, url_of(&sv, "/stream2"), &s2);
+  RUN_UNTIL(&loop, s1.bodies == 1 && s2.bodies == 1, 5000);
+  ASSERT_EQ(2, sv.accepts);
+  start_get(c, url_of(&sv, "/short"), false, &a);
+  RUN_UNTIL(&loop, a.dones == 1, 5000);
+  ASSERT_EQ(0, a.done_status);
+  ASSERT_MEM_EQ("ok", 2, a.body, a.body_len);
+  start_get(c, url_of(&sv, "/short2"), false, &b);
+  RUN_UNTIL(&loop, b.dones == 1, 5000);
+  ASSERT_EQ(0, b.done_status);
+  ASSERT_EQ(3, sv.accepts); /* one pooled connection, kept alive */
+  ASSERT_EQ(0, s1.dones);
+  ASSERT_EQ(0, s2.dones);
+  http_req_cancel(s1.r);
+  http_req_cancel(s2.r);
+  RUN_UNTIL(&loop, s1.dones == 1 && s2.dones == 1, 5000);
+  close_client(&loop, c);
+  srv_stop(&sv);
+  FINISH_LOOP(&loop);
+}
+
+/* Nor does a stream wait in the queue behind short requests: the pool's
+ * one connection is busy with an unanswered request and another waits for
+ * it, and a stream still opens at once. */
+static void test_streams_never_wait_for_the_pool(void) {
+  uv_loop_t loop;
+  server sv;
+  http_client *c;
+  http_client_opts o = { 0 };
+  result held = { 0 }, queued = { 0 }, st = { 0 };
+
+  ASSERT_EQ(0, uv_loop_init(&loop));
+  srv_start(&sv, &loop);
+  sv.handler = lane_handler;
+  o.max_connections = 1;
+  c = make_client(&loop, &o);
+  start_get(c, url_of(&sv, "/hold"), false, &held);
+  start_get(c, url_of(&sv, "/short"), false, &queued);
+  RUN_UNTIL(&loop, sv.requests == 1, 5000);
+  start_stream(c, url_of(&sv, "/stream"), &st);
+  RUN_UNTIL(&loop, st.bodies == 1, 5000);
+  ASSERT_EQ(200, st.status);
+  ASSERT_EQ(0, queued.dones); /* still behind /hold */
+  http_req_cancel(held.r);
+  RUN_UNTIL(&loop, queued.dones == 1, 5000);
+  ASSERT_EQ(0, queued.done_status);
+  http_req_cancel(st.r);
+  RUN_UNTIL(&loop, st.dones == 1 && held.dones == 1, 5000);
+  close_client(&loop, c);
+  srv_stop(&sv);
+  FINISH_LOOP(&loop);
+}
+
+/* max_streams: one stream past the cap ends at once with a message that
+ * names the cap; a stream that ended gives its place back, and its
+ * connection is closed, not pooled. */
+static void test_max_streams(void) {
+  uv_loop_t loop;
+  server sv;
+  http_client *c;
+  http_client_opts o = { 0 };
+  result s1 = { 0 }, s2 = { 0 }, s3 = { 0 }, s4 = { 0 }, a = { 0 };
+  char want[256];
+
+  ASSERT_EQ(0, uv_loop_init(&loop));
+  srv_start(&sv, &loop);
+  sv.handler = lane_handler;
+  o.max_connections = 1;
+  o.max_streams = 2;
+  c = make_client(&loop, &o);
+  start_stream(c, url_of(&sv, "/stream1"), &s1);
+  start_stream(c, url_of(&sv, "/stream2"), &s2);
+  start_stream(c, url_of(&sv, "/stream3"), &s3);
+  ASSERT(!s3.done_in_start);
+  RUN_UNTIL(&loop, s3.dones == 1, 5000);
+  ASSERT_EQ(HTTP_ESTREAMS, s3.done_status);
+  ASSERT_STR_EQ("too_many_streams", http_strerror(s3.done_status));
+  snprintf(want, sizeof want,
+           "more than 2 long-lived streams at once to 127.0.0.1:%d "
+           "(max_streams)",
+           sv.port);
+  ASSERT_STR_EQ(want, s3.msg);
+  ASSERT(!s3.done_resp);
+  RUN_UNTIL(&loop, s1.bodies == 1 && s2.bodies == 1, 5000);
+  ASSERT_EQ(2, sv.accepts);
+  /* The cap is the lane's own: short requests still have the pool. */
+  start_get(c, url_of(&sv, "/short"), false, &a);
+  RUN_UNTIL(&loop, a.dones == 1, 5000);
+  ASSERT_EQ(0, a.done_status);
+  http_req_cancel(s1.r);
+  RUN_UNTIL(&loop, s1.dones == 1, 5000);
+  start_stream(c, url_of(&sv, "/stream4"), &s4);
+  RUN_UNTIL(&loop, s4.bodies == 1, 5000);
+  ASSERT_EQ(4, sv.accepts); /* a connection of its own again */
+  http_req_cancel(s2.r);
+  http_req_cancel(s4.r);
+  RUN_UNTIL(&loop, s2.dones == 1 && s4.dones == 1, 5000);
+  close_client(&loop, c);
+  srv_stop(&sv);
+  FINISH_LOOP(&loop);
 }
 
 /* A request of a full pool that times out gives its slot to the one
@@ -1060,6 +1187,43 @@ static void test_timeout_frees_the_pool_slot(void) {
   RUN_UNTIL(&loop, queued.dones == 1, 5000);
   ASSERT_EQ(0, queued.done_status);
   ASSERT_MEM_EQ("ok", 2, queued.body, queued.body_len);
+  close_client(&loop, c);
+  srv_stop(&sv);
+  FINISH_LOOP(&loop);
+}
+
+/* A stream whose body ends cleanly closes its connection: the next request
+ * (a short one) opens the pool's own rather than inheriting it. */
+static void end_stream_handler(sconn *c, const char *req, size_t len) {
+  char path[128];
+
+  (void)len;
+  req_path(req, path, sizeof path);
+  if (strcmp(path, "/stream") == 0)
+    srv_send(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                "Content-Length: 8\r\n\r\ndata: x\n");
+  else
+    srv_send(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+}
+
+static void test_ended_stream_is_not_pooled(void) {
+  uv_loop_t loop;
+  server sv;
+  http_client *c;
+  result st = { 0 }, a = { 0 };
+
+  ASSERT_EQ(0, uv_loop_init(&loop));
+  srv_start(&sv, &loop);
+  sv.handler = end_stream_handler;
+  c = make_client(&loop, NULL);
+  start_stream(c, url_of(&sv, "/stream"), &st);
+  RUN_UNTIL(&loop, st.dones == 1, 5000);
+  ASSERT_EQ(0, st.done_status);
+  RUN_UNTIL(&loop, !srv_conn(&sv, 0)->open, 5000);
+  start_get(c, url_of(&sv, "/short"), false, &a);
+  RUN_UNTIL(&loop, a.dones == 1, 5000);
+  ASSERT_EQ(0, a.done_status);
+  ASSERT_EQ(2, sv.accepts);
   close_client(&loop, c);
   srv_stop(&sv);
   FINISH_LOOP(&loop);
@@ -2447,7 +2611,11 @@ static const test_case tests[] = {
   TEST(test_bad_response),
   TEST(test_keep_alive_reuse),
   TEST(test_max_connections_queue),
+  TEST(test_streams_leave_the_pool_free),
+  TEST(test_streams_never_wait_for_the_pool),
+  TEST(test_max_streams),
   TEST(test_timeout_frees_the_pool_slot),
+  TEST(test_ended_stream_is_not_pooled),
   TEST(test_stale_pooled_connection_retry),
   TEST(test_fresh_connection_closed),
   TEST(test_pool_idle_close_and_timeout),
