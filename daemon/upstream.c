@@ -143,6 +143,7 @@ int upstream_open(uv_loop_t *loop, const config_upstream *u, upstream **out,
   memset(&co, 0, sizeof co);
   co.tls = up->tls;
   co.max_connections = (unsigned)h->max_connections;
+  co.max_streams = (unsigned)h->max_streams;
   co.connect_timeout = h->connect_timeout;
   co.response_timeout = h->response_timeout;
   co.pool_idle_timeout = 60000;

@@ -52,6 +52,7 @@ typedef struct http_upstream_conf {
   char *client_key;  /* its key */
   bool tls_verify;   /* check the server's certificate and name */
   int64_t max_connections;
+  int64_t max_streams; /* long-lived streams beside the pool */
   uint64_t connect_timeout;
   uint64_t reconnect_min;
   uint64_t reconnect_max;
@@ -135,6 +136,16 @@ int upstream_http_check(void *conf, uint64_t explicit, char *err,
         "connections kept open to the service, shared by its consumers",       \
         1,                                                                     \
         256,                                                                   \
+        NULL,                                                                  \
+        0 },                                                                   \
+      { "max_streams",                                                         \
+        OPT_INT,                                                               \
+        "64",                                                                  \
+        offsetof(http_upstream_conf, max_streams),                             \
+        "long-lived streams (SSE, PocketBase realtime) open at once, each "   \
+        "on a connection of its own outside max_connections",                  \
+        1,                                                                     \
+        4096,                                                                  \
         NULL,                                                                  \
         0 },                                                                   \
       { "connect_timeout",                                                     \
