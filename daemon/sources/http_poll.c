@@ -650,8 +650,7 @@ static void request_page(poll_src *s, const char *url) {
     free(s->last_url);
     s->last_url = strdup(url);
   }
-  rc = http_request_start(upstream_http(s->h.up), &req, &poll_http_callbacks, s,
-                          &s->h.req);
+  rc = http_source_request(&s->h, &req, &poll_http_callbacks, s, NULL);
   buf_free(&target);
   free(full);
   if (rc != 0)

@@ -26,6 +26,80 @@ static void close_timer(http_source *hs) {
   uv_close((uv_handle_t *)&hs->timer, on_closed);
 }
 
+/* A request of the source: the caller's callbacks and data, called through
+ * these wrappers so the source knows when the last one ended. */
+typedef struct tracked {
+  list node; /* in http_source._reqs */
+  http_source *hs;
+  http_callbacks cb;
+  void *data;
+  http_req *req;
+} tracked;
+
+static int tracked_on_head(http_req *r, const http_response *resp, void *data) {
+  tracked *t = data;
+
+  return t->cb.on_head != NULL ? t->cb.on_head(r, resp, t->data) : 0;
+}
+
+static int tracked_on_body(http_req *r, const char *bytes, size_t n,
+                           void *data) {
+  tracked *t = data;
+
+  return t->cb.on_body != NULL ? t->cb.on_body(r, bytes, n, t->data) : 0;
+}
+
+static void tracked_on_done(http_req *r, int status, const http_response *resp,
+                            const char *msg, void *data) {
+  tracked *t = data;
+  http_source *hs = t->hs;
+
+  list_remove(&t->node);
+  hs->_n_reqs--;
+  t->cb.on_done(r, status, resp, msg, t->data);
+  free(t);
+  /* The caller's on_done has returned: when it was the last request of a
+   * closing source, nothing of the source is on the stack any more. */
+  if (hs->stopping && hs->_n_reqs == 0)
+    close_timer(hs);
+}
+
+static const http_callbacks tracked_callbacks = {
+  .on_head = tracked_on_head,
+  .on_body = tracked_on_body,
+  .on_done = tracked_on_done,
+};
+
+int http_source_request(http_source *hs, const http_request *req,
+                        const http_callbacks *cbs, void *data, http_req **out) {
+  tracked *t;
+  int rc;
+
+  assert(!hs->stopping && "a request started after close");
+  if (cbs == NULL || cbs->on_done == NULL)
+    return UV_EINVAL;
+  if ((t = calloc(1, sizeof *t)) == NULL)
+    return UV_ENOMEM;
+  t->hs = hs;
+  t->cb = *cbs;
+  t->data = data;
+  rc = http_request_start(upstream_http(hs->up), req, &tracked_callbacks, t,
+                          &t->req);
+  if (rc != 0) {
+    free(t);
+    return rc;
+  }
+  list_push_back(&hs->_reqs, &t->node);
+  hs->_n_reqs++;
+  if (out != NULL)
+    *out = t->req;
+  return 0;
+}
+
+unsigned http_source_requests(const http_source *hs) {
+  return hs->_n_reqs;
+}
+
 void http_source_init(http_source *hs, const source_type *type, consumer *c,
                       void (*free_fn)(http_source *hs)) {
   hs->base.type = type;
@@ -33,6 +107,7 @@ void http_source_init(http_source *hs, const source_type *type, consumer *c,
   hs->up = consumer_upstream(c);
   assert(hs->up != NULL && "an HTTP source needs an upstream");
   hs->_free = free_fn;
+  list_init(&hs->_reqs);
   upstream_backoff_init(hs->up, &hs->retry);
   uv_timer_init(consumer_loop(c), &hs->timer);
   hs->timer.data = hs;
@@ -40,22 +115,20 @@ void http_source_init(http_source *hs, const source_type *type, consumer *c,
 
 void http_source_close(source *s) {
   http_source *hs = (http_source *)s;
+  list *n;
 
   assert(!hs->stopping);
   hs->stopping = true;
   uv_timer_stop(&hs->timer);
-  if (hs->req != NULL)
-    http_req_cancel(hs->req); /* on_done -> http_source_ended closes */
-  else
-    close_timer(hs);
+  /* A cancel's on_done comes on a later turn, so the list holds still. */
+  for (n = hs->_reqs.next; n != &hs->_reqs; n = n->next)
+    http_req_cancel(container_of(n, tracked, node)->req);
+  if (hs->_n_reqs == 0)
+    close_timer(hs); /* else the last on_done does */
 }
 
-bool http_source_ended(http_source *hs) {
-  hs->req = NULL;
-  if (!hs->stopping)
-    return false;
-  close_timer(hs);
-  return true;
+bool http_source_ended(const http_source *hs) {
+  return hs->stopping;
 }
 
 void http_source_wait(http_source *hs, uint64_t delay_ms, uv_timer_cb cb,

@@ -1,13 +1,18 @@
-/* What every source that reads an HTTP upstream shares: one request at a
- * time, a timer for the wait before the next one, the reconnect backoff,
- * and a stop that cancels the request before it frees anything.
+/* What every source that reads an HTTP upstream shares: its requests, any
+ * number at once (a poll beside a mirror write, an ack and a lease
+ * extension beside a subscribe stream), a timer for the wait before the
+ * next one, the reconnect backoff, and a close that cancels every request
+ * and frees the source only after the last one's on_done.
  *
  * Embed http_source first in the source's own struct:
  *
  *   typedef struct my_src { http_source h; ... } my_src;
  *
  *   start:    http_source_init(&s->h, &source_mine, c, my_free);
- *   on_done:  if (http_source_ended(&s->h)) return;   (first thing)
+ *   request:  http_source_request(&s->h, &req, &cbs, s, &s->poll_req);
+ *   on_done:  s->poll_req = NULL;
+ *             if (http_source_ended(&s->h)) return;   (before anything
+ *             that starts a request or touches the consumer)
  *   retry:    http_source_wait(&s->h, delay, on_timer, "why");
  *   close:    .close = http_source_close in the source type
  */
@@ -23,6 +28,7 @@
 #include "daemon/upstream.h"
 #include "loop/backoff.h"
 #include "loop/http_client.h"
+#include "loop/list.h"
 #include "protocol/buf.h"
 
 typedef struct http_source http_source;
@@ -36,12 +42,13 @@ typedef struct http_source http_source;
 struct http_source {
   source base;      /* first: the consumer holds the source through it */
   upstream *up;     /* the upstream it reads; borrowed */
-  http_req *req;    /* the request in flight, or NULL */
   uv_timer_t timer; /* the wait before the next request; data = this */
   backoff retry;    /* from the upstream's reconnect options */
   bool stopping;    /* close() was called: nothing more is started */
   bool failed;      /* failed for good; nothing more is started */
   /* private */
+  list _reqs; /* requests whose on_done has not run */
+  unsigned _n_reqs;
   bool _closing;
   void (*_free)(http_source *hs);
 };
@@ -51,13 +58,28 @@ struct http_source {
 void http_source_init(http_source *hs, const source_type *type, consumer *c,
                       void (*free_fn)(http_source *hs));
 
-/* source_type.close of an HTTP source: a request in flight is cancelled and
- * its on_done (through http_source_ended) finishes the close. */
+/* Starts req (see http_request_start) on the upstream's client for the
+ * source. The source tracks it: close cancels it, and frees the source only
+ * once its on_done has run. cbs and data are the caller's, as with
+ * http_request_start; *out (may be NULL) is valid until on_done. Returns 0
+ * (on_done will run, never inside this call) or a negative code (it will
+ * not). */
+int http_source_request(http_source *hs, const http_request *req,
+                        const http_callbacks *cbs, void *data, http_req **out);
+
+/* Requests of the source whose on_done has not run yet. */
+unsigned http_source_requests(const http_source *hs);
+
+/* source_type.close of an HTTP source: every request in flight is
+ * cancelled; once the last one's on_done has returned the timer closes,
+ * then the source is freed and the consumer told. */
 void http_source_close(source *s);
 
-/* The first call of every on_done: forgets the request. Returns true when
- * the source is closing; the caller must then return at once. */
-bool http_source_ended(http_source *hs);
+/* The first call of every on_done, after the caller forgot its pointer to
+ * the request: true when the source is closing. Then the caller frees
+ * what belongs to that request only and returns at once: nothing new may
+ * start and the consumer may be gone. */
+bool http_source_ended(const http_source *hs);
 
 /* Calls cb after delay_ms, drawn from the process-wide reconnect budget so
  * that many consumers cut off together do not redial in lockstep. With why,

@@ -157,34 +157,50 @@ uint64_t pb_client_loop_time(const pb_client *pc, int64_t server_ms) {
 
 /* ---- requests of the client itself ---- */
 
-int pb_client_request(pb_client *pc, const char *method, const char *path,
+int pb_client_prepare(pb_client *pc, const char *method, const char *path,
                       const char *body, size_t body_len, const char *token,
-                      const http_callbacks *cbs, void *data, http_req **out) {
-  http_header headers[64];
+                      pb_request *out) {
+  http_header *headers = out->_headers;
   size_t n = 0;
-  http_request req;
-  char *url;
-  int rc;
 
-  if (asprintf(&url, "%s%s", pc->base, path) < 0)
+  memset(out, 0, sizeof *out);
+  if (asprintf(&out->_url, "%s%s", pc->base, path) < 0) {
+    out->_url = NULL;
     return UV_ENOMEM;
+  }
   headers[n++] = (http_header){ "Accept", "application/json" };
   if (body != NULL)
     headers[n++] = (http_header){ "Content-Type", "application/json" };
   if (token != NULL)
     headers[n++] = (http_header){ "Authorization", token };
   n = upstream_add_headers(pc->up, headers, n,
-                           sizeof headers / sizeof headers[0]);
-  memset(&req, 0, sizeof req);
-  req.method = method;
-  req.url = url;
-  req.headers = headers;
-  req.n_headers = n;
-  req.body = body;
-  req.body_len = body_len;
-  req.timeout = pc->conf->request_timeout;
-  rc = http_request_start(upstream_http(pc->up), &req, cbs, data, out);
-  free(url);
+                           sizeof out->_headers / sizeof out->_headers[0]);
+  out->req.method = method;
+  out->req.url = out->_url;
+  out->req.headers = headers;
+  out->req.n_headers = n;
+  out->req.body = body;
+  out->req.body_len = body_len;
+  out->req.timeout = pc->conf->request_timeout;
+  return 0;
+}
+
+void pb_request_free(pb_request *r) {
+  free(r->_url);
+  r->_url = NULL;
+}
+
+int pb_client_request(pb_client *pc, const char *method, const char *path,
+                      const char *body, size_t body_len, const char *token,
+                      const http_callbacks *cbs, void *data, http_req **out) {
+  pb_request pr;
+  int rc;
+
+  if ((rc = pb_client_prepare(pc, method, path, body, body_len, token, &pr)) !=
+      0)
+    return rc;
+  rc = http_request_start(upstream_http(pc->up), &pr.req, cbs, data, out);
+  pb_request_free(&pr);
   return rc;
 }
 

@@ -55,9 +55,25 @@ const char *pb_client_base(const pb_client *pc);
 /* True once a superuser login fell back to /api/admins (≤ v0.22). */
 bool pb_client_legacy(const pb_client *pc);
 
-/* Starts method on base + path ("/api/...") with the JSON body (or NULL),
- * the token (or NULL) and the upstream's headers; see
- * http_request_start. */
+/* A request to the server, made ready by pb_client_prepare: req points
+ * into the rest, so it is started from here (http_request_start or
+ * http_source_request, which copy it), then freed. */
+typedef struct pb_request {
+  http_request req;
+  /* private */
+  http_header _headers[64];
+  char *_url;
+} pb_request;
+
+/* Makes method on base + path ("/api/...") with the JSON body (or NULL),
+ * the token (or NULL) and the upstream's headers; everything is borrowed
+ * until the request is started. Returns 0 or UV_ENOMEM. */
+int pb_client_prepare(pb_client *pc, const char *method, const char *path,
+                      const char *body, size_t body_len, const char *token,
+                      pb_request *out);
+void pb_request_free(pb_request *r);
+
+/* pb_client_prepare, then http_request_start. */
 int pb_client_request(pb_client *pc, const char *method, const char *path,
                       const char *body, size_t body_len, const char *token,
                       const http_callbacks *cbs, void *data, http_req **out);

@@ -21,8 +21,11 @@
  * Realtime never hands records on itself: it has no replay and no order
  * (§6).
  *
- * One request at a time per consumer (http_source): polls, the probe that
- * explains a 400, and the offset mirror's writes take turns.
+ * Two lanes of requests per consumer (http_source holds both): the poll
+ * lane (the start-up read of the mirror row, polls, the probe that
+ * explains a 400), one request at a time, and the mirror lane beside it,
+ * so a mirror write goes out as soon as a commit is durable, never behind
+ * a poll the server holds or a page that waits for room.
  */
 #include "daemon/sources/pocketbase.h"
 
@@ -248,6 +251,14 @@ static int pb_consumer_check(void *conf, uint64_t explicit, char *err,
 
 enum { REQ_POLL, REQ_PROBE, REQ_MIRROR_FIND, REQ_MIRROR_WRITE };
 
+/* One lane of requests: at most one in flight. */
+typedef struct pb_lane {
+  http_req *req; /* in flight, or NULL */
+  int kind;      /* what req is */
+  unsigned gen;  /* the token it carries */
+  bool reauthed; /* a 401/403 led to a new login; another one fails */
+} pb_lane;
+
 typedef struct pb_src {
   http_source h; /* first: request, timer, backoff, stop */
   const pb_consumer_conf *conf;
@@ -255,11 +266,10 @@ typedef struct pb_src {
   pb_waiter waiter;
   pb_watch watch;
   char *topic;
-  pb_cursor cursor; /* of the last record handed to the window */
-  int req_kind;     /* what h.req is */
-  unsigned req_gen; /* the token it carries */
-  bool reauthed;    /* a 401/403 led to a new login; another one fails */
-  bool waiting_token;
+  pb_cursor cursor;   /* of the last record handed to the window */
+  pb_lane polls;      /* the mirror read at start-up, polls, the probe */
+  pb_lane writes;     /* the mirror's finds and writes after start-up */
+  bool waiting_token; /* a request of either lane waits for a token */
   bool poll_due;
   bool backing_off;     /* h.timer is a backoff: wake-ups do not cut it short */
   bool starting;        /* the mirror read or the start point comes first */
@@ -278,7 +288,7 @@ typedef struct pb_src {
   char *mirror_id;      /* the row's record id, once known */
   char *mirror_due;     /* a committed position not yet written */
   char *mirror_sending; /* the position of the write in flight */
-  bool mirror_retry;    /* the last write failed: wait for the timer */
+  bool mirror_retry;    /* the last write failed: wait for the next poll */
   /* close() came: the last committed position is written to the mirror
    * (one write, no retry, no new login), then the source closes. */
   bool closing;
@@ -383,7 +393,7 @@ static void wake(pb_src *s, int64_t created) {
   add_wake(s, created);
   /* A record the poll in flight should cover but may have missed (its
    * commit came after the query): poll again when it ends. */
-  if (s->h.req != NULL && s->req_kind == REQ_POLL &&
+  if (s->polls.req != NULL && s->polls.kind == REQ_POLL &&
       (s->poll_until == 0 || created <= s->poll_until))
     s->woken_in_flight = true;
   /* A timer that fires while a request runs leaves the poll due for when
@@ -430,27 +440,32 @@ static void on_token(pb_waiter *w, int status, const char *why) {
   kick(s);
 }
 
-/* Starts a request of kind on path ("/api/..."); false when it must wait
- * for a token (the waiter kicks again) or failed. */
-static bool send_req(pb_src *s, int kind, const char *method, const char *path,
-                     const char *body, size_t body_len) {
+/* Starts a request of kind on path ("/api/...") in lane l; false when it
+ * must wait for a token (the waiter kicks again) or failed. */
+static bool send_req(pb_src *s, pb_lane *l, int kind, const char *method,
+                     const char *path, const char *body, size_t body_len) {
   const char *token;
+  pb_request pr;
   int rc;
 
-  if (!pb_client_token(s->pc, &token, &s->req_gen)) {
+  assert(l->req == NULL);
+  if (!pb_client_token(s->pc, &token, &l->gen)) {
     if (s->closing)
       return false; /* no new login for the last mirror write */
     if (pb_client_auth_error(s->pc) != NULL) {
       fail(s, "%s", pb_client_auth_error(s->pc));
       return false;
     }
+    if (!s->waiting_token) /* the other lane may wait already */
+      pb_client_wait(s->pc, &s->waiter);
     s->waiting_token = true;
-    pb_client_wait(s->pc, &s->waiter);
     return false;
   }
-  s->req_kind = kind;
-  rc = pb_client_request(s->pc, method, path, body, body_len, token,
-                         &pb_http_callbacks, s, &s->h.req);
+  l->kind = kind;
+  rc = pb_client_prepare(s->pc, method, path, body, body_len, token, &pr);
+  if (rc == 0)
+    rc = http_source_request(&s->h, &pr.req, &pb_http_callbacks, s, &l->req);
+  pb_request_free(&pr);
   if (rc != 0) {
     fail(s, "cannot start a request: %s", http_strerror(rc));
     return false;
@@ -505,7 +520,7 @@ static void start_poll(pb_src *s) {
     return;
   }
   s->poll_due = false;
-  if (!send_req(s, REQ_POLL, "GET", target.data, NULL, 0))
+  if (!send_req(s, &s->polls, REQ_POLL, "GET", target.data, NULL, 0))
     s->poll_due = true; /* asked again once the token is there */
   buf_free(&target);
 }
@@ -520,7 +535,7 @@ static void start_mirror(pb_src *s) {
   if (s->mirror_id == NULL) {
     rc = pb_mirror_find_target(s->mirror, s->group, s->conf->collection, &b);
     if (rc == 0 && buf_cstr(&b) != NULL)
-      send_req(s, REQ_MIRROR_FIND, "GET", b.data, NULL, 0);
+      send_req(s, &s->writes, REQ_MIRROR_FIND, "GET", b.data, NULL, 0);
     buf_free(&b);
     return;
   }
@@ -537,7 +552,7 @@ static void start_mirror(pb_src *s) {
     else
       snprintf(path, sizeof path, "/api/collections/%s/records/%s", s->mirror,
                s->mirror_id);
-    if (!send_req(s, REQ_MIRROR_WRITE,
+    if (!send_req(s, &s->writes, REQ_MIRROR_WRITE,
                   s->mirror_id[0] == '\0' ? "POST" : "PATCH", path, b.data,
                   b.len) &&
         s->mirror_due == NULL) {
@@ -768,18 +783,18 @@ static void on_bad_request(pb_src *s, const http_response *resp) {
   buf b;
 
   pb_error_parse(resp->body, resp->body_len, &e);
-  if (s->req_kind == REQ_POLL && s->conf->offset == PB_OFFSET_CREATED) {
+  if (s->polls.kind == REQ_POLL && s->conf->offset == PB_OFFSET_CREATED) {
     /* Ask once more with nothing but sort=created to tell a missing field
      * from a bad filter. */
     buf_init(&b, 0);
     if (pb_probe_target(s->conf->collection, &b) == 0 && buf_cstr(&b) != NULL &&
-        send_req(s, REQ_PROBE, "GET", b.data, NULL, 0)) {
+        send_req(s, &s->polls, REQ_PROBE, "GET", b.data, NULL, 0)) {
       buf_free(&b);
       return;
     }
     buf_free(&b);
   }
-  if (s->req_kind == REQ_PROBE) {
+  if (s->polls.kind == REQ_PROBE) {
     fail(s,
          "collection %s has no created field (HTTP 400 sorting by it): "
          "offset = created needs one; add an autodate field named created, "
@@ -857,51 +872,66 @@ static void on_mirror_start(pb_src *s, const http_response *resp) {
 static void on_done(http_req *r, int status, const http_response *resp,
                     const char *msg, void *data) {
   pb_src *s = data;
+  pb_lane *l = r == s->polls.req ? &s->polls : &s->writes;
   uv_loop_t *loop = consumer_loop(cons(s));
-  int kind = s->req_kind, code = resp != NULL ? resp->status : 0;
+  int kind = l->kind, code = resp != NULL ? resp->status : 0;
+  bool mirror_lane = l == &s->writes;
   char why[768];
   pb_error e;
 
-  (void)r;
+  assert(r == l->req);
+  l->req = NULL;
   if (http_source_ended(&s->h))
     return;
+  if (s->closing && !mirror_lane) {
+    kick(s); /* a poll's answer is moot now: kick closes */
+    return;
+  }
   if (status != 0) {
     snprintf(why, sizeof why, "%s", msg != NULL ? msg : http_strerror(status));
-    if (is_mirror(kind) && !s->starting)
-      mirror_failed(s, why);
     requeue(s, kind);
+    if (mirror_lane) {
+      /* The poll lane goes on; the mirror waits for the next poll. */
+      mirror_failed(s, why);
+      kick(s);
+      return;
+    }
     back_off(s, backoff_next_at(&s->h.retry, uv_now(loop)), why);
     return;
   }
   pb_client_observe(s->pc, resp);
-  if ((code == 401 || code == 403) && !s->reauthed &&
-      pb_client_reject(s->pc, s->req_gen)) {
+  if ((code == 401 || code == 403) && !l->reauthed &&
+      pb_client_reject(s->pc, l->gen)) {
     /* The token may have lapsed, and the server then treats the request
      * as a guest's. Log in again and ask once more. */
-    s->reauthed = true;
+    l->reauthed = true;
     requeue(s, kind);
     kick(s);
     return;
   }
   if (code == 429 || code >= 500 || code == 408) {
-    uint64_t delay = backoff_next_at(&s->h.retry, uv_now(loop));
+    uint64_t delay;
 
-    /* PocketBase sends no Retry-After (§7): never retry a 429 sooner
-     * than a second. */
-    if (code == 429 && delay < 1000)
-      delay = 1000;
     pb_error_parse(resp->body, resp->body_len, &e);
     snprintf(why, sizeof why, "HTTP %d %s: %s", code,
              is_mirror(kind) ? "writing the offset mirror" : "polling",
              e.message);
-    if (is_mirror(kind) && !s->starting)
-      mirror_failed(s, why);
     requeue(s, kind);
+    if (mirror_lane) {
+      mirror_failed(s, why);
+      kick(s);
+      return;
+    }
+    /* PocketBase sends no Retry-After (§7): never retry a 429 sooner
+     * than a second. */
+    delay = backoff_next_at(&s->h.retry, uv_now(loop));
+    if (code == 429 && delay < 1000)
+      delay = 1000;
     back_off(s, delay, why);
     return;
   }
   if (code == 200)
-    s->reauthed = false;
+    l->reauthed = false;
   if (is_mirror(kind)) {
     if (s->starting)
       on_mirror_start(s, resp);
@@ -928,7 +958,7 @@ static void on_done(http_req *r, int status, const http_response *resp,
     fail(s,
          "HTTP %d listing collection %s%s: %s; these credentials may not "
          "list it (a superuser-only collection needs auth = superuser)%s%s",
-         code, s->conf->collection, s->reauthed ? " after a new login" : "",
+         code, s->conf->collection, l->reauthed ? " after a new login" : "",
          e.message, auth_err != NULL ? "; " : "",
          auth_err != NULL ? auth_err : "");
     return;
@@ -942,15 +972,25 @@ static void on_done(http_req *r, int status, const http_response *resp,
        s->conf->collection, e.message);
 }
 
-/* Starts whatever is due when no request runs: the start-up steps, then a
- * mirror write before a poll (it is small and says what is durable). */
+/* Starts whatever is due. The mirror lane: a write of the newest durable
+ * position (small, and it says what is durable), beside whatever the poll
+ * lane does. The poll lane: the start-up read of the mirror row, then
+ * polls, one at a time, never while a page waits for room or a backoff
+ * runs. */
 static void kick(pb_src *s) {
   if (s->closing) {
     finish_close(s);
     return;
   }
-  if (s->h.req != NULL || s->h.stopping || s->h.failed || s->waiting_token ||
-      s->handing || s->backing_off)
+  if (s->h.stopping || s->h.failed || s->waiting_token)
+    return;
+  if (!s->starting && s->mirror != NULL && s->writes.req == NULL &&
+      !s->mirror_retry && s->mirror_due != NULL) {
+    start_mirror(s);
+    if (s->waiting_token || s->h.failed)
+      return;
+  }
+  if (s->polls.req != NULL || s->handing || s->backing_off)
     return;
   if (s->starting) {
     buf b;
@@ -959,16 +999,11 @@ static void kick(pb_src *s) {
     if (pb_mirror_find_target(s->mirror, s->group, s->conf->collection, &b) ==
             0 &&
         buf_cstr(&b) != NULL)
-      send_req(s, REQ_MIRROR_FIND, "GET", b.data, NULL, 0);
+      send_req(s, &s->polls, REQ_MIRROR_FIND, "GET", b.data, NULL, 0);
     else
       fail(s, "out of memory");
     buf_free(&b);
     return;
-  }
-  if (s->mirror != NULL && !s->mirror_retry && s->mirror_due != NULL) {
-    start_mirror(s);
-    if (s->h.req != NULL || s->waiting_token || s->h.failed)
-      return;
   }
   /* Polls wait while intake is off (a pause, a drain): on_intake asks for
    * one when it is on again. */
@@ -1012,17 +1047,18 @@ static void pb_on_intake(source *src, source_intake intake) {
 
 /* Closing: a mirror write in flight finishes, and a position still due
  * (the final commit's) is written once, if a token is at hand; then the
- * source closes. Anything else in flight is cancelled. */
+ * source closes. The poll lane's request is cancelled at once. */
 static void finish_close(pb_src *s) {
   if (s->h.stopping)
     return;
-  if (s->h.req != NULL && is_mirror(s->req_kind) && !s->starting)
+  if (s->polls.req != NULL)
+    http_req_cancel(s->polls.req); /* its on_done comes back here */
+  if (s->writes.req != NULL)
     return; /* its on_done comes back here */
-  if (s->h.req == NULL && s->mirror != NULL && s->mirror_due != NULL &&
-      s->mirror_id != NULL && !s->mirror_retry && !s->starting &&
-      !s->h.failed) {
+  if (s->mirror != NULL && s->mirror_due != NULL && s->mirror_id != NULL &&
+      !s->mirror_retry && !s->starting && !s->h.failed) {
     start_mirror(s);
-    if (s->h.req != NULL)
+    if (s->writes.req != NULL)
       return;
   }
   http_source_close(&s->h.base);

@@ -65,6 +65,7 @@ static const option sse_options[] = {
 typedef struct sse_src {
   http_source h; /* first: request, timer, backoff, stop */
   const sse_conf *conf;
+  http_req *req;     /* the stream, or NULL */
   char *url;         /* path resolved against the upstream url */
   const char *query; /* the NAME of resume = query:NAME, or NULL */
   sse_parser parser;
@@ -225,6 +226,7 @@ static void on_done(http_req *r, int status, const http_response *resp,
   int code = resp != NULL ? resp->status : 0;
 
   (void)r;
+  s->req = NULL;
   if (http_source_ended(&s->h))
     return;
   s->paused = false;
@@ -354,8 +356,7 @@ static void connect_now(sse_src *s) {
   req.idle_timeout = s->conf->idle_timeout;
   req.max_redirects = 5;
   s->delivered_any = false;
-  rc = http_request_start(upstream_http(s->h.up), &req, &sse_http_callbacks, s,
-                          &s->h.req);
+  rc = http_source_request(&s->h, &req, &sse_http_callbacks, s, &s->req);
   free(with_query);
   if (rc != 0) {
     char why[256];
@@ -371,7 +372,7 @@ static void sse_on_room(source *src) {
   buf rest;
   int rc;
 
-  if (!s->window_full || s->h.req == NULL ||
+  if (!s->window_full || s->req == NULL ||
       consumer_room(s->h.base.consumer) == 0)
     return;
   /* Feed what waited; it may fill the window again. */
@@ -382,12 +383,12 @@ static void sse_on_room(source *src) {
   buf_free(&rest);
   if (rc != 0) {
     s->feed_error = rc;
-    http_req_cancel(s->h.req);
+    http_req_cancel(s->req);
     return;
   }
   if (!s->window_full && s->paused) {
     s->paused = false;
-    http_req_resume(s->h.req);
+    http_req_resume(s->req);
   }
 }
 

@@ -770,6 +770,43 @@ def test_offset_mirror_resumes_an_empty_store(tether, tmp_path, pb, sock_dir):
     assert t.stop() == 0
 
 
+def test_offset_mirror_is_written_beside_a_held_poll(tether, tmp_path, pb,
+                                                    sock_dir):
+    # The mirror write does not wait for the poll lane: a full page asks
+    # for the next one at once, before the page's commit, and the server
+    # holds that poll; the commit is mirrored all the same.
+    s = pb()
+    s.collection("orders")
+    s.collection("consumer_offsets", fields=MIRROR_FIELDS,
+                 unique=[["consumer_group", "collection"]])
+    token = s.login()
+    a = s.create("orders", [{"n": i} for i in range(10)])
+    s.faults(list_hold={"collection": "orders", "after": 1})
+    out = tmp_path / "out.ndjson"
+    t = tether(config(out, s.base, sock_dir, settle="0ms", batch_size=10,
+                      upstream="realtime = false",
+                      consumer_keys="offset_store = upstream:consumer_offsets"))
+    t.start()
+    wait_ids(t, out, a["ids"], 30)
+
+    def held():
+        status, doc = s.call("GET", "/_pb/faults")
+        return status == 200 and doc["list_held"] == 1
+    wait_for(held, 20, "the poll after the full page held by the server", t)
+
+    def mirrored():
+        row = t.cursor("orders", "orders")
+        rows = mirror_rows(s, token)
+        return (row is not None and row["last_sequence"] == 10
+                and len(rows) == 1 and rows[0]["offset"] == row["position"])
+    wait_for(mirrored, 20, "the mirror written beside the held poll", t)
+    assert held()  # the poll was held all along
+    # A drain with the poll still held: close cancels it and the source
+    # closes once its answer came back.
+    assert t.stop() == 0
+    assert "source failed" not in t.log()
+
+
 # ---- the quickstart demo -------------------------------------------------
 
 

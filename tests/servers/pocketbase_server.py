@@ -776,6 +776,8 @@ class PocketBaseApp(httpbase.App):
         self.rowid = 0
         self.faults = {}
         self.list_fail_left = None  # None: every list request fails
+        self.list_held = 0  # list requests waiting for list_hold to go
+        self.list_release = asyncio.Event()
         self.auth_fail_left = None  # the same for logins and refreshes
         self.buckets = {}  # ip -> [window start, count] for rate_limit
         email, _, password = args.superuser.partition(":")
@@ -1175,6 +1177,8 @@ class PocketBaseApp(httpbase.App):
         self.list_fail_left = None
         self.auth_fail_left = None
         self.buckets.clear()
+        self.list_release.set()
+        self.list_release = asyncio.Event()
 
     async def route(self, req, conn):
         try:
@@ -1253,7 +1257,23 @@ class PocketBaseApp(httpbase.App):
             return ("status", self.faults["list_status"])
         return ("malformed", self.faults["list_malformed"])
 
+    async def hold_list(self, ident):
+        """list_hold: after `after` more list requests of `collection`,
+        each waits until the switch is removed."""
+        rule = self.faults.get("list_hold")
+        if not rule or urllib.parse.unquote(ident) != rule["collection"]:
+            return
+        if rule["after"] > 0:
+            rule["after"] -= 1
+            return
+        self.list_held += 1
+        try:
+            await self.list_release.wait()
+        finally:
+            self.list_held -= 1
+
     async def list_records(self, req, conn, ident):
+        await self.hold_list(ident)
         fault = self.take_list_fault()
         if fault is not None and fault[0] == "status":
             return await self.send_pb_error(req, conn, fault[1])
@@ -1929,10 +1949,11 @@ class PocketBaseApp(httpbase.App):
 
     def ctl_faults(self, req, body):
         if req.method == "GET":
-            return {"faults": self.faults, "list_fail_left": self.list_fail_left}
+            return {"faults": self.faults, "list_fail_left": self.list_fail_left,
+                    "list_held": self.list_held}
         known = {"list_status", "list_fail", "list_malformed", "realtime_drop",
                  "realtime_reorder", "rate_limit", "auth_mfa", "auth_status",
-                 "auth_fail"}
+                 "auth_fail", "list_hold"}
         unknown = set(body) - known
         if unknown:
             raise HttpError(400, "unknown fault switches: %s" % ", ".join(sorted(unknown)))
@@ -1954,6 +1975,11 @@ class PocketBaseApp(httpbase.App):
         rr = body.get("realtime_reorder")
         if rr is not None and (not isinstance(rr, int) or rr < 0):
             raise HttpError(400, "realtime_reorder: a group size")
+        lh = body.get("list_hold")
+        if lh is not None and lh is not False and not (
+                isinstance(lh, dict) and isinstance(lh.get("collection"), str)
+                and isinstance(lh.get("after"), int) and lh["after"] >= 0):
+            raise HttpError(400, "list_hold: {\"collection\": NAME, \"after\": N}")
         rl = body.get("rate_limit")
         if rl is not None and not (
                 isinstance(rl, dict) and isinstance(rl.get("max"), int)
@@ -1973,6 +1999,10 @@ class PocketBaseApp(httpbase.App):
             self.list_fail_left = lf
         if "rate_limit" in body:
             self.buckets.clear()
+        if "list_hold" in body:
+            # Held requests go on; a new hold holds from now on.
+            self.list_release.set()
+            self.list_release = asyncio.Event()
         if {"auth_status", "auth_fail"} & set(body):
             self.auth_fail_left = af
         return {"faults": self.faults}
