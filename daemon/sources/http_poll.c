@@ -9,8 +9,9 @@
  * cursor already handed over are dropped by id, and those ids are committed
  * with the cursor, so a restart drops them too.
  *
- * Backpressure: items are handed over while the window has room; the page
- * waits in memory for on_room, and no new request starts meanwhile.
+ * Backpressure (daemon/sources/pager.h): items are handed over while the
+ * window has room; the page waits in memory for on_room, and no new
+ * request starts meanwhile.
  */
 #include "daemon/sources/http_poll.h"
 
@@ -29,6 +30,7 @@
 #include "daemon/consumer.h"
 #include "daemon/log.h"
 #include "daemon/sources/http_source.h"
+#include "daemon/sources/pager.h"
 #include "daemon/upstream.h"
 #include "loop/backoff.h"
 #include "loop/http_client.h"
@@ -118,8 +120,9 @@ typedef struct poll_src {
   /* The page being handed over. */
   json_t *doc;
   json_t *list;
-  size_t next;      /* index of the next item to hand over */
+  pager pager;      /* hands the items over as room allows */
   size_t fresh;     /* items of this page that were new */
+  size_t at_cursor; /* items of this page at the cursor (inclusive) */
   char *page_next;  /* page mode: the response's cursor */
   bool page_more;   /* the page says more follow */
   char *next_link;  /* Link: rel="next", resolved */
@@ -127,7 +130,7 @@ typedef struct poll_src {
   unsigned pages;   /* pages in this cycle */
   char *etag;
   char *last_url;
-  bool waiting; /* the page waits for room */
+  buf item_text, id_text; /* an item's cursor and id, as text */
   bool stalled; /* pages come back with the cursor they were asked with */
   /* Pages over max_page_size in a row at one cursor (see on_done). */
   unsigned cap_hits;
@@ -308,96 +311,99 @@ static bool stalled_page(poll_src *s) {
   return true;
 }
 
-/* Hands over the items of the page while the window has room. */
-static void hand_over(poll_src *s) {
-  consumer *c = s->h.base.consumer;
-  size_t n = json_array_size(s->list), at_cursor = 0;
-  buf cur, id;
-  char *data, *pos;
+/* The pager's item: hands item i of the page to the window, or skips it
+ * when the inclusive bound brought it again. */
+static int hand_item(pager *p, size_t i, void *data) {
+  poll_src *s = data;
+  json_t *item = json_array_get(s->list, i);
+  buf *cur = &s->item_text, *id = &s->id_text;
+  char *text, *pos;
   event e;
   int rc = 0;
 
-  buf_init(&cur, 0);
-  buf_init(&id, 0);
-  while (s->next < n) {
-    json_t *item = json_array_get(s->list, s->next);
-
-    if (consumer_room(c) == 0) {
-      s->waiting = true;
-      goto out;
-    }
-    if (s->conf->item_cursor[0] != '\0') {
-      if (text_at(s, &s->item_cursor, item, "item_cursor", &cur) != 0)
-        goto out;
-      if (s->conf->cursor_bound == POLL_INCLUSIVE) {
-        if (text_at(s, &s->item_id, item, "item_id", &id) != 0)
-          goto out;
-        if (cur.len == s->cursor.len &&
-            memcmp(cur.data, s->cursor.data, cur.len) == 0) {
-          at_cursor++;
-          if (in_boundary(s, id.data)) {
-            s->next++;
-            continue; /* delivered already: the bound is inclusive */
-          }
-        } else {
-          clear_boundary(s);
-        }
-        rc = add_boundary(s, id.data);
+  (void)p;
+  if (s->conf->item_cursor[0] != '\0') {
+    if (text_at(s, &s->item_cursor, item, "item_cursor", cur) != 0)
+      return UV_EINVAL;
+    if (s->conf->cursor_bound == POLL_INCLUSIVE) {
+      if (text_at(s, &s->item_id, item, "item_id", id) != 0)
+        return UV_EINVAL;
+      if (cur->len == s->cursor.len &&
+          memcmp(cur->data, s->cursor.data, cur->len) == 0) {
+        s->at_cursor++;
+        if (in_boundary(s, id->data))
+          return PAGER_NEXT; /* delivered already: the bound is inclusive */
+      } else {
+        clear_boundary(s);
       }
-      buf_reset(&s->cursor);
-      if (rc != 0 || buf_append(&s->cursor, cur.data, cur.len) != 0)
-        goto oom;
-    } else if (s->next + 1 == n) {
-      /* Page mode: the last item carries the page's cursor; the others
-       * the cursor the page was asked with, so a crash mid-page re-reads
-       * at most this page. */
-      buf_reset(&s->cursor);
-      if (buf_append_str(&s->cursor, s->page_next) != 0)
-        goto oom;
+      rc = add_boundary(s, id->data);
     }
-    data = json_dumps(item, JSON_COMPACT | JSON_ENCODE_ANY);
-    pos = encode_position(s);
-    if (data == NULL || pos == NULL) {
-      free(data);
-      free(pos);
+    buf_reset(&s->cursor);
+    if (rc != 0 || buf_append(&s->cursor, cur->data, cur->len) != 0)
       goto oom;
-    }
-    memset(&e, 0, sizeof e);
-    e.name = s->conf->event;
-    e.kind = upstream_name(s->h.up);
-    e.position = pos;
-    e.position_len = strlen(pos);
-    e.data = data;
-    e.data_len = strlen(data);
-    e.data_is_json = true;
-    rc = consumer_emit(c, &e) == 0 ? UV_ENOMEM : 0;
-    free(data);
-    free(pos);
-    if (rc != 0)
-      goto oom;
-    s->next++;
-    s->fresh++;
-  }
-  s->waiting = false;
-  /* The page is done. */
-  if (s->conf->item_cursor[0] == '\0' && s->page_next != NULL) {
+  } else if (i + 1 == json_array_size(s->list)) {
+    /* Page mode: the last item carries the page's cursor; the others
+     * the cursor the page was asked with, so a crash mid-page re-reads
+     * at most this page. */
     buf_reset(&s->cursor);
     if (buf_append_str(&s->cursor, s->page_next) != 0)
       goto oom;
   }
+  text = json_dumps(item, JSON_COMPACT | JSON_ENCODE_ANY);
+  pos = encode_position(s);
+  if (text == NULL || pos == NULL) {
+    free(text);
+    free(pos);
+    goto oom;
+  }
+  memset(&e, 0, sizeof e);
+  e.name = s->conf->event;
+  e.kind = upstream_name(s->h.up);
+  e.position = pos;
+  e.position_len = strlen(pos);
+  e.data = text;
+  e.data_len = strlen(text);
+  e.data_is_json = true;
+  rc = consumer_emit(s->h.base.consumer, &e) == 0 ? UV_ENOMEM : 0;
+  free(text);
+  free(pos);
+  if (rc != 0)
+    goto oom;
+  s->fresh++;
+  return PAGER_NEXT;
+
+oom:
+  fail(s, "out of memory handing over a page");
+  return UV_ENOMEM;
+}
+
+/* The pager's done: every item of the page went to the window. Pages on,
+ * or ends the cycle. */
+static void page_done(pager *p, size_t end, void *data) {
+  poll_src *s = data;
+  size_t n = end;
+
+  (void)p;
+  if (s->conf->item_cursor[0] == '\0' && s->page_next != NULL) {
+    buf_reset(&s->cursor);
+    if (buf_append_str(&s->cursor, s->page_next) != 0) {
+      fail(s, "out of memory handing over a page");
+      return;
+    }
+  }
   if (s->fresh == 0 && s->conf->cursor_bound == POLL_INCLUSIVE &&
       s->conf->page_size > 0 && n >= (size_t)s->conf->page_size &&
-      at_cursor == n) {
+      s->at_cursor == n) {
     fail(s,
          "tie_group_exceeds_page: %zu items share the cursor \"%.*s\", a "
          "whole page of %" PRId64 " or more; raise the page limit or use a "
          "unique cursor",
          n, (int)s->cursor.len, s->cursor.data ? s->cursor.data : "",
          s->conf->page_size);
-    goto out;
+    return;
   }
   if (stalled_page(s))
-    goto out;
+    return;
   /* An ETag stands for "nothing new since": only a page that brought
    * nothing may be asked for conditionally. After a page with new items
    * the same URL must come back whole, or its items could not be checked
@@ -421,14 +427,9 @@ static void hand_over(poll_src *s) {
     drop_page(s);
     next_cycle(s, s->conf->mode == POLL_MODE_LONGPOLL);
   }
-  goto out;
-
-oom:
-  fail(s, "out of memory handing over a page");
-out:
-  buf_free(&cur);
-  buf_free(&id);
 }
+
+static const pager_callbacks poll_pager = { hand_item, page_done };
 
 /* Takes a 200 response: finds the items and the page's cursor. */
 static void take_page(poll_src *s, const http_response *resp) {
@@ -495,9 +496,9 @@ static void take_page(poll_src *s, const http_response *resp) {
     fail(s, "out of memory taking a page");
     return;
   }
-  s->next = 0;
   s->fresh = 0;
-  hand_over(s);
+  s->at_cursor = 0;
+  pager_start(&s->pager, json_array_size(s->list));
 }
 
 /* A body over max_page_size is retried like any failed request; the same
@@ -665,8 +666,8 @@ oom:
 static void http_poll_on_room(source *src) {
   poll_src *s = (poll_src *)src;
 
-  if (s->waiting && s->list != NULL && !s->h.stopping && !s->h.failed)
-    hand_over(s);
+  if (!s->h.stopping && !s->h.failed)
+    pager_on_room(&s->pager);
 }
 
 static void free_src(poll_src *s) {
@@ -679,6 +680,8 @@ static void free_src(poll_src *s) {
   jsonptr_free(&s->item_id);
   jsonptr_free(&s->more);
   buf_free(&s->cursor);
+  buf_free(&s->item_text);
+  buf_free(&s->id_text);
   free(s->etag);
   free(s->last_url);
   free(s->cap_cursor);
@@ -753,6 +756,8 @@ static int http_poll_start(consumer *c, const void *conf,
   }
   s->conf = pc;
   buf_init(&s->cursor, 0);
+  buf_init(&s->item_text, 0);
+  buf_init(&s->id_text, 0);
   if (compile(pc->items, &s->items, "items", err, errlen) != 0 ||
       compile(pc->item_cursor, &s->item_cursor, "item_cursor", err, errlen) !=
           0 ||
@@ -765,6 +770,7 @@ static int http_poll_start(consumer *c, const void *conf,
     return UV_EINVAL;
   }
   http_source_init(&s->h, &source_http_poll, c, free_source);
+  pager_init(&s->pager, c, &poll_pager, s);
   *out = &s->h.base;
   consumer_source_connected(c);
   request_page(s, NULL);

@@ -43,6 +43,7 @@
 #include "daemon/consumer.h"
 #include "daemon/log.h"
 #include "daemon/sources/http_source.h"
+#include "daemon/sources/pager.h"
 #include "daemon/sources/pb_client.h"
 #include "loop/backoff.h"
 #include "loop/http_client.h"
@@ -280,8 +281,9 @@ typedef struct pb_src {
   size_t n_wakes;
   /* The page being handed over. */
   pb_page page;
-  size_t next;
-  bool handing;
+  pager pager;
+  int64_t held; /* created of the first record still settling; 0 = none */
+  buf pos;      /* a record's position, as text */
   /* Offset mirror. */
   char *mirror; /* the collection, or NULL */
   const char *group;
@@ -626,67 +628,65 @@ static void on_mirror_done(pb_src *s, int kind, const http_response *resp) {
 
 /* ---- polling ---- */
 
-static void hand_over(pb_src *s) {
-  consumer *c = cons(s);
-  size_t n = json_array_size(s->page.items);
-  int64_t held;
-  buf pos;
+/* The pager's item: hands record i of the page to the window; a record
+ * still settling ends the page there. */
+static int hand_item(pager *p, size_t i, void *data) {
+  pb_src *s = data;
+  json_t *item = json_array_get(s->page.items, i);
+  json_t *created;
+  pb_cursor cur;
+  char *text;
+  int64_t t = 0;
   event e;
+  int rc;
 
-  buf_init(&pos, 0);
-  s->handing = true;
-  held = 0;
-  while (s->next < n) {
-    json_t *item = json_array_get(s->page.items, s->next);
-    json_t *created;
-    pb_cursor cur;
-    char *data;
-    int64_t t = 0;
-    int rc;
-
-    if (consumer_room(c) == 0)
-      goto out; /* on_room goes on */
-    created = json_object_get(item, "created");
-    if (json_is_string(created))
-      pb_time_parse(json_string_value(created), json_string_length(created),
-                    &t);
-    if (s->poll_until != 0 && t > s->poll_until) {
-      held = t; /* still settling, and so is everything after it */
-      break;
-    }
-    pb_item_cursor(item, &cur);
-    if (s->conf->offset == PB_OFFSET_ID)
-      cur.created[0] = '\0'; /* an id cursor is "|id" */
-    s->next++;
-    if (pb_cursor_cmp(&cur, &s->cursor) <= 0)
-      continue; /* not after the cursor: the server ignored the filter */
-    buf_reset(&pos);
-    data = json_dumps(item, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    if (data == NULL || pb_cursor_format(&cur, &pos) != 0) {
-      free(data);
-      buf_free(&pos);
-      fail(s, "out of memory handing over a page");
-      return;
-    }
-    memset(&e, 0, sizeof e);
-    e.name = "create";
-    e.kind = s->conf->collection;
-    e.position = pos.data;
-    e.position_len = pos.len;
-    e.data = data;
-    e.data_len = strlen(data);
-    e.data_is_json = true;
-    e.time_ms = t;
-    rc = consumer_emit(c, &e) == 0 ? UV_ENOMEM : 0;
-    free(data);
-    if (rc != 0) {
-      buf_free(&pos);
-      fail(s, "cannot hand a record on: %s", uv_strerror(rc));
-      return;
-    }
-    s->cursor = cur;
+  (void)p;
+  created = json_object_get(item, "created");
+  if (json_is_string(created))
+    pb_time_parse(json_string_value(created), json_string_length(created), &t);
+  if (s->poll_until != 0 && t > s->poll_until) {
+    s->held = t; /* still settling, and so is everything after it */
+    return PAGER_END;
   }
-  s->handing = false;
+  pb_item_cursor(item, &cur);
+  if (s->conf->offset == PB_OFFSET_ID)
+    cur.created[0] = '\0'; /* an id cursor is "|id" */
+  if (pb_cursor_cmp(&cur, &s->cursor) <= 0)
+    return PAGER_NEXT; /* not after the cursor: the server ignored the filter */
+  buf_reset(&s->pos);
+  text = json_dumps(item, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  if (text == NULL || pb_cursor_format(&cur, &s->pos) != 0) {
+    free(text);
+    fail(s, "out of memory handing over a page");
+    return UV_ENOMEM;
+  }
+  memset(&e, 0, sizeof e);
+  e.name = "create";
+  e.kind = s->conf->collection;
+  e.position = s->pos.data;
+  e.position_len = s->pos.len;
+  e.data = text;
+  e.data_len = strlen(text);
+  e.data_is_json = true;
+  e.time_ms = t;
+  rc = consumer_emit(cons(s), &e) == 0 ? UV_ENOMEM : 0;
+  free(text);
+  if (rc != 0) {
+    fail(s, "cannot hand a record on: %s", uv_strerror(rc));
+    return rc;
+  }
+  s->cursor = cur;
+  return PAGER_NEXT;
+}
+
+/* The pager's done: the page went to the window up to end. */
+static void page_done(pager *p, size_t end, void *data) {
+  pb_src *s = data;
+  size_t n = json_array_size(s->page.items);
+  int64_t held = s->held;
+
+  (void)p;
+  (void)end;
   if (held != 0) {
     /* Come back when the first record still settling has settled. A stamp
      * far ahead of the server's clock (set by a hook or a migration) holds
@@ -695,7 +695,7 @@ static void hand_over(pb_src *s) {
       s->warned_future = true;
       log_warn("a record is stamped ahead of the server's clock; records "
                "after it wait until it settles",
-               LS("consumer", consumer_name(c)),
+               LS("consumer", consumer_name(cons(s))),
                LI("ahead_s", (held - s->poll_until) / 1000));
     }
     pb_page_free(&s->page);
@@ -712,9 +712,9 @@ static void hand_over(pb_src *s) {
     schedule_after_poll(s);
     kick(s); /* a mirror write may be due */
   }
-out:
-  buf_free(&pos);
 }
+
+static const pager_callbacks pb_pager = { hand_item, page_done };
 
 /* The newest created of a page is a stamp the server's clock has passed. */
 static void observe_newest(pb_src *s) {
@@ -774,8 +774,8 @@ static void take_page(pb_src *s, const http_response *resp) {
   consumer_source_connected(cons(s));
   observe_newest(s);
   follow_canonical_name(s);
-  s->next = 0;
-  hand_over(s);
+  s->held = 0;
+  pager_start(&s->pager, json_array_size(s->page.items));
 }
 
 static void on_bad_request(pb_src *s, const http_response *resp) {
@@ -990,7 +990,7 @@ static void kick(pb_src *s) {
     if (s->waiting_token || s->h.failed)
       return;
   }
-  if (s->polls.req != NULL || s->handing || s->backing_off)
+  if (s->polls.req != NULL || pager_active(&s->pager) || s->backing_off)
     return;
   if (s->starting) {
     buf b;
@@ -1014,8 +1014,8 @@ static void kick(pb_src *s) {
 static void pb_on_room(source *src) {
   pb_src *s = (pb_src *)src;
 
-  if (s->handing && s->page.doc != NULL && !s->h.stopping && !s->h.failed)
-    hand_over(s);
+  if (!s->h.stopping && !s->h.failed)
+    pager_on_room(&s->pager);
 }
 
 /* The durability rule: the mirror row is written only with a position a
@@ -1080,6 +1080,7 @@ static void free_source(http_source *hs) {
   pb_src *s = (pb_src *)hs;
 
   pb_page_free(&s->page);
+  buf_free(&s->pos);
   free(s->topic);
   free(s->mirror);
   free(s->mirror_id);
@@ -1156,6 +1157,8 @@ static int pb_start(consumer *c, const void *conf, const source_resume *r,
   }
   s->waiter.cb = on_token;
   http_source_init(&s->h, &source_pocketbase, c, free_source);
+  pager_init(&s->pager, c, &pb_pager, s);
+  buf_init(&s->pos, 0);
   if (ucf->realtime) {
     if (asprintf(&s->topic, "%s/*", pcf->collection) < 0) {
       s->topic = NULL;
