@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 
@@ -833,6 +834,25 @@ def test_list_malformed(pb, su, mode):
         else:
             assert not isinstance(its[0]["created"], str)
     assert [x["n"] for x in items(pb, name, su, sort="n")] == [1, 2]  # K=1 used
+
+
+def test_list_hold_fault(pb, su):
+    name, other = new_collection(pb), new_collection(pb)
+    ctl(pb, "/_pb/faults", {"list_hold": {"collection": name, "after": 1}})
+    assert listing(pb, name, su).status == 200  # the one let through
+    assert listing(pb, other, su).status == 200  # another collection
+    got = []
+    th = threading.Thread(target=lambda: got.append(listing(pb, name, su)))
+    th.start()
+    wait_for(lambda: ctl(pb, "/_pb/faults", method="GET")["list_held"] == 1,
+             TIMEOUT, "a held listing")
+    assert not got
+    ctl(pb, "/_pb/faults", {"list_hold": None})  # removing it lets it go
+    th.join(TIMEOUT)
+    assert [r.status for r in got] == [200]
+    assert ctl(pb, "/_pb/faults", method="GET")["list_held"] == 0
+    r = call(pb, "POST", "/_pb/faults", {"list_hold": {"after": 1}})
+    assert r.status == 400
 
 
 # -- realtime ---------------------------------------------------------------------
