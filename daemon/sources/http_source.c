@@ -146,19 +146,23 @@ bool http_source_retryable(int status) {
   return status >= 500 || status == 408 || status == 429;
 }
 
-uint64_t http_source_retry_delay(http_source *hs, const http_response *resp) {
-  const http_upstream_conf *h = upstream_http_conf(hs->up);
+uint64_t http_source_retry_after(backoff *b, upstream *up,
+                                 const http_response *resp) {
+  const http_upstream_conf *h = upstream_http_conf(up);
   const char *ra = http_response_header(resp, "Retry-After");
-  uv_loop_t *loop = consumer_loop(hs->base.consumer);
   uint64_t hint;
   char err[128];
 
   if (ra != NULL &&
       http_retry_after(ra, http_response_header(resp, "Date"),
                        (int64_t)time(NULL), &hint, err, sizeof err) == 0)
-    return backoff_next_hinted(
-        &hs->retry, hint < h->reconnect_min ? h->reconnect_min : hint);
-  return backoff_next_at(&hs->retry, uv_now(loop));
+    return backoff_next_hinted(b, hint < h->reconnect_min ? h->reconnect_min
+                                                          : hint);
+  return backoff_next_at(b, uv_now(upstream_loop(up)));
+}
+
+uint64_t http_source_retry_delay(http_source *hs, const http_response *resp) {
+  return http_source_retry_after(&hs->retry, hs->up, resp);
 }
 
 /* Whether name (n bytes) is one of the comma-separated names in list. */

@@ -95,6 +95,10 @@ bool http_source_retryable(int status);
  * one, else the next step of the backoff. */
 uint64_t http_source_retry_delay(http_source *hs, const http_response *resp);
 
+/* The same for another backoff b of the upstream up (a stream's). */
+uint64_t http_source_retry_after(backoff *b, upstream *up,
+                                 const http_response *resp);
+
 /* The identity of a stream read from path under upstream_url (see
  * source_type.identity): the resolved URL, without the query parameters
  * named in ignore (comma-separated, compared without case: tuning such as

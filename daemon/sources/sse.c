@@ -1,40 +1,31 @@
 /* Source `sse`: reads a text/event-stream and resumes it with Last-Event-ID.
  *
- * One streaming request at a time. Body bytes go through protocol/sse; each
- * event becomes one envelope whose cursor is the event's last event id, so
- * the committed cursor is the id of the highest contiguous delivered event.
+ * The stream is read by daemon/sources/sse_stream (connect, parse,
+ * backpressure, reconnects, the poison rule); this file says what its
+ * events mean: each becomes one envelope whose cursor is the event's last
+ * event id, so the committed cursor is the id of the highest contiguous
+ * delivered event. The resume point is the last id handed to the window
+ * (an id-only block moves it too): events already there are not lost.
  *
- * Backpressure: an event is handed over only while the window has room.
- * When the room runs out mid-read, the parser pauses right after that event;
- * the unread rest of the read is kept (at most one read) and the request is
- * paused, which stops reading the socket and the idle timer. on_room feeds
- * the rest and resumes. Nothing is dropped, nothing is parsed twice.
- *
- * Reconnects (protocol document §7): a clean end of the body reconnects
- * after the server's retry: (or reconnect_min); 5xx, 408, 429 and transport
- * errors back off, a Retry-After or retry: winning; 204 means "stop"; other
- * statuses and a wrong Content-Type fail the consumer with a clear message,
- * since retrying cannot fix a wrong URL. The resume point is the last id
- * handed to the window: events already there are not lost.
+ * Backpressure: an event is handed over only while the window has room;
+ * when the one just taken filled it, the stream stops reading right after
+ * it until on_room.
  */
 #include "daemon/sources/sse.h"
 
-#include <assert.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <uv.h>
 
 #include "daemon/consumer.h"
 #include "daemon/log.h"
 #include "daemon/sources/http_source.h"
+#include "daemon/sources/sse_stream.h"
 #include "daemon/upstream.h"
-#include "loop/backoff.h"
-#include "loop/http_client.h"
 #include "protocol/buf.h"
 #include "protocol/envelope.h"
 #include "protocol/http.h"
@@ -63,27 +54,14 @@ static const option sse_options[] = {
 };
 
 typedef struct sse_src {
-  http_source h; /* first: request, timer, backoff, stop */
+  http_source h; /* first: the base, its failure and close */
   const sse_conf *conf;
-  http_req *req;     /* the stream, or NULL */
-  char *url;         /* path resolved against the upstream url */
-  const char *query; /* the NAME of resume = query:NAME, or NULL */
-  sse_parser parser;
-  buf last_id;         /* the last event id handed to the window */
-  buf pending;         /* body bytes waiting for room, in order */
-  bool window_full;    /* the parser stopped for room; bytes wait */
-  bool paused;         /* the request is paused for room */
-  bool delivered_any;  /* this connection handed over an event */
-  uint64_t retry_hint; /* the server's retry:, clamped; 0 = none */
-  int feed_error;      /* a parse error met in sse_on_room */
-  int poison_err;      /* the last cap error, and the id it came at */
-  unsigned poison_count;
-  buf poison_id;
-  char **types; /* event_types split; NULL = all */
+  sse_stream st;
+  bool stream_open; /* st is set up: close closes it first */
+  buf last_id;      /* the last event id handed to the window */
+  char **types;     /* event_types split; NULL = all */
   size_t n_types;
 } sse_src;
-
-static void connect_now(sse_src *s);
 
 static bool wanted(const sse_src *s, const char *type, size_t len) {
   size_t i;
@@ -101,15 +79,16 @@ static int set_last_id(sse_src *s, const char *id, size_t len) {
   return buf_append(&s->last_id, id, len);
 }
 
-static int on_event(void *data, const sse_event *ev) {
+static int on_event(sse_stream *st, const sse_event *ev, void *data) {
   sse_src *s = data;
   consumer *c = s->h.base.consumer;
   event e;
 
+  (void)st;
   if (set_last_id(s, ev->id, ev->id_len) != 0)
-    return -1;
+    return UV_ENOMEM;
   if (!wanted(s, ev->type, ev->type_len))
-    return 0;
+    return SSE_STREAM_SKIP;
   memset(&e, 0, sizeof e);
   e.name = ev->type;
   e.kind = upstream_name(s->h.up);
@@ -119,290 +98,106 @@ static int on_event(void *data, const sse_event *ev) {
   e.data_len = ev->data_len;
   e.data_is_json = envelope_is_json(ev->data, ev->data_len);
   if (consumer_emit(c, &e) == 0)
-    return -1;
-  s->delivered_any = true;
+    return UV_ENOMEM;
   /* The window is full: stop right after this event. */
-  return consumer_room(c) == 0 ? 1 : 0;
+  return consumer_room(c) == 0 ? SSE_STREAM_PAUSE : SSE_STREAM_NEXT;
 }
 
 /* An id-only block moves the resume point for this process's reconnects.
  * The committed cursor moves with the next delivered event: after a crash
  * the block is read again, which costs nothing. */
-static int on_id_only(void *data, const char *id, size_t len) {
+static int on_id_only(sse_stream *st, const char *id, size_t len, void *data) {
   sse_src *s = data;
 
+  (void)st;
   if (len == 0)
     log_warn("the server reset the last event id; the next reconnect sends "
              "none and the server chooses where to start",
              LS("consumer", consumer_name(s->h.base.consumer)));
-  return set_last_id(s, id, len) != 0 ? -1 : 0;
+  return set_last_id(s, id, len) != 0 ? UV_ENOMEM : 0;
 }
 
-static int on_retry_hint(void *data, uint64_t ms) {
+static const char *cursor(sse_stream *st, void *data) {
   sse_src *s = data;
-  const http_upstream_conf *h = upstream_http_conf(s->h.up);
+  const char *id = buf_cstr(&s->last_id);
 
-  if (ms < h->reconnect_min)
-    ms = h->reconnect_min;
-  if (ms > h->reconnect_max)
-    ms = h->reconnect_max;
-  s->retry_hint = ms;
+  (void)st;
+  return id != NULL ? id : "";
+}
+
+static bool has_room(sse_stream *st, void *data) {
+  sse_src *s = data;
+
+  (void)st;
+  return consumer_room(s->h.base.consumer) > 0;
+}
+
+static int on_open(sse_stream *st, const http_response *resp, void *data) {
+  sse_src *s = data;
+
+  (void)st;
+  (void)resp;
+  consumer_source_connected(s->h.base.consumer);
   return 0;
 }
 
-static void on_timer(uv_timer_t *t) {
-  connect_now(t->data);
-}
-
-/* Reconnects after delay_ms; a failure is reported as a backoff. */
-static void reconnect_after(sse_src *s, uint64_t delay_ms, const char *why,
-                            bool failure) {
-  if (!failure)
-    log_debug("stream ended; reconnecting",
-              LS("consumer", consumer_name(s->h.base.consumer)),
-              LU("in_ms", delay_ms));
-  http_source_wait(&s->h, delay_ms, on_timer, failure ? why : NULL);
-}
-
-static void fail(sse_src *s, const char *why) {
-  http_source_fail(&s->h, "%s", why);
-}
-
-/* Feeds bytes to the parser, or keeps them while the window is full: the
- * parser stops right after the event that filled it, and every byte after
- * that (the rest of this read, and any further body callbacks of the same
- * socket read) waits in pending, in order, for on_room. Returns 0, or an
- * SSE_E* / UV_ENOMEM error. */
-static int take(sse_src *s, const char *bytes, size_t n) {
-  size_t used = 0;
-  int rc;
-
-  if (s->window_full)
-    return buf_append(&s->pending, bytes, n) != 0 ? UV_ENOMEM : 0;
-  rc = sse_parser_feed(&s->parser, bytes, n, &used);
-  if (rc != SSE_PAUSED)
-    return rc;
-  s->window_full = true;
-  return buf_append(&s->pending, bytes + used, n - used) != 0 ? UV_ENOMEM : 0;
-}
-
-static int on_head(http_req *r, const http_response *resp, void *data) {
+/* Says what the end of a connection means for the consumer: a routine
+ * reconnect, a backoff it reports, or the end of the consumer. */
+static void on_end(sse_stream *st, const sse_stream_end *e, void *data) {
   sse_src *s = data;
-  const char *ct = http_response_header(resp, "Content-Type");
+  consumer *c = s->h.base.consumer;
 
-  (void)r;
-  if (resp->status == 200 && http_content_type_is(ct, "text/event-stream")) {
-    sse_parser_new_response(&s->parser);
-    backoff_connected(&s->h.retry, uv_now(consumer_loop(s->h.base.consumer)));
-    consumer_source_connected(s->h.base.consumer);
-    return 0;
-  }
-  /* Not a stream: its body is not read; on_done decides what the status
-   * means. */
-  return HTTP_EABORTED;
+  (void)st;
+  if (e->fatal)
+    http_source_fail(&s->h, "%s", e->why);
+  else if (e->failure)
+    consumer_source_backoff(c, e->delay_ms, e->attempt, e->why);
+  else
+    log_debug("stream ended; reconnecting", LS("consumer", consumer_name(c)),
+              LU("in_ms", e->delay_ms));
 }
 
-static int on_body(http_req *r, const char *bytes, size_t n, void *data) {
-  sse_src *s = data;
-  int rc;
-
-  if ((rc = take(s, bytes, n)) != 0)
-    return rc;
-  if (s->window_full && !s->paused) {
-    s->paused = true;
-    http_req_pause(r);
-  }
-  return 0;
-}
-
-/* Decides what an ended request means: reconnect, back off or fail. */
-static void on_done(http_req *r, int status, const http_response *resp,
-                    const char *msg, void *data) {
-  sse_src *s = data;
-  const http_upstream_conf *h = upstream_http_conf(s->h.up);
-  uv_loop_t *loop = consumer_loop(s->h.base.consumer);
-  char why[512];
-  uint64_t delay = 0, hint = 0;
-  int code = resp != NULL ? resp->status : 0;
-
-  (void)r;
-  s->req = NULL;
-  if (http_source_ended(&s->h))
-    return;
-  s->paused = false;
-  s->window_full = false;
-  buf_reset(&s->pending);
-  if (s->h.failed)
-    return;
-  /* A parse error found while feeding a paused read's rest. */
-  if (status == UV_ECANCELED && s->feed_error != 0)
-    status = s->feed_error;
-  s->feed_error = 0;
-
-  /* A stream that ended cleanly: reconnect after the server's retry:, or
-   * later when it keeps ending without an event. */
-  if (status == 0 && code == 200) {
-    delay = s->retry_hint ? s->retry_hint : h->reconnect_min;
-    if (!s->delivered_any) {
-      hint = backoff_next_at(&s->h.retry, uv_now(loop));
-      delay = hint > delay ? hint : delay;
-    }
-    reconnect_after(s, delay, "the stream ended", false);
-    return;
-  }
-
-  if (status == 0 || status == HTTP_EABORTED) {
-    const char *ct = resp ? http_response_header(resp, "Content-Type") : NULL;
-
-    if (code == 204) {
-      fail(s, "the server answered 204 No Content: it asks clients to stop");
-      return;
-    }
-    if (code == 200) {
-      snprintf(why, sizeof why,
-               "expected Content-Type text/event-stream from %s, got %s",
-               s->url, ct != NULL ? ct : "none");
-      fail(s, why);
-      return;
-    }
-    if (http_source_retryable(code)) {
-      snprintf(why, sizeof why, "HTTP %d from %s", code, s->url);
-      reconnect_after(s, http_source_retry_delay(&s->h, resp), why, true);
-      return;
-    }
-    snprintf(why, sizeof why,
-             "HTTP %d from %s; retrying cannot fix this: check the url and "
-             "path",
-             code, s->url);
-    fail(s, why);
-    return;
-  }
-
-  /* A cap error at the same id again and again: a poison event. */
-  if (status == SSE_ELINE || status == SSE_EEVENT) {
-    if (status == s->poison_err && s->poison_id.len == s->last_id.len &&
-        memcmp(s->poison_id.data, s->last_id.data, s->last_id.len) == 0) {
-      s->poison_count++;
-    } else {
-      s->poison_err = status;
-      s->poison_count = 1;
-      buf_reset(&s->poison_id);
-      buf_append(&s->poison_id, s->last_id.data, s->last_id.len);
-    }
-    if (s->poison_count >= HTTP_SOURCE_CAP_TRIES) {
-      snprintf(why, sizeof why,
-               "%s %u times after id \"%.*s\": a poison event; raise %s or "
-               "skip it upstream",
-               sse_strerror(status), s->poison_count, (int)s->last_id.len,
-               s->last_id.data ? s->last_id.data : "",
-               status == SSE_ELINE ? "max_line" : "max_event_size");
-      fail(s, why);
-      return;
-    }
-    snprintf(why, sizeof why, "%s in the stream from %s", sse_strerror(status),
-             s->url);
-  } else {
-    snprintf(why, sizeof why, "%s", msg != NULL ? msg : http_strerror(status));
-  }
-  delay = backoff_next_at(&s->h.retry, uv_now(loop));
-  if (s->retry_hint > delay)
-    delay = s->retry_hint;
-  reconnect_after(s, delay, why, true);
-}
-
-static const http_callbacks sse_http_callbacks = {
-  .on_head = on_head,
-  .on_body = on_body,
-  .on_done = on_done,
+static const sse_stream_hooks stream_hooks = {
+  .on_open = on_open,
+  .on_event = on_event,
+  .on_id_only = on_id_only,
+  .cursor = cursor,
+  .has_room = has_room,
+  .on_end = on_end,
 };
-
-static void connect_now(sse_src *s) {
-  http_header headers[64];
-  size_t n = 0;
-  http_request req;
-  char *url = s->url, *with_query = NULL;
-  buf q;
-  int rc;
-
-  if (s->h.stopping || s->h.failed)
-    return;
-  headers[n++] = (http_header){ "Accept", "text/event-stream" };
-  headers[n++] = (http_header){ "Cache-Control", "no-cache" };
-  if (s->last_id.len > 0 && buf_cstr(&s->last_id) != NULL) {
-    if (s->query == NULL) {
-      headers[n++] = (http_header){ "Last-Event-ID", s->last_id.data };
-    } else {
-      buf_init(&q, 0);
-      if (buf_append_str(&q, s->url) != 0 ||
-          buf_append_str(&q, strchr(s->url, '?') ? "&" : "?") != 0 ||
-          buf_append_str(&q, s->query) != 0 || buf_append_str(&q, "=") != 0 ||
-          http_percent_encode(&q, s->last_id.data, s->last_id.len) != 0 ||
-          (with_query = buf_steal(&q)) == NULL) {
-        buf_free(&q);
-        fail(s, "out of memory building the request");
-        return;
-      }
-      url = with_query;
-    }
-  }
-  n = upstream_add_headers(s->h.up, headers, n,
-                           sizeof headers / sizeof headers[0]);
-  memset(&req, 0, sizeof req);
-  req.method = "GET";
-  req.url = url;
-  req.headers = headers;
-  req.n_headers = n;
-  req.streaming = true;
-  req.idle_timeout = s->conf->idle_timeout;
-  req.max_redirects = 5;
-  s->delivered_any = false;
-  rc = http_source_request(&s->h, &req, &sse_http_callbacks, s, &s->req);
-  free(with_query);
-  if (rc != 0) {
-    char why[256];
-
-    snprintf(why, sizeof why, "cannot start a request to %s: %s", s->url,
-             http_strerror(rc));
-    fail(s, why);
-  }
-}
 
 static void sse_on_room(source *src) {
   sse_src *s = (sse_src *)src;
-  buf rest;
-  int rc;
 
-  if (!s->window_full || s->req == NULL ||
-      consumer_room(s->h.base.consumer) == 0)
-    return;
-  /* Feed what waited; it may fill the window again. */
-  s->window_full = false;
-  rest = s->pending;
-  buf_init(&s->pending, 0);
-  rc = take(s, rest.data, rest.len);
-  buf_free(&rest);
-  if (rc != 0) {
-    s->feed_error = rc;
-    http_req_cancel(s->req);
-    return;
-  }
-  if (!s->window_full && s->paused) {
-    s->paused = false;
-    http_req_resume(s->req);
-  }
+  if (!s->h.stopping && !s->h.failed)
+    sse_stream_resume(&s->st);
+}
+
+static void on_stream_closed(sse_stream *st, void *data) {
+  sse_src *s = data;
+
+  (void)st;
+  s->stream_open = false;
+  http_source_close(&s->h.base);
+}
+
+/* The stream first (its request and timer), then the base. */
+static void sse_close(source *src) {
+  sse_src *s = (sse_src *)src;
+
+  if (s->stream_open)
+    sse_stream_close(&s->st, on_stream_closed, s);
+  else
+    http_source_close(src);
 }
 
 static void free_src(sse_src *s) {
   size_t i;
 
-  sse_parser_free(&s->parser);
   buf_free(&s->last_id);
-  buf_free(&s->pending);
-  buf_free(&s->poison_id);
   for (i = 0; i < s->n_types; i++)
     free(s->types[i]);
   free(s->types);
-  free(s->url);
   free(s);
 }
 
@@ -442,9 +237,11 @@ static int split_types(sse_src *s, const char *list) {
 static int sse_start(consumer *c, const void *conf, const source_resume *r,
                      source **out, char *err, size_t errlen) {
   const sse_conf *sc = conf;
+  upstream *up = consumer_upstream(c);
   sse_src *s = calloc(1, sizeof *s);
-  const sse_callbacks cbs = { on_event, on_id_only, on_retry_hint };
-  sse_limits lim;
+  const http_header cache = { "Cache-Control", "no-cache" };
+  sse_stream_opts o;
+  char *url = NULL;
   int rc;
 
   if (s == NULL) {
@@ -453,30 +250,39 @@ static int sse_start(consumer *c, const void *conf, const source_resume *r,
   }
   s->conf = sc;
   buf_init(&s->last_id, (size_t)sc->max_line);
-  buf_init(&s->pending, 0);
-  buf_init(&s->poison_id, 0);
-  lim.max_line = (size_t)sc->max_line;
-  lim.max_event_size = (size_t)sc->max_event_size;
-  sse_parser_init(&s->parser, &lim, &cbs, s);
-  if (strncmp(sc->resume, "query:", 6) == 0)
-    s->query = sc->resume + 6;
   /* The base is not set up yet: its timer comes last, after every step
    * that can fail. */
-  rc = http_url_resolve(upstream_http_conf(consumer_upstream(c))->url, sc->path,
-                        &s->url, err, errlen);
-  if (rc == 0 && sc->event_types[0] != '\0')
-    rc = split_types(s, sc->event_types);
-  if (rc == 0 && set_last_id(s, r->position, strlen(r->position)) != 0)
+  rc = http_url_resolve(upstream_http_conf(up)->url, sc->path, &url, err,
+                        errlen);
+  if (rc == 0 && sc->event_types[0] != '\0' &&
+      (rc = split_types(s, sc->event_types)) != 0)
+    snprintf(err, errlen, "out of memory");
+  if (rc == 0 && set_last_id(s, r->position, strlen(r->position)) != 0) {
     rc = UV_ENOMEM;
+    snprintf(err, errlen, "out of memory");
+  }
+  if (rc == 0) {
+    memset(&o, 0, sizeof o);
+    o.url = url;
+    o.resume_query =
+        strncmp(sc->resume, "query:", 6) == 0 ? sc->resume + 6 : NULL;
+    o.headers = &cache;
+    o.n_headers = 1;
+    o.limits.max_line = (size_t)sc->max_line;
+    o.limits.max_event_size = (size_t)sc->max_event_size;
+    o.idle_timeout = sc->idle_timeout;
+    o.max_redirects = 5;
+    rc = sse_stream_init(&s->st, up, &o, &stream_hooks, s, err, errlen);
+  }
+  free(url);
   if (rc != 0) {
-    if (rc == UV_ENOMEM)
-      snprintf(err, errlen, "out of memory");
     free_src(s);
     return rc;
   }
+  s->stream_open = true;
   http_source_init(&s->h, &source_sse, c, free_source);
   *out = &s->h.base;
-  connect_now(s);
+  sse_stream_start(&s->st);
   return 0;
 }
 
@@ -514,6 +320,6 @@ const source_type source_sse = {
   .stream_name = sse_stream_name,
   .identity = sse_identity,
   .start = sse_start,
-  .close = http_source_close,
+  .close = sse_close,
   .on_room = sse_on_room,
 };

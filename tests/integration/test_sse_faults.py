@@ -5,10 +5,12 @@ the cap, 204, 503 with Retry-After, redirects and their loop, a stall past
 idle_timeout, id-only blocks and id resets, a unix socket. Each case ends
 in its documented state, with no event lost and none delivered twice."""
 import json
+import os
 import time
 
 import pytest
 
+from apiclient import consumer, ready, remove_dir, request, short_dir
 from conftest import read_lines, wait_for
 
 
@@ -272,3 +274,40 @@ def test_unix_socket_upstream(tether, tmp_path, sse_server):
     assert run_until(t, out, EVENTS) == list(range(1, EVENTS + 1))
     assert dict(requests(base, "/events")[0]["headers"])["Host"] == \
         "upstream.local"
+
+
+def test_pause_with_a_live_stream_takes_nothing(tether, tmp_path, sse_server):
+    # A paused consumer keeps its source and its stream open; events that
+    # arrive meanwhile wait (the stream stops reading), none is taken
+    # without room, and after the resume each comes once, in order.
+    from peers import http
+    base = sse_server(events=5)
+    out = tmp_path / "out.ndjson"
+    sockdir = short_dir()
+    sock = os.path.join(sockdir, "api.sock")
+    try:
+        t = tether(config(out, base, "/events?keepalive=0.2").replace(
+            "status_interval = 0", f"status_interval = 0\nsocket = {sock}"))
+        t.start()
+        wait_for(lambda: ready(sock) and len(ns(out)) == 5, 20,
+                 "the first five events", t)
+        status, _, body = request(sock, "POST", "/v1/consumers/c/pause")
+        assert status == 200 and body["consumer"]["paused"] is True
+        for _ in range(5):
+            assert http("POST", f"{base}/publish")[0] == 200
+        # For a while nothing more is taken, and tether stays up.
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            assert t.proc.poll() is None, t.log()
+            c = consumer(sock, "c")
+            assert c["events_received"] == 5 and len(ns(out)) == 5, c
+            time.sleep(0.05)
+        status, _, _ = request(sock, "POST", "/v1/consumers/c/resume")
+        assert status == 200
+        wait_for(lambda: len(ns(out)) >= 10, 20, "the five held events", t)
+        assert t.stop() == 0
+        assert ns(out) == list(range(1, 11))
+        # One stream all along: the pause held it, it did not reconnect.
+        assert len(requests(base, "/events")) == 1
+    finally:
+        remove_dir(sockdir)
