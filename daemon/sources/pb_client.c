@@ -10,12 +10,14 @@
  * refused for good (bad password, MFA, 403) ends authentication: every
  * waiting poller fails with the cause.
  *
- * Realtime (§6). One GET /api/realtime carries every consumer's topic. On
- * PB_CONNECT the topics are posted with the token; once the server takes
- * them each poller is told to poll (catch-up: the gap before the stream
- * hid events). Record events only wake pollers. The stream is silent by
- * design, so it has no idle timeout; the server's own idle and lifetime
- * closes are clean ends, reconnected at once. Errors back off.
+ * Realtime (§6). One GET /api/realtime carries every consumer's topic,
+ * read by daemon/sources/sse_stream (persistent: the pollers go on without
+ * it, so nothing about it is fatal). On PB_CONNECT, a control event, the
+ * topics are posted with the token; once the server takes them each poller
+ * is told to poll (catch-up: the gap before the stream hid events). Record
+ * events only wake pollers. The stream is silent by design, so it has no
+ * idle timeout; the server's own idle and lifetime closes are clean ends,
+ * reconnected after reconnect_min. Errors back off.
  */
 #include "daemon/sources/pb_client.h"
 
@@ -29,13 +31,12 @@
 #include "daemon/config.h"
 #include "daemon/log.h"
 #include "daemon/sources/pocketbase.h"
+#include "daemon/sources/sse_stream.h"
 #include "protocol/buf.h"
 #include "protocol/http.h"
 #include "protocol/pocketbase.h"
 #include "protocol/sse.h"
 
-/* A clean end this soon after connecting is not routine: back off. */
-#define PB_STREAM_HEALTHY_MS 1000
 /* Date samples are kept for the best (highest) one within this window. */
 #define PB_CLOCK_WINDOW_MS 30000
 
@@ -66,15 +67,12 @@ struct pb_client {
 
   /* realtime */
   list watches;
-  http_req *rt_req;
+  sse_stream rt;
+  bool rt_open; /* rt is set up and not closed yet */
   http_req *sub_req;
   bool sub_again; /* the topics or the token changed while a POST ran */
   unsigned sub_gen;
-  sse_parser parser;
   char client_id[256]; /* "" = no PB_CONNECT on the current stream */
-  uv_timer_t rt_timer;
-  backoff rt_retry;
-  uint64_t rt_started;
   pb_waiter rt_waiter; /* the POST waits for a token */
 
   bool closing;
@@ -534,25 +532,6 @@ bool pb_client_reject(pb_client *pc, unsigned gen) {
 
 /* ---- realtime ---- */
 
-static void on_rt_timer(uv_timer_t *t) {
-  start_stream(t->data);
-}
-
-static void stream_again(pb_client *pc, bool clean) {
-  uint64_t now = uv_now(pc->loop), delay;
-
-  if (pc->closing || list_empty(&pc->watches))
-    return;
-  if (clean && now - pc->rt_started >= PB_STREAM_HEALTHY_MS) {
-    backoff_reset(&pc->rt_retry);
-    delay = 0;
-  } else {
-    delay = backoff_next_at(&pc->rt_retry, now);
-  }
-  uv_timer_start(&pc->rt_timer, on_rt_timer,
-                 backoff_budget_take(upstream_budget(), now, delay), 0);
-}
-
 static void on_sub_done(http_req *r, int status, const http_response *resp,
                         const char *msg, void *data);
 
@@ -612,8 +591,8 @@ static void post_topics(pb_client *pc) {
     rc = pb_client_request(pc, "POST", "/api/realtime", body.data, body.len,
                            token, &sub_callbacks, pc, &pc->sub_req);
   buf_free(&body);
-  if (rc != 0 && pc->rt_req != NULL)
-    http_req_cancel(pc->rt_req); /* a new stream posts again */
+  if (rc != 0) /* a new stream posts again */
+    sse_stream_drop(&pc->rt, "cannot post the realtime topics");
 }
 
 static void on_sub_done(http_req *r, int status, const http_response *resp,
@@ -661,28 +640,34 @@ static void on_sub_done(http_req *r, int status, const http_response *resp,
   }
   /* Drop this stream; the next one gets a fresh client id and posts
    * again. */
-  if (pc->rt_req != NULL)
-    http_req_cancel(pc->rt_req);
+  sse_stream_drop(&pc->rt, "the realtime subscription failed");
 }
 
-static int on_rt_event(void *data, const sse_event *ev) {
+/* PB_CONNECT: the stream's client id, to post the topics with. */
+static int on_rt_connect(sse_stream *st, const sse_event *ev, void *data) {
   pb_client *pc = data;
-  char err[128], action[16];
+  char err[128];
+
+  (void)st;
+  if (pb_connect_parse(ev->data, ev->data_len, pc->client_id,
+                       sizeof pc->client_id, err, sizeof err) != 0) {
+    log_warn("realtime PB_CONNECT not understood",
+             LS("upstream", upstream_name(pc->up)), LS("error", err));
+    return UV_EPROTO;
+  }
+  log_debug("realtime connected", LS("upstream", upstream_name(pc->up)));
+  post_topics(pc);
+  return SSE_STREAM_NEXT;
+}
+
+/* A record event: it wakes the pollers of its topic. */
+static int on_rt_event(sse_stream *st, const sse_event *ev, void *data) {
+  pb_client *pc = data;
+  char action[16];
   int64_t created = 0;
   list *it, *next;
 
-  if (strcmp(ev->type, "PB_CONNECT") == 0) {
-    if (pb_connect_parse(ev->data, ev->data_len, pc->client_id,
-                         sizeof pc->client_id, err, sizeof err) != 0) {
-      log_warn("realtime PB_CONNECT not understood",
-               LS("upstream", upstream_name(pc->up)), LS("error", err));
-      return UV_EPROTO;
-    }
-    backoff_connected(&pc->rt_retry, uv_now(pc->loop));
-    log_debug("realtime connected", LS("upstream", upstream_name(pc->up)));
-    post_topics(pc);
-    return 0;
-  }
+  (void)st;
   if (pb_event_parse(ev->data, ev->data_len, action, &created) != 0)
     created = 0;
   /* Sent after the commit: the server's clock has passed created. */
@@ -694,105 +679,53 @@ static int on_rt_event(void *data, const sse_event *ev) {
     if (strcmp(w->topic, ev->type) == 0)
       w->on_event(w, created);
   }
+  return SSE_STREAM_NEXT;
+}
+
+static int on_rt_open(sse_stream *st, const http_response *resp, void *data) {
+  (void)st;
+  pb_client_observe(data, resp);
   return 0;
 }
 
-static int on_rt_head(http_req *r, const http_response *resp, void *data) {
+/* The stream reconnects by itself; this only says why it ended. */
+static void on_rt_end(sse_stream *st, const sse_stream_end *e, void *data) {
   pb_client *pc = data;
-  const char *ct = http_response_header(resp, "Content-Type");
+  const char *ct;
 
-  (void)r;
-  pb_client_observe(pc, resp);
-  if (resp->status != 200 || ct == NULL ||
-      !http_content_type_is(ct, "text/event-stream")) {
-    log_warn("realtime stream refused", LS("upstream", upstream_name(pc->up)),
-             LI("status", resp->status), LS("content_type", ct ? ct : ""));
-    return HTTP_EABORTED;
-  }
-  return 0;
-}
-
-static int on_rt_body(http_req *r, const char *bytes, size_t n, void *data) {
-  pb_client *pc = data;
-  size_t used;
-  int rc;
-
-  (void)r;
-  rc = sse_parser_feed(&pc->parser, bytes, n, &used);
-  return rc < 0 ? rc : 0;
-}
-
-static void on_rt_done(http_req *r, int status, const http_response *resp,
-                       const char *msg, void *data) {
-  pb_client *pc = data;
-
-  (void)r;
-  (void)resp;
-  pc->rt_req = NULL;
+  (void)st;
   pc->client_id[0] = '\0';
-  if (pc->closing) {
-    maybe_closed(pc);
-    return;
-  }
-  if (status == 0) {
+  if (e->refused) {
+    pb_client_observe(pc, e->resp);
+    ct = http_response_header(e->resp, "Content-Type");
+    log_warn("realtime stream refused", LS("upstream", upstream_name(pc->up)),
+             LI("status", e->resp->status), LS("content_type", ct ? ct : ""));
+  } else if (!e->failure) {
     log_debug("realtime stream ended; reconnecting",
               LS("upstream", upstream_name(pc->up)));
-    stream_again(pc, true);
-    return;
-  }
-  if (status != HTTP_EABORTED && status != UV_ECANCELED)
+  } else if (e->status != UV_ECANCELED) {
     log_warn("realtime stream lost", LS("upstream", upstream_name(pc->up)),
-             LS("error", msg != NULL ? msg : http_strerror(status)));
-  stream_again(pc, false);
+             LS("error", e->why));
+  }
 }
 
-static const http_callbacks rt_callbacks = {
-  .on_head = on_rt_head,
-  .on_body = on_rt_body,
-  .on_done = on_rt_done,
+static const sse_stream_hooks rt_hooks = {
+  .on_open = on_rt_open,
+  .on_event = on_rt_event,
+  .on_control = on_rt_connect,
+  .on_end = on_rt_end,
 };
 
 static void start_stream(pb_client *pc) {
-  http_header headers[64];
-  size_t n = 0;
-  http_request req;
-  char *url;
-  int rc;
-
-  if (!pc->conf->realtime || pc->closing || pc->rt_req != NULL ||
-      list_empty(&pc->watches) || uv_is_active((uv_handle_t *)&pc->rt_timer))
-    return;
-  if (asprintf(&url, "%s/api/realtime", pc->base) < 0)
-    return;
-  headers[n++] = (http_header){ "Accept", "text/event-stream" };
-  headers[n++] = (http_header){ "Cache-Control", "no-store" };
-  n = upstream_add_headers(pc->up, headers, n,
-                           sizeof headers / sizeof headers[0]);
-  memset(&req, 0, sizeof req);
-  req.method = "GET";
-  req.url = url;
-  req.headers = headers;
-  req.n_headers = n;
-  req.streaming = true;
-  req.idle_timeout = 0; /* silent by design (§6): no keep-alives to expect */
-  sse_parser_new_response(&pc->parser);
-  pc->rt_started = uv_now(pc->loop);
-  rc = http_request_start(upstream_http(pc->up), &req, &rt_callbacks, pc,
-                          &pc->rt_req);
-  free(url);
-  if (rc != 0) {
-    log_warn("cannot start the realtime stream",
-             LS("upstream", upstream_name(pc->up)),
-             LS("error", http_strerror(rc)));
-    stream_again(pc, false);
-  }
+  if (pc->conf->realtime && !pc->closing && !list_empty(&pc->watches))
+    sse_stream_start(&pc->rt);
 }
 
 void pb_client_watch(pb_client *pc, pb_watch *w) {
   list_push_back(&pc->watches, &w->_node);
   if (!pc->conf->realtime)
     return;
-  if (pc->rt_req == NULL)
+  if (!sse_stream_connected(&pc->rt))
     start_stream(pc);
   else
     post_topics(pc);
@@ -808,9 +741,8 @@ void pb_client_unwatch(pb_client *pc, pb_watch *w) {
   if (!pc->conf->realtime || pc->closing)
     return;
   if (list_empty(&pc->watches)) {
-    uv_timer_stop(&pc->rt_timer);
-    if (pc->rt_req != NULL)
-      http_req_cancel(pc->rt_req);
+    sse_stream_stop(&pc->rt);
+    pc->client_id[0] = '\0';
   } else {
     post_topics(pc);
   }
@@ -821,9 +753,13 @@ void pb_client_unwatch(pb_client *pc, pb_watch *w) {
 int pb_client_open(upstream *up, void **ext, char *err, size_t errlen) {
   const pb_upstream_conf *conf = upstream_conf(up);
   uv_loop_t *loop = upstream_loop(up);
-  sse_callbacks cbs;
+  static const char *const control[] = { "PB_CONNECT", NULL };
+  const http_header cache = { "Cache-Control", "no-store" };
+  sse_stream_opts so;
+  char *url = NULL;
   pb_client *pc;
   size_t n;
+  int rc;
 
   if ((pc = calloc(1, sizeof *pc)) == NULL) {
     snprintf(err, errlen, "out of memory");
@@ -854,19 +790,42 @@ int pb_client_open(upstream *up, void **ext, char *err, size_t errlen) {
   list_init(&pc->rt_waiter._node);
   backoff_init(&pc->auth_retry, conf->http.reconnect_min,
                conf->http.reconnect_max, 1, 0);
-  backoff_init(&pc->rt_retry, conf->http.reconnect_min,
-               conf->http.reconnect_max, (unsigned)conf->http.immediate_retries,
-               0);
-  memset(&cbs, 0, sizeof cbs);
-  cbs.on_event = on_rt_event;
-  sse_parser_init(&pc->parser, NULL, &cbs, pc);
+  /* The realtime stream: never resumed (records come from the polls),
+   * silent by design (no idle timeout), and a wake-up only, so nothing
+   * about it is fatal. */
+  memset(&so, 0, sizeof so);
+  rc = asprintf(&url, "%s/api/realtime", pc->base) < 0 ? UV_ENOMEM : 0;
+  so.url = url;
+  so.headers = &cache;
+  so.n_headers = 1;
+  so.control_types = control;
+  so.persistent = true;
+  if (rc != 0 || (rc = sse_stream_init(&pc->rt, up, &so, &rt_hooks, pc, err,
+                                       errlen)) != 0) {
+    if (rc == UV_ENOMEM)
+      snprintf(err, errlen, "out of memory");
+    free(url);
+    free(pc->token);
+    free(pc->base);
+    free(pc);
+    return rc;
+  }
+  free(url);
+  pc->rt_open = true;
   uv_timer_init(loop, &pc->auth_timer);
   uv_timer_init(loop, &pc->notify_timer);
-  uv_timer_init(loop, &pc->rt_timer);
-  pc->auth_timer.data = pc->notify_timer.data = pc->rt_timer.data = pc;
-  pc->open_handles = 3;
+  pc->auth_timer.data = pc->notify_timer.data = pc;
+  pc->open_handles = 2;
   *ext = pc;
   return 0;
+}
+
+static void on_rt_closed(sse_stream *st, void *data) {
+  pb_client *pc = data;
+
+  (void)st;
+  pc->rt_open = false;
+  maybe_closed(pc);
 }
 
 static void on_handle_closed(uv_handle_t *h) {
@@ -881,11 +840,10 @@ static void maybe_closed(pb_client *pc) {
   void *data;
 
   if (!pc->closing || pc->open_handles > 0 || pc->auth_req != NULL ||
-      pc->rt_req != NULL || pc->sub_req != NULL)
+      pc->rt_open || pc->sub_req != NULL)
     return;
   cb = pc->close_cb;
   data = pc->close_data;
-  sse_parser_free(&pc->parser);
   free(pc->token);
   free(pc->auth_error);
   free(pc->base);
@@ -902,11 +860,9 @@ void pb_client_close(void *ext, void (*cb)(void *data), void *data) {
   pc->close_data = data;
   if (pc->auth_req != NULL)
     http_req_cancel(pc->auth_req);
-  if (pc->rt_req != NULL)
-    http_req_cancel(pc->rt_req);
   if (pc->sub_req != NULL)
     http_req_cancel(pc->sub_req);
+  sse_stream_close(&pc->rt, on_rt_closed, pc);
   uv_close((uv_handle_t *)&pc->auth_timer, on_handle_closed);
   uv_close((uv_handle_t *)&pc->notify_timer, on_handle_closed);
-  uv_close((uv_handle_t *)&pc->rt_timer, on_handle_closed);
 }
