@@ -341,6 +341,7 @@ static void connect_now(sse_stream *st) {
   req.max_redirects = st->_max_redirects;
   st->_progress = false;
   st->_refused = false;
+  st->_drop_status = 0;
   rc = http_request_start(upstream_http(st->_up), &req, &stream_callbacks, st,
                           &st->_req);
   free(with_query);
@@ -448,6 +449,8 @@ void sse_stream_start(sse_stream *st) {
 }
 
 void sse_stream_stop(sse_stream *st) {
+  if (st->_closing)
+    return;
   uv_timer_stop(&st->_timer);
   st->_restart = false;
   if (st->_req != NULL && !st->_stopping) {
@@ -468,8 +471,8 @@ void sse_stream_resume(sse_stream *st) {
   buf rest;
   int rc;
 
-  if (!st->_waiting || st->_req == NULL || st->_stopping || st->_in_feed ||
-      !has_room(st))
+  if (!st->_waiting || st->_req == NULL || st->_stopping || st->_closing ||
+      st->_in_feed || !has_room(st))
     return;
   /* Feed what waited; it may fill the window again. */
   st->_waiting = false;

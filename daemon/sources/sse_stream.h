@@ -202,7 +202,8 @@ bool sse_stream_connected(const sse_stream *st);
 
 /* Stops, then frees what st holds; cb runs once the connection's request
  * and the timer are gone (never inside this call), after which st may be
- * freed. No hook runs after this call. */
+ * freed. No hook runs after this call; stop, drop and resume do nothing
+ * then, and start must not be called. */
 void sse_stream_close(sse_stream *st, void (*cb)(sse_stream *st, void *data),
                       void *data);
 
