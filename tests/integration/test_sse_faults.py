@@ -311,3 +311,49 @@ def test_pause_with_a_live_stream_takes_nothing(tether, tmp_path, sse_server):
         assert len(requests(base, "/events")) == 1
     finally:
         remove_dir(sockdir)
+
+
+def test_streams_beyond_max_connections(tether, tmp_path, sse_server):
+    # Each stream has a connection of its own, outside max_connections:
+    # three consumers of one upstream with max_connections = 1 all read.
+    base = sse_server()
+    outs = [tmp_path / f"out{i}.ndjson" for i in range(3)]
+    text = config(outs[0], base, "/a", upstream_extra="max_connections = 1")
+    for i in (1, 2):
+        text += f"""
+[consumer c{i}]
+upstream = ref
+path = /{"abc"[i]}
+sink = file:{outs[i]}
+"""
+    t = tether(text)
+    t.start()
+    for out in outs:
+        wait_for(lambda: len(ns(out)) >= EVENTS, 20, f"{EVENTS} events in {out}",
+                 t)
+    assert t.stop() == 0
+    for out in outs:
+        assert ns(out) == list(range(1, EVENTS + 1))
+
+
+def test_stream_past_max_streams_backs_off(tether, tmp_path, sse_server):
+    # max_streams caps the streams of an origin: the one past it is
+    # refused with a message naming the cap, and retried with backoff.
+    base = sse_server()
+    outs = [tmp_path / "out0.ndjson", tmp_path / "out1.ndjson"]
+    text = config(outs[0], base, "/a", upstream_extra="max_streams = 1")
+    text += f"""
+[consumer c1]
+upstream = ref
+path = /b
+sink = file:{outs[1]}
+"""
+    t = tether(text)
+    t.start()
+    wait_for(lambda: "(max_streams)" in t.log(), 20, "the cap refused", t)
+    assert "long-lived streams at once to 127.0.0.1:" in t.log()
+    # One of the two reads; the other keeps retrying, never failing.
+    wait_for(lambda: max(len(ns(o)) for o in outs) >= EVENTS, 20,
+             "one stream read", t)
+    assert "the consumer stops" not in t.log()
+    assert t.stop() == 0
