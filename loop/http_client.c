@@ -701,18 +701,10 @@ static void req_detach(http_req *r) {
     r->o = NULL;
   }
   if (k != NULL) {
-    origin *o = k->o;
-    bool pooled = !k->lane && k->state == CONN_BUSY;
-
     r->k = NULL;
     k->req = NULL;
     if (k->state == CONN_BUSY || k->lane)
       conn_close(k);
-    /* The pool has a free slot now: a request waiting for one (a cancel
-     * or a timeout of a full pool's request) goes out at once, not when
-     * some other request happens to come or go. */
-    if (pooled && o != NULL)
-      origin_pump(o);
   }
   uv_timer_stop(&r->deadline);
   uv_timer_stop(&r->phase);
@@ -900,23 +892,30 @@ static void conn_close_now(conn *k) {
  * progress calls back with UV_ECANCELED before the stream's close callback
  * (loop/stream.h), and is ignored then. */
 static void conn_close(conn *k) {
+  origin *o = k->o;
+
   if (k->state == CONN_CLOSING)
     return;
   if (k->req != NULL) {
     k->req->k = NULL;
     k->req = NULL;
   }
-  if (k->o != NULL) {
+  if (o != NULL) {
     list_remove(&k->node);
     if (k->lane)
-      k->o->n_streams--;
+      o->n_streams--;
     else
-      k->o->n_conns--;
+      o->n_conns--;
     k->o = NULL;
   }
   k->state = CONN_CLOSING;
   uv_timer_stop(&k->timer);
   conn_close_now(k);
+  /* The pool has a free slot now: a request waiting for one goes out at
+   * once (after a cancel, a timeout, a Connection: close or a broken
+   * connection), not when some other request happens to come or go. */
+  if (o != NULL && !k->lane && !list_empty(&o->queue))
+    origin_pump(o);
 }
 
 static void conn_on_read(stream *s, ssize_t n, const char *bytes, void *data);

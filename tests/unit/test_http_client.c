@@ -1229,6 +1229,54 @@ static void test_ended_stream_is_not_pooled(void) {
   FINISH_LOOP(&loop);
 }
 
+/* A full pool whose connections close after each answer (Connection:
+ * close) or break under their request still serves the queue: each closed
+ * connection's slot goes to the next request waiting for one. */
+static void close_handler(sconn *c, const char *req, size_t len) {
+  char path[128];
+
+  (void)len;
+  req_path(req, path, sizeof path);
+  if (strcmp(path, "/reset") == 0) {
+    srv_close(c);
+    return;
+  }
+  srv_send(c, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n"
+              "\r\nok");
+  srv_close(c);
+}
+
+static void test_closed_connections_free_their_slots(void) {
+  uv_loop_t loop;
+  server sv;
+  http_client *c;
+  http_client_opts o = { 0 };
+  result res[4];
+  int i;
+
+  memset(res, 0, sizeof res);
+  ASSERT_EQ(0, uv_loop_init(&loop));
+  srv_start(&sv, &loop);
+  sv.handler = close_handler;
+  o.max_connections = 1;
+  c = make_client(&loop, &o);
+  start_get(c, url_of(&sv, "/a"), false, &res[0]);
+  start_get(c, url_of(&sv, "/reset"), false, &res[1]);
+  start_get(c, url_of(&sv, "/b"), false, &res[2]);
+  start_get(c, url_of(&sv, "/c"), false, &res[3]);
+  RUN_UNTIL(&loop, res[3].dones == 1, 5000);
+  for (i = 0; i < 4; i++)
+    ASSERT_EQ(1, res[i].dones);
+  ASSERT_EQ(0, res[0].done_status);
+  ASSERT_EQ(HTTP_ECLOSED, res[1].done_status);
+  ASSERT_EQ(0, res[2].done_status);
+  ASSERT_EQ(0, res[3].done_status);
+  ASSERT_EQ(4, sv.accepts);
+  close_client(&loop, c);
+  srv_stop(&sv);
+  FINISH_LOOP(&loop);
+}
+
 /* The first connection answers once with keep-alive, then closes on the
  * next request without a byte: the client must retry on a new one. */
 static void stale_handler(sconn *c, const char *req, size_t len) {
@@ -2615,6 +2663,7 @@ static const test_case tests[] = {
   TEST(test_streams_never_wait_for_the_pool),
   TEST(test_max_streams),
   TEST(test_timeout_frees_the_pool_slot),
+  TEST(test_closed_connections_free_their_slots),
   TEST(test_ended_stream_is_not_pooled),
   TEST(test_stale_pooled_connection_retry),
   TEST(test_fresh_connection_closed),
