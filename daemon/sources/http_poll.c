@@ -111,7 +111,7 @@ static const option http_poll_options[] = {
 #define POLL_MAX_BOUNDARY 1000
 
 typedef struct poll_src {
-  http_source h; /* first: request, timer, backoff, stop */
+  http_source h; /* first: requests, timer, backoff, close */
   const http_poll_conf *conf;
   jsonptr items, item_cursor, page_cursor, item_id, more;
   buf cursor;      /* the cursor of the last item handed to the window */

@@ -261,7 +261,7 @@ typedef struct pb_lane {
 } pb_lane;
 
 typedef struct pb_src {
-  http_source h; /* first: request, timer, backoff, stop */
+  http_source h; /* first: requests, timer, backoff, close */
   const pb_consumer_conf *conf;
   pb_client *pc;
   pb_waiter waiter;
