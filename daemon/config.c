@@ -129,6 +129,9 @@ const option config_daemon_options[] = {
   { NULL, 0, NULL, 0, NULL, 0, 0, NULL, 0 },
 };
 
+static const char *const stream_change_choices[] = { "refuse", "keep",
+                                                     "restart", NULL };
+
 const option config_consumer_options[] = {
   { "source", OPT_STRING, NULL, offsetof(consumer_conf, source),
     "built-in source type to read; set this or upstream", 0, 0, NULL, 0 },
@@ -147,6 +150,12 @@ const option config_consumer_options[] = {
     "window is full at whichever bound comes first, and always takes one "
     "event",
     1024, 1099511627776ULL, NULL, 0 },
+  { "on_stream_change", OPT_ENUM, "refuse",
+    offsetof(consumer_conf, on_stream_change),
+    "when the cursor belongs to another stream than the configuration now "
+    "reads (another url, path, collection): refuse to start, keep the "
+    "cursor (the same stream, renamed), or restart from the beginning",
+    0, 0, stream_change_choices, 0 },
   { "retry_min", OPT_DURATION, "250ms", offsetof(consumer_conf, retry_min),
     "backoff after the sink first fails a batch", 1, HOUR, NULL, 0 },
   { "retry_max", OPT_DURATION, "30s", offsetof(consumer_conf, retry_max),

@@ -38,6 +38,10 @@ typedef struct daemon_conf {
   uint64_t api_idle_timeout;    /* ms a connection may wait for a request */
 } daemon_conf;
 
+/* What a consumer does when its cursor belongs to another stream than the
+ * one its configuration now reads (source_type.identity). */
+enum { STREAM_CHANGE_REFUSE, STREAM_CHANGE_KEEP, STREAM_CHANGE_RESTART };
+
 /* The keys every [consumer] section has, whatever its source and sink. */
 typedef struct consumer_conf {
   char *source;                 /* built-in source type, e.g. generate */
@@ -45,6 +49,7 @@ typedef struct consumer_conf {
   char *sink;                   /* stdout | file:PATH */
   int64_t max_in_flight;        /* the delivery window */
   uint64_t max_in_flight_bytes; /* its bound in bytes of envelope lines */
+  int on_stream_change;         /* STREAM_CHANGE_* */
   uint64_t retry_min;           /* ms, first backoff after a sink failure */
   uint64_t retry_max;           /* ms, cap of the sink retry backoff */
 } consumer_conf;

@@ -45,6 +45,7 @@
 #include "loop/backoff.h"
 #include "protocol/buf.h"
 #include "protocol/envelope.h"
+#include "store/store.h"
 
 const char *const consumer_state_names[] = {
   "starting", "connected", "backoff", "paused", "done", "failed", "stopped",
@@ -100,6 +101,7 @@ struct consumer {
   } * ring;
   size_t ring_cap;        /* a power of two, above the events in flight */
   char sink_state[64];    /* the sink's own state ("waiting_for_reader") */
+  char sink_error[256];   /* the failure a batch retry waits on; "" = none */
   bool write_outstanding; /* sink->write called, cb not yet run */
   bool retry_wait;        /* the batch failed; retry_timer runs */
   uv_timer_t retry_timer;
@@ -113,6 +115,34 @@ struct consumer {
   uint64_t committed_seq;
   buf committed_pos; /* the position committed with committed_seq */
   int64_t committed_at_ns;
+
+  /* Records sources staged for the next commit (daemon/source.h), and
+   * those the running commit carries. Each op's strings point into its
+   * own allocations (name, value). */
+  struct staged {
+    store_op op;
+    char *name;
+    void *value;
+  } * ops, *snap_ops;
+  size_t n_ops, cap_ops, n_snap_ops, cap_snap_ops;
+  consumer_waiter *waiters, *snap_waiters; /* consumer_when_durable */
+
+  /* seqs up to seq_lease are reserved in the state file (its high_seq):
+   * no seq above it is handed out, so after a crash and a reset the new
+   * seqs start above every seq ever used. UINT64_MAX: no lease (tests). */
+  uint64_t seq_lease;
+  uint64_t lease_emitted; /* next_seq when the lease was last extended */
+  char *identity;         /* the stream identity, recorded with the lease */
+  bool identity_due;      /* not yet in the state file */
+  uint64_t snap_lease;    /* the lease the running commit extends to; 0 */
+  bool snap_error;        /* the running commit records error_text */
+  bool snap_moved;        /* the running commit advances the cursor */
+
+  /* An error waiting to be recorded in the cursor row (rate-bounded). */
+  char error_text[256];
+  bool error_due;
+  uint64_t error_at_seq;  /* the cursor when it came; an advance clears it */
+  uint64_t error_last_ms; /* uv_now() of the last one recorded */
 
   /* The snapshot a sync covers; only it may be committed afterwards. */
   bool syncing;
@@ -137,6 +167,9 @@ struct consumer {
 };
 
 enum { SLOT_PENDING, SLOT_DELIVERED, SLOT_GAVE_UP };
+
+static void staged_free(struct staged *v, size_t n);
+static void run_waiters(consumer_waiter *w, int status);
 
 const char *const source_outcome_names[] = { "delivered", "gave_up",
                                              "abandoned" };
@@ -201,7 +234,30 @@ size_t consumer_room(const consumer *c) {
    * it is, so a large event cannot wedge the consumer. */
   if (used > 0 && c->bytes_in_flight >= c->max_bytes)
     return 0;
+  /* No seq beyond the lease: the next commit extends it. */
+  if (c->next_seq > c->seq_lease)
+    return 0;
+  if (c->seq_lease - c->next_seq + 1 < c->max_in_flight - used)
+    return (size_t)(c->seq_lease - c->next_seq + 1);
   return (size_t)(c->max_in_flight - used);
+}
+
+/* Asks the daemon for a commit now, not within the interval. */
+static void commit_soon(consumer *c) {
+  if (c->hooks.on_commit_wanted != NULL)
+    c->hooks.on_commit_wanted(c, c->hooks.data);
+}
+
+/* An error for the cursor row's last_error (source, sink or commit). It is
+ * recorded by the next commit unless the cursor moves first (an advance
+ * clears last_error, as the store's rules say), and at most once every
+ * ERROR_RECORD_MS, so a flapping upstream costs one write per interval. */
+#define ERROR_RECORD_MS 10000
+
+static void note_error(consumer *c, const char *why) {
+  snprintf(c->error_text, sizeof c->error_text, "%s", why);
+  c->error_due = c->error_text[0] != '\0';
+  c->error_at_seq = c->delivered_seq;
 }
 
 /* Tells a live source about a change of intake, once per change. */
@@ -462,6 +518,7 @@ static void on_sink_failed(sink *s, const char *why, void *data) {
             LS("consumer", c->conf->name), LS("sink", c->snk->type->name),
             LS("err", why));
   snprintf(c->last_error, sizeof c->last_error, "%s", why);
+  note_error(c, why);
   c->failed = true;
   c->sink_dead = true;
   drop_undelivered(c, false);
@@ -514,6 +571,7 @@ static void on_written(sink *s, sink_outcome outcome, const char *msg,
   case SINK_DELIVERED:
   case SINK_ACCEPTED:
     buf_reset(&c->writing);
+    c->sink_error[0] = '\0';
     if (backoff_attempt(&c->retry) > 0) {
       log_info("sink recovered", LS("consumer", c->conf->name),
                LS("sink", c->snk->type->name),
@@ -543,6 +601,8 @@ static void on_written(sink *s, sink_outcome outcome, const char *msg,
       break;
     }
     delay = backoff_next(&c->retry);
+    snprintf(c->sink_error, sizeof c->sink_error, "%s", msg);
+    note_error(c, msg);
     log_warn("sink failed; the batch will be retried",
              LS("consumer", c->conf->name), LS("sink", c->snk->type->name),
              LS("err", msg), LU("events", c->writing_last - c->delivered_seq),
@@ -558,6 +618,7 @@ static void on_written(sink *s, sink_outcome outcome, const char *msg,
               LS("consumer", c->conf->name), LS("sink", c->snk->type->name),
               LS("err", msg));
     snprintf(c->last_error, sizeof c->last_error, "%s", msg);
+    note_error(c, msg);
     c->failed = true;
     c->sink_dead = true;
     buf_reset(&c->writing);
@@ -608,6 +669,9 @@ uint64_t consumer_emit(consumer *c, const event *ev) {
   c->next_seq++;
   c->stats.emitted++;
   schedule_kick(c);
+  /* The lease ran out: the next emit waits for the commit extending it. */
+  if (c->next_seq > c->seq_lease)
+    commit_soon(c);
   return seq;
 }
 
@@ -626,8 +690,11 @@ int consumer_create(uv_loop_t *loop, const config_consumer *conf,
   if (hooks != NULL)
     c->hooks = *hooks;
   c->state = CONSUMER_STARTING;
-  c->stream_name = conf->source->stream_name(conf->source_conf);
+  /* The cursor key names the source type, never a path or a tuning
+   * option: the stream itself is told by the identity beside it. */
+  c->stream_name = conf->source->name;
   c->max_in_flight = (uint64_t)conf->common.max_in_flight;
+  c->seq_lease = UINT64_MAX;
   c->max_bytes = conf->common.max_in_flight_bytes > 0
                      ? conf->common.max_in_flight_bytes
                      : UINT64_MAX;
@@ -688,6 +755,8 @@ static int start_source(consumer *c, char *err, size_t errlen) {
   }
   c->src_done = false;
   c->intake = wanted_intake(c);
+  if (c->next_seq > c->seq_lease)
+    commit_soon(c);
   rc =
       c->conf->source->start(c, c->conf->source_conf, &r, &c->src, err, errlen);
   if (rc != 0) {
@@ -861,8 +930,13 @@ const config_consumer *consumer_config(const consumer *c) {
 }
 
 void consumer_close(consumer *c) {
+  consumer_waiter *w = c->waiters, *sw = c->snap_waiters;
+
   assert(!c->closing);
   c->closing = true;
+  c->waiters = c->snap_waiters = NULL;
+  run_waiters(w, UV_ECANCELED);
+  run_waiters(sw, UV_ECANCELED);
   c->resume_wanted = false;
   if (c->retry_wait) {
     uv_timer_stop(&c->retry_timer);
@@ -885,6 +959,11 @@ void consumer_destroy(consumer *c) {
   for (size_t i = 0; i < c->ring_cap; i++)
     free(c->ring[i].pos);
   free(c->ring);
+  staged_free(c->ops, c->n_ops);
+  staged_free(c->snap_ops, c->n_snap_ops);
+  free(c->ops);
+  free(c->snap_ops);
+  free(c->identity);
   free(c);
 }
 
@@ -901,6 +980,7 @@ void consumer_source_connected(consumer *c) {
 void consumer_source_backoff(consumer *c, uint64_t delay_ms, unsigned attempt,
                              const char *why) {
   snprintf(c->last_error, sizeof c->last_error, "%s", why);
+  note_error(c, why);
   c->attempt = attempt;
   c->backoff_until = wall_ns() / 1000000 + (int64_t)delay_ms;
   c->reconnects++;
@@ -938,6 +1018,7 @@ void consumer_source_stalled(consumer *c) {
  * it emitted is still settled and made durable; consumer_close closes it. */
 void consumer_source_failed(consumer *c, const char *why) {
   snprintf(c->last_error, sizeof c->last_error, "%s", why);
+  note_error(c, why);
   log_error("source failed; the consumer stops", LS("consumer", c->conf->name),
             LS("source", c->conf->source->name), LS("err", why));
   c->failed = true;
@@ -962,8 +1043,282 @@ source_intake consumer_intake(const consumer *c) {
   return wanted_intake(c);
 }
 
+/* The lease is extended by a chunk: at least LEASE_MIN seqs, or twice
+ * what was emitted since the last extension, so a busy consumer extends
+ * about once a commit and an idle one not at all. */
+#define LEASE_MIN 1024
+
+static bool lease_low(const consumer *c) {
+  uint64_t used = c->next_seq - 1;
+
+  return c->seq_lease != UINT64_MAX &&
+         (c->identity_due || used + LEASE_MIN / 2 > c->seq_lease ||
+          used + (c->next_seq - c->lease_emitted) > c->seq_lease);
+}
+
 bool consumer_dirty(const consumer *c) {
-  return c->delivered_seq > c->committed_seq && !c->syncing;
+  if (c->syncing)
+    return false;
+  return c->delivered_seq > c->committed_seq || c->n_ops > 0 ||
+         c->waiters != NULL || lease_low(c) ||
+         (c->error_due && c->error_at_seq == c->delivered_seq);
+}
+
+/* ---- records staged by sources ------------------------------------------ */
+
+static void staged_free(struct staged *v, size_t n) {
+  size_t i;
+
+  for (i = 0; i < n; i++) {
+    free(v[i].name);
+    free(v[i].value);
+  }
+}
+
+/* Copies op (its name, subject and value) to the end of the staged ones. A
+ * rule the store would refuse fails here, at the source that staged it,
+ * not later in a commit that carries everyone's cursors. */
+static int stage_op(consumer *c, const store_op *op, bool is_staged) {
+  struct staged **v = is_staged ? &c->ops : &c->snap_ops;
+  size_t *n = is_staged ? &c->n_ops : &c->n_snap_ops;
+  size_t *cap = is_staged ? &c->cap_ops : &c->cap_snap_ops;
+  struct staged *st;
+  const char *name =
+      op->kind == STORE_OP_CURSOR_PUT ? op->key.subject_id : op->name;
+  store_op checked = *op;
+  char err[256];
+  int rc;
+
+  checked.key.consumer_id = c->conf->name;
+  checked.key.stream_name = c->stream_name;
+  if (op->kind != STORE_OP_CURSOR_PUT)
+    checked.key.subject_id = "";
+  if ((rc = store_op_check(&checked, err, sizeof err)) != 0) {
+    log_error("a record the state file would refuse was not staged",
+              LS("consumer", c->conf->name), LS("err", err));
+    return rc;
+  }
+  if (*n == *cap) {
+    size_t want = *cap ? *cap * 2 : 8;
+    struct staged *bigger = realloc(*v, want * sizeof *bigger);
+
+    if (bigger == NULL)
+      return UV_ENOMEM;
+    *v = bigger;
+    *cap = want;
+  }
+  st = &(*v)[*n];
+  memset(st, 0, sizeof *st);
+  st->op = *op;
+  st->op.key.consumer_id = c->conf->name;
+  st->op.key.stream_name = c->stream_name;
+  if (name != NULL && (st->name = strdup(name)) == NULL)
+    return UV_ENOMEM;
+  if (op->len > 0) {
+    if ((st->value = malloc(op->len)) == NULL) {
+      free(st->name);
+      return UV_ENOMEM;
+    }
+    memcpy(st->value, op->value, op->len);
+  }
+  st->op.value = st->value;
+  if (op->kind == STORE_OP_CURSOR_PUT) {
+    st->op.key.subject_id = st->name;
+    st->op.name = NULL;
+  } else {
+    st->op.key.subject_id = "";
+    st->op.name = st->name;
+  }
+  (*n)++;
+  if (is_staged && c->hooks.on_delivered != NULL)
+    c->hooks.on_delivered(c, c->hooks.data); /* commit within the interval */
+  return 0;
+}
+
+int consumer_journal_put(consumer *c, const char *key, const void *value,
+                         size_t len) {
+  store_op op = {
+    .kind = STORE_OP_JOURNAL_PUT, .name = key, .value = value, .len = len
+  };
+
+  return stage_op(c, &op, true);
+}
+
+int consumer_journal_delete(consumer *c, const char *key) {
+  store_op op = { .kind = STORE_OP_JOURNAL_DELETE, .name = key };
+
+  return stage_op(c, &op, true);
+}
+
+int consumer_outbox_put(consumer *c, uint64_t id, const void *value,
+                        size_t len) {
+  store_op op = {
+    .kind = STORE_OP_OUTBOX_PUT, .id = id, .value = value, .len = len
+  };
+
+  return stage_op(c, &op, true);
+}
+
+int consumer_outbox_delete(consumer *c, uint64_t id) {
+  store_op op = { .kind = STORE_OP_OUTBOX_DELETE, .id = id };
+
+  return stage_op(c, &op, true);
+}
+
+int consumer_cursor_put(consumer *c, const char *subject, const char *position,
+                        uint64_t seq) {
+  store_op op = { .kind = STORE_OP_CURSOR_PUT,
+                  .value = position,
+                  .len = strlen(position),
+                  .seq = (int64_t)seq };
+
+  op.key.subject_id = subject;
+  return stage_op(c, &op, true);
+}
+
+void consumer_when_durable(consumer *c, consumer_waiter *w) {
+  if (c->closing) {
+    w->cb(w, UV_ECANCELED);
+    return;
+  }
+  w->next = c->waiters;
+  c->waiters = w;
+  commit_soon(c);
+}
+
+static void run_waiters(consumer_waiter *w, int status) {
+  consumer_waiter *next;
+
+  for (; w != NULL; w = next) {
+    next = w->next;
+    w->cb(w, status);
+  }
+}
+
+void consumer_set_identity(consumer *c, const char *identity) {
+  free(c->identity);
+  c->identity = strdup(identity);
+  c->identity_due = true;
+}
+
+void consumer_set_seq_lease(consumer *c, uint64_t high_seq) {
+  c->seq_lease = high_seq > c->next_seq - 1 ? high_seq : c->next_seq - 1;
+  c->lease_emitted = c->next_seq;
+}
+
+uint64_t consumer_seq_lease(const consumer *c) {
+  return c->seq_lease;
+}
+
+/* What goes into the commit beside the cursor: the staged records, a lease
+ * extension when the lease runs low, the error to record. Returns 0 or
+ * UV_ENOMEM (then nothing of it is in this snapshot). */
+static int snapshot_ops(consumer *c) {
+  uint64_t now = uv_now(c->loop);
+  store_op op;
+  int rc = 0;
+
+  assert(c->n_snap_ops == 0 && c->snap_waiters == NULL);
+  /* The staged records move whole: swap the vectors. */
+  {
+    struct staged *v = c->snap_ops;
+    size_t cap = c->cap_snap_ops;
+
+    c->snap_ops = c->ops;
+    c->cap_snap_ops = c->cap_ops;
+    c->n_snap_ops = c->n_ops;
+    c->ops = v;
+    c->cap_ops = cap;
+    c->n_ops = 0;
+  }
+  c->snap_waiters = c->waiters;
+  c->waiters = NULL;
+  if (lease_low(c)) {
+    uint64_t used = c->next_seq - 1;
+    uint64_t chunk = 2 * (c->next_seq - c->lease_emitted);
+
+    if (chunk < LEASE_MIN)
+      chunk = LEASE_MIN;
+    memset(&op, 0, sizeof op);
+    op.kind = STORE_OP_CONSUMER;
+    op.name = c->identity_due ? c->identity : NULL;
+    op.seq = (int64_t)((c->seq_lease > used ? c->seq_lease : used) + chunk);
+    c->snap_lease = (uint64_t)op.seq;
+    rc = stage_op(c, &op, false);
+  }
+  if (rc == 0 && c->error_due && c->error_at_seq == c->delivered_seq &&
+      (c->error_last_ms == 0 || now - c->error_last_ms >= ERROR_RECORD_MS)) {
+    memset(&op, 0, sizeof op);
+    op.kind = STORE_OP_ERROR;
+    op.value = c->error_text;
+    op.len = strlen(c->error_text);
+    if ((rc = stage_op(c, &op, false)) == 0)
+      c->snap_error = true;
+  }
+  return rc;
+}
+
+/* A failed commit: what it carried is staged again, ahead of what came
+ * meanwhile, for the next one. The lease and the error are made afresh by
+ * the next snapshot. */
+static void unsnapshot_ops(consumer *c) {
+  size_t i, k = 0, want = c->n_snap_ops + c->n_ops;
+  struct staged *v = want > 0 ? malloc(want * sizeof *v) : NULL;
+
+  for (i = 0; i < c->n_snap_ops; i++) {
+    struct staged *st = &c->snap_ops[i];
+
+    if (st->op.kind == STORE_OP_CONSUMER || st->op.kind == STORE_OP_ERROR ||
+        v == NULL) {
+      if (v == NULL && st->op.kind != STORE_OP_CONSUMER &&
+          st->op.kind != STORE_OP_ERROR)
+        log_error("out of memory: a staged record is dropped",
+                  LS("consumer", c->conf->name));
+      free(st->name);
+      free(st->value);
+      continue;
+    }
+    v[k++] = *st;
+  }
+  if (v != NULL) {
+    if (c->n_ops > 0)
+      memcpy(v + k, c->ops, c->n_ops * sizeof *v);
+    k += c->n_ops;
+    free(c->ops);
+    c->ops = v;
+    c->n_ops = k;
+    c->cap_ops = want;
+  }
+  c->n_snap_ops = 0;
+  c->snap_lease = 0;
+  c->snap_error = false;
+  /* Waiters go on waiting for the next commit. */
+  if (c->snap_waiters != NULL) {
+    consumer_waiter *w = c->snap_waiters, *last = w;
+
+    while (last->next != NULL)
+      last = last->next;
+    last->next = c->waiters;
+    c->waiters = w;
+    c->snap_waiters = NULL;
+  }
+}
+
+void consumer_snapshot_ops(const consumer *c, const store_op **ops, size_t *n,
+                           size_t *stride) {
+  *ops = c->n_snap_ops > 0 ? &c->snap_ops[0].op : NULL;
+  *n = c->n_snap_ops;
+  *stride = sizeof(struct staged);
+}
+
+void consumer_state_op(const consumer *c, store_op *op) {
+  memset(op, 0, sizeof *op);
+  op->kind = STORE_OP_CONSUMER;
+  op->key.consumer_id = c->conf->name;
+  op->key.stream_name = c->stream_name;
+  op->key.subject_id = "";
+  op->name = c->identity;
+  op->seq = c->seq_lease == UINT64_MAX ? 0 : (int64_t)c->seq_lease;
 }
 
 /* Goes back to the committed cursor (see the top of the file). Runs on the
@@ -1043,13 +1398,17 @@ void consumer_sync(consumer *c, consumer_sync_cb cb, void *data) {
   c->sync_data = data;
   c->snap_seq = c->delivered_seq;
   c->snap_at_ns = c->delivered_at_ns;
+  c->snap_moved = c->delivered_seq > c->committed_seq;
   buf_reset(&c->snap_pos);
   if (buf_append(&c->snap_pos, c->delivered_pos.data, c->delivered_pos.len) !=
           0 ||
-      buf_cstr(&c->snap_pos) == NULL) {
+      buf_cstr(&c->snap_pos) == NULL || snapshot_ops(c) != 0) {
+    /* Memory, or a lease or error record the store would refuse (both
+     * logged where they happened). */
+    unsnapshot_ops(c);
     c->syncing = false;
     c->sync_cb = NULL;
-    cb(c, UV_ENOMEM, "out of memory", data);
+    cb(c, UV_ENOMEM, "out of memory or an invalid record", data);
     return;
   }
   c->snk->type->sync(c->snk, on_synced, c);
@@ -1062,10 +1421,8 @@ void consumer_snapshot(const consumer *c, uint64_t *seq, const char **position,
   *delivered_at_ns = c->snap_at_ns;
 }
 
-/* The durability rule's last step: the commit is done, so the source may
- * now tell the world (on_durable). It hears this after every commit that
- * covered the consumer, while it lives: through a pause, a drain and the
- * final commit. */
+/* The cursor up to seq, at position, is committed (the flusher's advance
+ * went through). consumer_commit_done follows for the whole commit. */
 void consumer_committed(consumer *c, uint64_t seq, const char *position,
                         int64_t delivered_at_ns) {
   if (seq <= c->committed_seq)
@@ -1083,8 +1440,47 @@ void consumer_committed(consumer *c, uint64_t seq, const char *position,
   buf_cstr(&c->committed_pos);
   c->committed_seq = seq;
   c->committed_at_ns = delivered_at_ns;
-  if (src_live(c) && c->src->type->on_durable != NULL)
-    c->src->type->on_durable(c->src, seq, position);
+}
+
+/* The durability rule's last step: the commit is done, so the source may
+ * now tell the world (on_durable). It hears this after every commit that
+ * covered the consumer (moved its cursor or carried its records), while it
+ * lives: through a pause, a drain and the final commit. */
+void consumer_commit_done(consumer *c, int status) {
+  consumer_waiter *w = c->snap_waiters;
+  bool had_ops = false;
+  size_t i;
+
+  if (status != 0) {
+    unsnapshot_ops(c);
+    return;
+  }
+  for (i = 0; i < c->n_snap_ops; i++)
+    had_ops |= c->snap_ops[i].op.kind != STORE_OP_CONSUMER &&
+               c->snap_ops[i].op.kind != STORE_OP_ERROR;
+  staged_free(c->snap_ops, c->n_snap_ops);
+  c->n_snap_ops = 0;
+  c->snap_waiters = NULL;
+  if (c->snap_lease != 0) {
+    c->seq_lease = c->snap_lease;
+    c->lease_emitted = c->next_seq;
+    c->identity_due = false;
+    c->snap_lease = 0;
+    give_room(c); /* emits that waited for the lease */
+  }
+  if (c->snap_error) {
+    c->snap_error = false;
+    c->error_last_ms = uv_now(c->loop);
+    c->error_due = false;
+  }
+  if ((c->snap_moved || had_ops) && src_live(c) &&
+      c->src->type->on_durable != NULL) {
+    const char *pos = buf_cstr(&c->committed_pos);
+
+    c->src->type->on_durable(c->src, c->committed_seq, pos != NULL ? pos : "");
+  }
+  c->snap_moved = false;
+  run_waiters(w, 0);
 }
 
 void consumer_committed_cursor(consumer *c, uint64_t *seq,

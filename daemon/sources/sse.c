@@ -176,6 +176,10 @@ static int take(sse_src *s, const char *bytes, size_t n) {
   size_t used = 0;
   int rc;
 
+  /* No room before a byte is parsed (a pause, a held flusher, a seq lease
+   * waiting for its commit): everything waits. */
+  if (!s->window_full && consumer_room(s->h.base.consumer) == 0)
+    s->window_full = true;
   if (s->window_full)
     return buf_append(&s->pending, bytes, n) != 0 ? UV_ENOMEM : 0;
   rc = sse_parser_feed(&s->parser, bytes, n, &used);

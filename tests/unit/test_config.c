@@ -549,6 +549,7 @@ static void test_dump(void) {
                 "sink = file:/tmp/o\n"
                 "max_in_flight = 1000\n"
                 "max_in_flight_bytes = 16MiB\n"
+                "on_stream_change = refuse\n"
                 "retry_min = 250ms\n"
                 "retry_max = 1m30s\n"
                 /* generate refuses payload_size next to template, so
@@ -569,6 +570,7 @@ static void test_dump(void) {
                      "sink = stdout\n"
                      "max_in_flight = 1000\n"
                      "max_in_flight_bytes = 16MiB\n"
+                     "on_stream_change = refuse\n"
                      "retry_min = 250ms\n"
                      "retry_max = 30s\n"
                      "rate = 0\n"

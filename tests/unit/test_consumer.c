@@ -228,7 +228,7 @@ typedef struct fixture {
 static void setup(fixture *f, int64_t window, uint64_t resume_seq,
                   const char *resume_pos) {
   consumer_hooks hooks = { on_state, on_delivered, on_drained, on_closed,
-                           NULL };
+                           NULL, NULL };
   source_resume r;
   char err[256];
 
