@@ -647,8 +647,8 @@ int consumer_create(uv_loop_t *loop, const config_consumer *conf,
     snprintf(err, errlen, "out of memory");
     goto fail;
   }
-  rc = conf->sink->open(loop, conf->sink_arg, conf->sink_conf, conf->name,
-                        &c->snk, err, errlen);
+  rc = conf->sink->open(loop, conf->sink_arg, conf->sink_conf, &conf->policy,
+                        conf->name, &c->snk, err, errlen);
   if (rc != 0)
     goto fail;
   c->snk->report.delivered = on_sink_delivered;

@@ -537,12 +537,12 @@ static void socket_close(sink *snk, sink_close_cb cb, void *data) {
 }
 
 static int socket_open(uv_loop_t *loop, const char *arg, const void *conf,
-                       const char *consumer_name, sink **out, char *err,
-                       size_t errlen) {
+                       const sink_policy *policy, const char *consumer_name,
+                       sink **out, char *err, size_t errlen) {
   const socket_conf *sc = conf;
   sock_sink *k = calloc(1, sizeof *k);
 
-  (void)arg;
+  (void)arg, (void)policy;
   if (k == NULL || (k->consumer = strdup(consumer_name)) == NULL) {
     free(k);
     snprintf(err, errlen, "out of memory");

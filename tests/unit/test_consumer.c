@@ -29,8 +29,8 @@ static const option no_options[] = { { NULL, 0, NULL, 0, NULL, 0, 0, NULL,
                                        0 } };
 
 static int fake_sink_open(uv_loop_t *loop, const char *arg, const void *conf,
-                          const char *name, sink **out, char *err,
-                          size_t errlen);
+                          const sink_policy *policy, const char *name,
+                          sink **out, char *err, size_t errlen);
 
 static void fake_sink_write(sink *s, const sink_batch *b, sink_write_cb cb,
                             void *data) {
@@ -69,9 +69,10 @@ static const sink_type fake_sink = {
 };
 
 static int fake_sink_open(uv_loop_t *loop, const char *arg, const void *conf,
-                          const char *name, sink **out, char *err,
-                          size_t errlen) {
-  (void)loop, (void)arg, (void)conf, (void)name, (void)err, (void)errlen;
+                          const sink_policy *policy, const char *name,
+                          sink **out, char *err, size_t errlen) {
+  (void)loop, (void)arg, (void)conf, (void)policy, (void)name, (void)err,
+      (void)errlen;
   fs.opens++;
   fs.s.type = &fake_sink;
   *out = &fs.s;
