@@ -52,6 +52,8 @@ typedef struct consumer_conf {
   int on_stream_change;         /* STREAM_CHANGE_* */
   uint64_t retry_min;           /* ms, first backoff after a sink failure */
   uint64_t retry_max;           /* ms, cap of the sink retry backoff */
+  int64_t max_attempts;         /* failed attempts before on_fail; 0 = never */
+  char *on_fail;                /* retry | skip | dead_letter:PATH */
 } consumer_conf;
 
 typedef struct config_kv {
@@ -84,6 +86,9 @@ typedef struct config_consumer {
   const sink_type *sink;
   char *sink_arg;  /* the part after "file:"; NULL when the type takes none */
   void *sink_conf; /* filled by sink->options */
+  /* max_attempts and on_fail, parsed; dead_letter points into
+   * common.on_fail. */
+  sink_policy policy;
 } config_consumer;
 
 typedef struct config {
@@ -109,6 +114,12 @@ extern const char config_embedded_default[];
  * frees it. The environment is read with getenv. */
 int config_parse(const char *path, const char *text, size_t len, config *out,
                  char **errors);
+
+/* Parses an on_fail value (retry, skip or dead_letter:PATH) into the
+ * on_fail and dead_letter fields of out; dead_letter points into text.
+ * Returns 0, or UV_EINVAL with what was expected in err. */
+int config_parse_on_fail(const char *text, sink_policy *out, char *err,
+                         size_t errlen);
 
 /* Reads path and parses it; an unreadable file is an error in *errors. */
 int config_load(const char *path, config *out, char **errors);

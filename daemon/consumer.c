@@ -41,6 +41,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "daemon/dead_letter.h"
 #include "daemon/log.h"
 #include "loop/backoff.h"
 #include "protocol/buf.h"
@@ -107,6 +108,11 @@ struct consumer {
   uv_timer_t retry_timer;
   uv_idle_t kick; /* hands staged lines to the sink once per loop turn */
   backoff retry;
+  /* max_attempts and on_fail for a sink that fails whole batches (see
+   * give_up_batch): failed writes of the batch at fail_first, and the
+   * dead-letter file, opened at its first record. */
+  uint64_t fail_first, fail_count;
+  dead_letter *dl;
 
   /* The cursor: the highest contiguous delivered event. */
   uint64_t delivered_seq;
@@ -541,6 +547,107 @@ static void on_sink_state(sink *s, const char *state, void *data) {
            state != NULL ? state : "");
 }
 
+/* The dead-letter records of a batch are durable: its events are given
+ * up on. tag is the rewind count when they were queued: after a rewind,
+ * those seqs name events emitted again, which are not. */
+static void on_dead_letter(dead_letter *d, uint64_t first, uint64_t last,
+                           uint64_t tag, void *data) {
+  consumer *c = data;
+
+  (void)d;
+  if (tag != c->stats.sink_rewinds)
+    return;
+  c->stats.failed += last - first + 1;
+  c->stats.dead_lettered += last - first + 1;
+  on_sink_gave_up(c->snk, first, last, "dead-lettered after max_attempts", c);
+}
+
+static void maybe_closed(consumer *c);
+
+static void on_dead_letter_closed(void *data) {
+  consumer *c = data;
+
+  c->dl = NULL;
+  c->pending_closes--;
+  maybe_closed(c);
+}
+
+/* max_attempts and on_fail, for a sink that fails whole batches (not
+ * per_event_policy): each SINK_RETRY of the batch being written is an
+ * attempt. At max_attempts, skip gives its events up, dead_letter queues a
+ * record per line and gives them up once the records are durable, and
+ * retry warns and goes on (again at each further max_attempts). Returns
+ * true when the batch is done with; the next one then starts. */
+static bool give_up_batch(consumer *c, const char *msg) {
+  const sink_policy *p = &c->conf->policy;
+  uint64_t first = c->writing_first, last = c->writing_last;
+  char err[512];
+  int rc;
+
+  if (c->snk->type->per_event_policy || p->max_attempts <= 0)
+    return false;
+  /* The count starts again with each batch, and after a success. */
+  if (backoff_attempt(&c->retry) == 0 || c->fail_first != first) {
+    c->fail_first = first;
+    c->fail_count = 0;
+  }
+  if (++c->fail_count % (uint64_t)p->max_attempts != 0)
+    return false;
+  switch (p->on_fail) {
+  case SINK_ON_FAIL_RETRY:
+    log_warn("batch still not written after max_attempts; trying again "
+             "(on_fail = retry)",
+             LS("consumer", c->conf->name), LS("sink", c->snk->type->name),
+             LU("first_seq", first), LU("last_seq", last),
+             LU("attempts", c->fail_count), LS("err", msg));
+    return false;
+  case SINK_ON_FAIL_SKIP:
+    log_error("giving up on a batch after max_attempts (on_fail = skip)",
+              LS("consumer", c->conf->name), LS("sink", c->snk->type->name),
+              LU("first_seq", first), LU("last_seq", last),
+              LU("attempts", c->fail_count), LS("err", msg));
+    c->stats.failed += last - first + 1;
+    break;
+  case SINK_ON_FAIL_DEAD_LETTER:
+    /* Opened at the first need, so only consumers that give up hold the
+     * file open; a path that cannot be opened leaves the batch to be
+     * retried, and the open is tried again at the next max_attempts. */
+    rc = c->dl != NULL
+             ? 0
+             : dead_letter_open(c->loop, p->dead_letter, c->conf->name,
+                                c->snk->type->name, c->conf->common.retry_min,
+                                c->conf->common.retry_max, on_dead_letter, c,
+                                &c->dl, err, sizeof err);
+    if (rc == 0)
+      rc = dead_letter_append(
+          c->dl, first,
+          c->fail_count > UINT32_MAX ? UINT32_MAX : (uint32_t)c->fail_count,
+          msg, c->writing.data, c->writing.len, c->stats.sink_rewinds);
+    if (rc != 0) {
+      log_error("cannot dead-letter a batch after max_attempts; it will be "
+                "retried",
+                LS("consumer", c->conf->name), LS("sink", c->snk->type->name),
+                LU("first_seq", first), LU("last_seq", last),
+                LS("err", c->dl == NULL ? err : uv_strerror(rc)));
+      return false;
+    }
+    log_warn("a batch goes to the dead-letter file after max_attempts",
+             LS("consumer", c->conf->name), LS("sink", c->snk->type->name),
+             LU("first_seq", first), LU("last_seq", last),
+             LU("attempts", c->fail_count), LS("err", msg),
+             LS("path", p->dead_letter));
+    break;
+  }
+  buf_reset(&c->writing);
+  backoff_reset(&c->retry);
+  c->fail_first = 0;
+  if (p->on_fail == SINK_ON_FAIL_SKIP)
+    on_sink_gave_up(c->snk, first, last, msg, c);
+  set_state(c, healthy_state(c));
+  start_batch(c);
+  return true;
+}
+
 static void on_retry(uv_timer_t *t) {
   consumer *c = t->data;
 
@@ -600,6 +707,8 @@ static void on_written(sink *s, sink_outcome outcome, const char *msg,
       abandon_pending(c);
       break;
     }
+    if (give_up_batch(c, msg))
+      break;
     delay = backoff_next(&c->retry);
     snprintf(c->sink_error, sizeof c->sink_error, "%s", msg);
     note_error(c, msg);
@@ -714,8 +823,8 @@ int consumer_create(uv_loop_t *loop, const config_consumer *conf,
     snprintf(err, errlen, "out of memory");
     goto fail;
   }
-  rc = conf->sink->open(loop, conf->sink_arg, conf->sink_conf, conf->name,
-                        &c->snk, err, errlen);
+  rc = conf->sink->open(loop, conf->sink_arg, conf->sink_conf, &conf->policy,
+                        conf->name, &c->snk, err, errlen);
   if (rc != 0)
     goto fail;
   c->snk->report.delivered = on_sink_delivered;
@@ -845,6 +954,10 @@ static void close_rest(consumer *c) {
   c->pending_closes = 2;
   uv_close((uv_handle_t *)&c->retry_timer, on_handle_closed);
   uv_close((uv_handle_t *)&c->kick, on_handle_closed);
+  if (c->dl != NULL) {
+    c->pending_closes++;
+    dead_letter_close(c->dl, on_dead_letter_closed, c);
+  }
   c->snk->type->close(c->snk, on_sink_closed, c);
 }
 
@@ -1496,6 +1609,8 @@ void consumer_committed_cursor(consumer *c, uint64_t *seq,
 void consumer_reopen(consumer *c) {
   if (c->snk != NULL && !c->closing && c->snk->type->reopen != NULL)
     c->snk->type->reopen(c->snk);
+  if (c->dl != NULL && !c->closing)
+    dead_letter_reopen(c->dl);
 }
 
 consumer_state consumer_get_state(const consumer *c) {
@@ -1518,6 +1633,8 @@ void consumer_get_stats(const consumer *c, consumer_stats *out) {
   out->attempt = c->attempt;
   out->last_error = c->last_error;
   out->write_errors = out->sink_retries;
+  if (c->dl != NULL)
+    out->write_errors += dead_letter_write_errors(c->dl);
   if (c->snk != NULL && c->snk->type->stats != NULL) {
     sink_stats ss;
 

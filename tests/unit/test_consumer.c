@@ -4,10 +4,12 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <jansson.h>
 #include <uv.h>
 
 #include "daemon/consumer.h"
 #include "daemon/flusher.h"
+#include "daemon/log.h"
 #include "protocol/buf.h"
 #include "tests/unit/test.h"
 #include "tests/unit/test_uv.h"
@@ -29,8 +31,8 @@ static const option no_options[] = { { NULL, 0, NULL, 0, NULL, 0, 0, NULL,
                                        0 } };
 
 static int fake_sink_open(uv_loop_t *loop, const char *arg, const void *conf,
-                          const char *name, sink **out, char *err,
-                          size_t errlen);
+                          const sink_policy *policy, const char *name,
+                          sink **out, char *err, size_t errlen);
 
 static void fake_sink_write(sink *s, const sink_batch *b, sink_write_cb cb,
                             void *data) {
@@ -69,9 +71,10 @@ static const sink_type fake_sink = {
 };
 
 static int fake_sink_open(uv_loop_t *loop, const char *arg, const void *conf,
-                          const char *name, sink **out, char *err,
-                          size_t errlen) {
-  (void)loop, (void)arg, (void)conf, (void)name, (void)err, (void)errlen;
+                          const sink_policy *policy, const char *name,
+                          sink **out, char *err, size_t errlen) {
+  (void)loop, (void)arg, (void)conf, (void)policy, (void)name, (void)err,
+      (void)errlen;
   fs.opens++;
   fs.s.type = &fake_sink;
   *out = &fs.s;
@@ -968,7 +971,251 @@ static void test_flusher_when_idle(void) {
   remove_tree(dir);
 }
 
+/* ---- max_attempts and on_fail for a sink that fails whole batches ----- */
+
+/* Sends the log to a file in dir, for the tests that read it back. */
+static void log_to(const char *dir, char *path, size_t len) {
+  snprintf(path, len, "%s/tether.log", dir);
+  ASSERT_EQ(0, log_open(path));
+  log_configure(LOG_INFO, LOG_FORMAT_TEXT);
+}
+
+static void log_back(void) {
+  log_open(NULL);
+  log_configure(LOG_INFO, LOG_FORMAT_TEXT);
+}
+
+/* Fails the batch the fake sink holds, as a full disk would. */
+static void fail_write(fixture *f, int nth) {
+  run_until_writes(f, nth);
+  complete_write(SINK_RETRY, "write out: No space left on device");
+}
+
+/* on_fail = skip: the batch's max_attempts-th failed write gives its
+ * events up. The source hears SOURCE_GAVE_UP for exactly those seqs, the
+ * cursor passes them, and the next batch starts with a fresh count. */
+static void test_batch_skipped_after_max_attempts(void) {
+  char dir[PATH_MAX], logpath[PATH_MAX + 32], *log;
+  consumer_stats st;
+  uint64_t seq;
+  const char *pos;
+  int64_t at;
+  fixture f;
+
+  snprintf(dir, sizeof dir, "%s", test_tmpdir());
+  log_to(dir, logpath, sizeof logpath);
+  setup(&f, 10, 0, "");
+  f.conf.policy.max_attempts = 2;
+  f.conf.policy.on_fail = SINK_ON_FAIL_SKIP;
+  emit(&f, "p1", "{}");
+  emit(&f, "p2", "{}");
+  emit(&f, "p3", "{}");
+  fail_write(&f, 1);
+  ASSERT_EQ(0, settled_as(1, 3, SOURCE_GAVE_UP));
+  ASSERT_EQ(CONSUMER_BACKOFF, consumer_get_state(f.c));
+  fail_write(&f, 2);
+  ASSERT_EQ(1, fs.first_seq);
+  ASSERT_EQ(3, fs.last_seq);
+  ASSERT_EQ(3, settled_as(1, 3, SOURCE_GAVE_UP));
+  ASSERT_EQ(1, src.settle_calls[SOURCE_GAVE_UP]);
+  ASSERT_EQ(0, src.settled[4]);
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(3, st.delivered_seq);
+  ASSERT_EQ(0, st.in_flight);
+  ASSERT_EQ(3, st.failed);
+  ASSERT_EQ(0, st.dead_lettered);
+  ASSERT_EQ(CONSUMER_CONNECTED, consumer_get_state(f.c));
+  ASSERT(consumer_drained(f.c));
+  /* The cursor a commit takes passes the given-up events. */
+  ASSERT_EQ(0, sync_with(&f, 0, NULL));
+  consumer_snapshot(f.c, &seq, &pos, &at);
+  ASSERT_EQ(3, seq);
+  ASSERT_STR_EQ("p3", pos);
+  /* One failure of the next batch is retried, not given up. */
+  emit(&f, "p4", "{}");
+  fail_write(&f, 3);
+  ASSERT_EQ(0, src.settled[4]);
+  run_until_writes(&f, 4);
+  ASSERT_EQ(4, fs.first_seq);
+  complete_write(SINK_DELIVERED, NULL);
+  ASSERT_EQ(1, settled_as(4, 4, SOURCE_DELIVERED));
+  teardown(&f);
+  log_back();
+  log = test_read_file(logpath, NULL);
+  ASSERT(log != NULL);
+  ASSERT_CONTAINS(log, "error giving up on a batch after max_attempts "
+                       "(on_fail = skip) consumer=orders sink=fake "
+                       "first_seq=1 last_seq=3 attempts=2 err=\"write out: "
+                       "No space left on device\"");
+  free(log);
+  test_rmtree(dir);
+}
+
+/* on_fail = dead_letter:PATH: each line of the batch becomes a record with
+ * the last error, and its event is given up only once the records are
+ * durable; the next batch does not wait for them. */
+static void test_batch_dead_lettered_after_max_attempts(void) {
+  char dir[PATH_MAX], dl[PATH_MAX + 32], batch[1024], *text, *nl, *p;
+  consumer_stats st;
+  json_error_t jerr;
+  json_t *rec;
+  fixture f;
+  int n = 0;
+
+  snprintf(dir, sizeof dir, "%s", test_tmpdir());
+  snprintf(dl, sizeof dl, "%s/dead.ndjson", dir);
+  setup(&f, 10, 0, "");
+  f.conf.policy.max_attempts = 2;
+  f.conf.policy.on_fail = SINK_ON_FAIL_DEAD_LETTER;
+  f.conf.policy.dead_letter = dl;
+  emit(&f, "p1", "{\"n\":1}");
+  emit(&f, "p2", "{\"n\":2}");
+  fail_write(&f, 1);
+  fail_write(&f, 2);
+  snprintf(batch, sizeof batch, "%s", buf_cstr(&fs.last_batch));
+  /* Not given up before the records are durable. */
+  ASSERT_EQ(0, settled_as(1, 2, SOURCE_GAVE_UP));
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(0, st.delivered_seq);
+  ASSERT_EQ(2, st.in_flight);
+  ASSERT(!consumer_drained(f.c));
+  emit(&f, "p3", "{\"n\":3}");
+  run_until_writes(&f, 3);
+  ASSERT_EQ(3, fs.first_seq);
+  complete_write(SINK_DELIVERED, NULL);
+  RUN_UNTIL(&f.loop, settled_as(1, 2, SOURCE_GAVE_UP) == 2, 10000);
+  ASSERT_EQ(1, settled_as(3, 3, SOURCE_DELIVERED));
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(3, st.delivered_seq);
+  ASSERT_EQ(2, st.failed);
+  ASSERT_EQ(2, st.dead_lettered);
+  ASSERT(consumer_drained(f.c));
+  text = test_read_file(dl, NULL);
+  ASSERT(text != NULL);
+  for (p = text; (nl = strchr(p, '\n')) != NULL; p = nl + 1, n++) {
+    rec = json_loadb(p, (size_t)(nl - p), 0, &jerr);
+    ASSERT(rec != NULL);
+    ASSERT_STR_EQ("orders",
+                  json_string_value(json_object_get(rec, "consumer")));
+    ASSERT_EQ(n + 1, json_integer_value(json_object_get(rec, "seq")));
+    ASSERT_EQ(2, json_integer_value(json_object_get(rec, "attempts")));
+    ASSERT_STR_EQ("write out: No space left on device",
+                  json_string_value(json_object_get(rec, "error")));
+    json_decref(rec);
+  }
+  ASSERT_EQ(2, n);
+  ASSERT_STR_EQ("", p);
+  /* Each record holds its line of the batch, as it was. */
+  nl = strchr(batch, '\n');
+  *nl = '\0';
+  ASSERT_CONTAINS(text, batch);
+  p = nl + 1;
+  nl = strchr(p, '\n');
+  ASSERT(nl != NULL);
+  *nl = '\0';
+  ASSERT_CONTAINS(text, p);
+  free(text);
+  teardown(&f);
+  test_rmtree(dir);
+}
+
+/* on_fail = retry: nothing is given up; a warning at each max_attempts. */
+static void test_batch_retried_past_max_attempts(void) {
+  char dir[PATH_MAX], logpath[PATH_MAX + 32], *log, *at;
+  fixture f;
+  int i, warnings = 0;
+
+  snprintf(dir, sizeof dir, "%s", test_tmpdir());
+  log_to(dir, logpath, sizeof logpath);
+  setup(&f, 10, 0, "");
+  f.conf.policy.max_attempts = 2;
+  f.conf.policy.on_fail = SINK_ON_FAIL_RETRY;
+  emit(&f, "p1", "{}");
+  for (i = 1; i <= 5; i++)
+    fail_write(&f, i);
+  ASSERT_EQ(0, src.settled[1]);
+  run_until_writes(&f, 6);
+  complete_write(SINK_DELIVERED, NULL);
+  ASSERT_EQ(1, settled_as(1, 1, SOURCE_DELIVERED));
+  teardown(&f);
+  log_back();
+  log = test_read_file(logpath, NULL);
+  ASSERT(log != NULL);
+  for (at = log; (at = strstr(at, "batch still not written after "
+                                  "max_attempts; trying again (on_fail = "
+                                  "retry)")) != NULL;
+       at++)
+    warnings++;
+  ASSERT_EQ(2, warnings); /* at the 2nd and the 4th */
+  ASSERT_CONTAINS(log, "first_seq=1 last_seq=1 attempts=4");
+  free(log);
+  test_rmtree(dir);
+}
+
+/* A sink that applies the policy to each event (exec, socket) is left to
+ * it: its failed writes are only retried. */
+static void test_per_event_sink_keeps_its_policy(void) {
+  static sink_type per_event;
+  fixture f;
+  int i;
+
+  setup(&f, 10, 0, "");
+  per_event = fake_sink;
+  per_event.per_event_policy = true;
+  fs.s.type = &per_event;
+  f.conf.policy.max_attempts = 1;
+  f.conf.policy.on_fail = SINK_ON_FAIL_SKIP;
+  emit(&f, "p1", "{}");
+  for (i = 1; i <= 3; i++)
+    fail_write(&f, i);
+  ASSERT_EQ(0, src.settled[1]);
+  run_until_writes(&f, 4);
+  complete_write(SINK_DELIVERED, NULL);
+  ASSERT_EQ(1, settled_as(1, 1, SOURCE_DELIVERED));
+  teardown(&f);
+}
+
+/* Records queued before a rewind name seqs that the events emitted again
+ * take over: when they become durable, those events are not given up. */
+static void test_dead_letter_before_rewind_settles_nothing(void) {
+  char dir[PATH_MAX], dl[PATH_MAX + 32], *text = NULL;
+  consumer_stats st;
+  fixture f;
+
+  snprintf(dir, sizeof dir, "%s", test_tmpdir());
+  snprintf(dl, sizeof dl, "%s/dead.ndjson", dir);
+  setup(&f, 10, 0, "");
+  f.conf.policy.max_attempts = 1;
+  f.conf.policy.on_fail = SINK_ON_FAIL_DEAD_LETTER;
+  f.conf.policy.dead_letter = dl;
+  emit(&f, "p1", "{}");
+  fail_write(&f, 1);
+  ASSERT_EQ(SINK_EREMOVED, sync_with(&f, SINK_EREMOVED, "out was removed"));
+  ASSERT_EQ(2, src.starts);
+  emit(&f, "p1", "{}");
+  RUN_UNTIL(&f.loop,
+            (free(text), text = test_read_file(dl, NULL)) != NULL &&
+                strstr(text, "\"seq\":1,") != NULL,
+            10000);
+  free(text);
+  RUN_FOR(&f.loop, 50);
+  ASSERT_EQ(0, src.settled[1]);
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(0, st.delivered_seq);
+  ASSERT_EQ(0, st.dead_lettered);
+  run_until_writes(&f, 2);
+  complete_write(SINK_DELIVERED, NULL);
+  ASSERT_EQ(1, settled_as(1, 1, SOURCE_DELIVERED));
+  teardown(&f);
+  test_rmtree(dir);
+}
+
 static const test_case tests[] = {
+  TEST(test_batch_skipped_after_max_attempts),
+  TEST(test_batch_dead_lettered_after_max_attempts),
+  TEST(test_batch_retried_past_max_attempts),
+  TEST(test_per_event_sink_keeps_its_policy),
+  TEST(test_dead_letter_before_rewind_settles_nothing),
   TEST(test_flusher_when_idle),
   TEST(test_rewind_on_removed_file),
   TEST(test_rewind_while_paused),
