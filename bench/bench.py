@@ -678,16 +678,19 @@ sink = file:{out}
     # The file ends the body; tether would then reconnect and read it
     # again. The run ends when the last event is in the sink.
     needle = f'"seq":{events},'.encode()
+    log = os.path.join(work, "tether.log")
     t0 = time.monotonic()
-    p = subprocess.Popen(run_argv(tether, ini), cwd=work,
-                         stdout=subprocess.DEVNULL)
+    with open(log, "w") as err:
+        p = subprocess.Popen(run_argv(tether, ini), cwd=work,
+                             stdout=subprocess.DEVNULL, stderr=err)
     try:
         while not tail_has(out, needle):
             if p.poll() is not None:
                 sys.exit(f"tether exited {p.returncode} before event "
-                         f"{events} was in {out}")
+                         f"{events} was in {out}:\n{tether_log(log)}")
             if time.monotonic() - t0 > 600:
-                sys.exit(f"event {events} not in {out} after 600 s")
+                sys.exit(f"event {events} not in {out} after 600 s:\n"
+                         f"{tether_log(log)}")
             time.sleep(0.005)
         wall = time.monotonic() - t0
     finally:
