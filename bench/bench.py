@@ -1501,13 +1501,17 @@ def against(args):
     write_section(COMPARE_TITLE, f"""Previous release: `{prev_line}` (what `--against` compares with while the
 repository has no tag; change it when a release lands).
 
-Measured on {datetime.date.today()} by `{command}`: tether at
-{names[1]} against tether at {names[0]}, both release builds, the older one
-built by the script under bench/out/. Machine: {machine()}, shared with
-other work{niceness()}. Each case ran {rounds} times per binary,
-interleaved (the binary that goes first alternates per round); a cell is
-the median of its rounds and, in brackets, the lowest and the highest.
-The whole comparison took {minutes:.1f} minutes.
+Measured on {datetime.date.today()} by
+
+    {command}
+
+tether at {names[1]} against tether at {names[0]}, both release builds,
+the older one built by the script under bench/out/. Machine:
+{machine()}; shared with other work{niceness()}.
+Each case ran {rounds} times per binary, interleaved (the binary that
+goes first alternates per round); a cell is the median of its rounds and,
+in brackets, the lowest and the highest. Instructions were counted twice
+per binary and size. The whole comparison took {minutes:.1f} minutes.
 
 {text}
 
