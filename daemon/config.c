@@ -121,6 +121,11 @@ const option config_daemon_options[] = {
     "time a started API request may take to arrive whole; a slower client "
     "is cut off",
     10, HOUR, NULL, 0 },
+  { "ready_commit_timeout", OPT_DURATION, "30s",
+    offsetof(daemon_conf, ready_commit_timeout),
+    "/v1/ready (and tether status) turn false once cursor commits have "
+    "been failing this long; 0 = at the first failure",
+    0, DAY, NULL, 0 },
   { "api_idle_timeout", OPT_DURATION, "5s",
     offsetof(daemon_conf, api_idle_timeout),
     "time an API connection (socket or http_listen) may wait for its next "

@@ -20,22 +20,23 @@ enum { LOG_FORMAT_TEXT, LOG_FORMAT_JSON };
 
 /* [daemon], filled by config_daemon_options. */
 typedef struct daemon_conf {
-  char *state;                  /* path of the cursor store */
-  uint64_t checkpoint_interval; /* ms between group commits */
-  uint64_t shutdown_timeout;    /* ms to drain in-flight work on SIGTERM */
-  int log_level;                /* log_level enum of daemon/log.h */
-  int log_format;               /* LOG_FORMAT_* */
-  char *log_file;               /* "" = stderr */
-  uint64_t status_interval;     /* ms between status lines; 0 = never */
-  bool exit_when_done;          /* exit once every finite source is done */
-  char *socket;                 /* the local API's unix socket; "" = none */
-  int64_t socket_mode;          /* its permission bits */
-  char *socket_group;           /* its group; "" = unchanged */
-  char *http_listen;            /* HOST:PORT for probes; "" = none */
-  int64_t api_max_connections;  /* open at once on the unix socket */
-  int64_t http_max_connections; /* open at once on http_listen, apart */
-  uint64_t api_request_timeout; /* ms a started request may take */
-  uint64_t api_idle_timeout;    /* ms a connection may wait for a request */
+  char *state;                   /* path of the cursor store */
+  uint64_t checkpoint_interval;  /* ms between group commits */
+  uint64_t shutdown_timeout;     /* ms to drain in-flight work on SIGTERM */
+  int log_level;                 /* log_level enum of daemon/log.h */
+  int log_format;                /* LOG_FORMAT_* */
+  char *log_file;                /* "" = stderr */
+  uint64_t status_interval;      /* ms between status lines; 0 = never */
+  bool exit_when_done;           /* exit once every finite source is done */
+  char *socket;                  /* the local API's unix socket; "" = none */
+  int64_t socket_mode;           /* its permission bits */
+  char *socket_group;            /* its group; "" = unchanged */
+  char *http_listen;             /* HOST:PORT for probes; "" = none */
+  int64_t api_max_connections;   /* open at once on the unix socket */
+  int64_t http_max_connections;  /* open at once on http_listen, apart */
+  uint64_t api_request_timeout;  /* ms a started request may take */
+  uint64_t api_idle_timeout;     /* ms a connection may wait for a request */
+  uint64_t ready_commit_timeout; /* ms of failing commits before not ready */
 } daemon_conf;
 
 /* What a consumer does when its cursor belongs to another stream than the

@@ -103,6 +103,7 @@ struct consumer {
   size_t ring_cap;        /* a power of two, above the events in flight */
   char sink_state[64];    /* the sink's own state ("waiting_for_reader") */
   char sink_error[256];   /* the failure a batch retry waits on; "" = none */
+  char commit_error[256]; /* the last commit failure while they fail */
   bool write_outstanding; /* sink->write called, cb not yet run */
   bool retry_wait;        /* the batch failed; retry_timer runs */
   uv_timer_t retry_timer;
@@ -352,6 +353,8 @@ static void settle(consumer *c, uint64_t first, uint64_t last, uint8_t state,
     }
     sl->state = state;
     c->bytes_in_flight -= sl->bytes;
+    if (state == SLOT_DELIVERED)
+      c->stats.bytes_delivered += sl->bytes;
     if (run == 0)
       run = seq;
   }
@@ -1027,6 +1030,8 @@ int consumer_reset_to(consumer *c, uint64_t seq, const char *position) {
   /* The paused source read from the old position: it goes, and the
    * resume starts a new one from the new cursor. */
   close_source(c);
+  if (c->next_seq > c->seq_lease)
+    commit_soon(c);
   return 0;
 }
 
@@ -1611,6 +1616,35 @@ void consumer_reopen(consumer *c) {
     c->snk->type->reopen(c->snk);
   if (c->dl != NULL && !c->closing)
     dead_letter_reopen(c->dl);
+}
+
+void consumer_set_commit_error(consumer *c, const char *why) {
+  if (why == NULL) {
+    c->commit_error[0] = '\0';
+    return;
+  }
+  snprintf(c->commit_error, sizeof c->commit_error, "%s", why);
+  note_error(c, c->commit_error);
+}
+
+const char *consumer_sink_status(const consumer *c, char *out, size_t len) {
+  if (c->sink_dead)
+    snprintf(out, len, "failed: %s", c->last_error);
+  else if (c->retry_wait && c->sink_error[0] != '\0')
+    snprintf(out, len, "retrying: %s", c->sink_error);
+  else if (c->sink_state[0] != '\0')
+    snprintf(out, len, "%s", c->sink_state);
+  else
+    snprintf(out, len, "ok");
+  return out;
+}
+
+const char *consumer_error_now(const consumer *c) {
+  if (c->commit_error[0] != '\0')
+    return c->commit_error;
+  if (c->retry_wait && c->sink_error[0] != '\0')
+    return c->sink_error;
+  return c->last_error;
 }
 
 consumer_state consumer_get_state(const consumer *c) {

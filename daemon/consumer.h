@@ -64,6 +64,7 @@ typedef struct consumer_stats {
   uint64_t committed_seq;   /* the cursor as last committed */
   size_t in_flight;         /* emitted, not yet delivered */
   uint64_t bytes_in_flight; /* their envelope lines, not yet settled */
+  uint64_t bytes_delivered; /* envelope lines the sink delivered */
   uint64_t sink_retries;    /* batches the sink failed and that came again */
   uint64_t sink_rewinds;    /* times the sink lost what it held since the last
                                commit (a removed file) and every event after
@@ -249,6 +250,17 @@ void consumer_hold(consumer *c, bool hold);
 
 /* Reopens the sink's files (SIGHUP). */
 void consumer_reopen(consumer *c);
+
+/* The sink's condition in a few words, into out: "ok", its own state
+ * ("waiting_for_reader", "no_subscriber"), "retrying: ERROR" while a failed
+ * batch waits, "failed: ERROR" once it gave up. Returns out. */
+const char *consumer_sink_status(const consumer *c, char *out, size_t len);
+/* What holds the consumer up now: a failing commit, else a failing sink,
+ * else the source's last error ("" when none). Borrowed. */
+const char *consumer_error_now(const consumer *c);
+/* The flusher's word on commits: the failure while they fail (recorded in
+ * the cursor row once they work again), NULL once one went through. */
+void consumer_set_commit_error(consumer *c, const char *why);
 
 consumer_state consumer_get_state(const consumer *c);
 void consumer_get_stats(const consumer *c, consumer_stats *out);

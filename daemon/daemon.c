@@ -48,6 +48,7 @@ typedef struct daemon_ctx {
   size_t open_upstreams;
   uv_signal_t sigterm, sigint, sighup;
   uv_timer_t shutdown_timer, status_timer;
+  uv_timer_t drain_timer; /* says what a drain still waits for */
   phase phase;
   int exit_code;
   size_t open_consumers;
@@ -116,6 +117,7 @@ static void close_all(daemon_ctx *d) {
   uv_close((uv_handle_t *)&d->sighup, on_closed_handle);
   uv_close((uv_handle_t *)&d->shutdown_timer, on_closed_handle);
   uv_close((uv_handle_t *)&d->status_timer, on_closed_handle);
+  uv_close((uv_handle_t *)&d->drain_timer, on_closed_handle);
   for (i = 0; i < d->created; i++)
     consumer_close(d->consumers[i]);
   if (d->open_consumers == 0)
@@ -150,6 +152,7 @@ static void begin_flush(daemon_ctx *d) {
     return;
   d->phase = FLUSHING;
   uv_timer_stop(&d->shutdown_timer);
+  uv_timer_stop(&d->drain_timer);
   flusher_flush(d->fl, on_final_flush, d);
 }
 
@@ -218,6 +221,31 @@ static void on_drained(consumer *c, void *data) {
     check_finished(d);
 }
 
+/* Every DRAIN_LOG_MS of a drain, a line per consumer it still waits for,
+ * and on what: so a drain that takes its whole shutdown_timeout says why
+ * (a fifo with no reader, a socket consumer with no subscriber, a sink
+ * retrying a full disk). */
+#define DRAIN_LOG_MS 2000
+
+static void on_drain_log(uv_timer_t *t) {
+  daemon_ctx *d = t->data;
+  consumer_stats st;
+  char sink[320];
+  size_t i;
+
+  for (i = 0; i < d->created; i++) {
+    consumer *c = d->consumers[i];
+
+    if (consumer_drained(c))
+      continue;
+    consumer_get_stats(c, &st);
+    log_info("draining: still waiting for a consumer",
+             LS("consumer", consumer_name(c)), LU("in_flight", st.in_flight),
+             LS("sink", consumer_sink_status(c, sink, sizeof sink)),
+             LS("last_error", consumer_error_now(c)));
+  }
+}
+
 static void on_shutdown_timeout(uv_timer_t *t) {
   daemon_ctx *d = t->data;
   size_t i;
@@ -247,6 +275,7 @@ static void begin_shutdown(daemon_ctx *d, const char *why) {
   }
   uv_timer_start(&d->shutdown_timer, on_shutdown_timeout,
                  d->cfg->daemon.shutdown_timeout, 0);
+  uv_timer_start(&d->drain_timer, on_drain_log, DRAIN_LOG_MS, DRAIN_LOG_MS);
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
@@ -666,8 +695,9 @@ int daemon_run(const config *cfg) {
   uv_signal_init(&d.loop, &d.sighup);
   uv_timer_init(&d.loop, &d.shutdown_timer);
   uv_timer_init(&d.loop, &d.status_timer);
+  uv_timer_init(&d.loop, &d.drain_timer);
   d.sigterm.data = d.sigint.data = d.sighup.data = &d;
-  d.shutdown_timer.data = d.status_timer.data = &d;
+  d.shutdown_timer.data = d.status_timer.data = d.drain_timer.data = &d;
 
   if (rc != 0) {
     d.exit_code =

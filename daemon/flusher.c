@@ -71,6 +71,7 @@ struct flusher {
   size_t commit_items;  /* items of the running commit (0 = a check only) */
 
   bool unhealthy;
+  uint64_t failing_since; /* uv_now() of the first failure of a run */
   backoff retry;
   uint64_t commit_started; /* uv_hrtime() of the running commit */
   flusher_stats stats;
@@ -262,9 +263,18 @@ static void on_commit(void *data, int status, const char *msg,
     log_error("cursor commit failed; consumers wait until it succeeds",
               LS("err", msg), LU("retry_in_ms", delay),
               LU("attempt", backoff_attempt(&f->retry)));
-    if (!f->unhealthy)
+    if (!f->unhealthy) {
       hold_all(f, true);
+      f->failing_since = uv_now(f->loop);
+    }
     f->unhealthy = true;
+    {
+      char why[320];
+
+      snprintf(why, sizeof why, "cursor commit failed: %s", msg);
+      for (i = 0; i < f->n; i++)
+        consumer_set_commit_error(f->consumers[i], why);
+    }
     uv_timer_stop(&f->timer);
     arm(f, delay);
     round_done(f, status);
@@ -276,6 +286,8 @@ static void on_commit(void *data, int status, const char *msg,
     f->unhealthy = false;
     backoff_reset(&f->retry);
     hold_all(f, false);
+    for (i = 0; i < f->n; i++)
+      consumer_set_commit_error(f->consumers[i], NULL);
   }
   for (i = 0; i < n; i++) {
     consumer *c = f->consumers[f->req_consumer[i]];
@@ -518,6 +530,10 @@ void flusher_flush(flusher *f, flusher_cb cb, void *data) {
 
 bool flusher_healthy(const flusher *f) {
   return !f->unhealthy;
+}
+
+uint64_t flusher_failing_ms(const flusher *f) {
+  return f->unhealthy ? uv_now(f->loop) - f->failing_since : 0;
 }
 
 void flusher_close(flusher *f, void (*cb)(void *data), void *data) {

@@ -64,6 +64,8 @@ void flusher_get_stats(const flusher *f, flusher_stats *out);
 
 /* False while commits fail (consumers are held back meanwhile). */
 bool flusher_healthy(const flusher *f);
+/* How long commits have been failing, in ms; 0 while they work. */
+uint64_t flusher_failing_ms(const flusher *f);
 
 /* Closes the timer once no round runs; cb follows, then f is freed. */
 void flusher_close(flusher *f, void (*cb)(void *data), void *data);

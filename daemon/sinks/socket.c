@@ -93,7 +93,8 @@ struct sock_sink {
   uint64_t redelivered; /* events put back for another subscriber */
   uint64_t failed;      /* events given up on */
   uint64_t dead_lettered;
-  size_t assigned; /* events with a subscriber, not acknowledged */
+  size_t assigned;    /* events with a subscriber, not acknowledged */
+  bool no_subscriber; /* reported: events wait and nobody takes them */
   int pending_closes;
   sink_close_cb close_cb;
   void *close_data;
@@ -190,6 +191,19 @@ static void flush(sub *s) {
 
 static void arm_deadlines(sock_sink *k);
 
+/* Tells the consumer (and so `tether status`) when events wait with no
+ * subscriber to take them, and when one is back. */
+static void report_waiting(sock_sink *k) {
+  bool none = k->head < k->n && socket_sink_subscribers(&k->base) == 0;
+
+  if (none == k->no_subscriber || k->close_cb != NULL ||
+      k->base.report.state == NULL)
+    return;
+  k->no_subscriber = none;
+  k->base.report.state(&k->base, none ? "no_subscriber" : NULL,
+                       k->base.report.data);
+}
+
 /* Hands every waiting event to a subscriber that can take it. */
 static void dispatch(sock_sink *k) {
   size_t i;
@@ -211,6 +225,7 @@ static void dispatch(sock_sink *k) {
     if (!s->peek)
       flush(s);
   arm_deadlines(k);
+  report_waiting(k);
 }
 
 /* A peeker gets a copy of items [from, to); one that falls more than the

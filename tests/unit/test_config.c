@@ -577,6 +577,7 @@ static void test_dump(void) {
                 "api_max_connections = 256\n"
                 "http_max_connections = 16\n"
                 "api_request_timeout = 10s\n"
+                "ready_commit_timeout = 30s\n"
                 "api_idle_timeout = 5s\n"
                 "\n"
                 "[upstream pb]\n"
