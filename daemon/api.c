@@ -977,6 +977,19 @@ static void metrics(api *a, http_conn *c) {
                   (consumer_state)s == cs);
     }
   }
+  metric_help(&b, "tether_errors_total", "counter",
+              "failures by where they came from (the last is in the cursor "
+              "row's last_error)");
+  for (i = 0; i < a->env.n; i++) {
+    static const char *const kinds[] = { "source", "sink", "commit" };
+
+    consumer_get_stats(a->env.consumers[i], &st);
+    for (s = 0; s < 3; s++) {
+      buf_append_str(&b, "tether_errors_total{consumer=\"");
+      label(&b, consumer_name(a->env.consumers[i]));
+      buf_appendf(&b, "\",kind=\"%s\"} %" PRIu64 "\n", kinds[s], st.errors[s]);
+    }
+  }
   metric_help(&b, "tether_sink_state", "gauge",
               "1 for the state each consumer's sink is in");
   for (i = 0; i < a->env.n; i++) {

@@ -261,7 +261,8 @@ static void commit_soon(consumer *c) {
  * ERROR_RECORD_MS, so a flapping upstream costs one write per interval. */
 #define ERROR_RECORD_MS 10000
 
-static void note_error(consumer *c, const char *why) {
+static void note_error(consumer *c, int kind, const char *why) {
+  c->stats.errors[kind]++;
   snprintf(c->error_text, sizeof c->error_text, "%s", why);
   c->error_due = c->error_text[0] != '\0';
   c->error_at_seq = c->delivered_seq;
@@ -527,7 +528,7 @@ static void on_sink_failed(sink *s, const char *why, void *data) {
             LS("consumer", c->conf->name), LS("sink", c->snk->type->name),
             LS("err", why));
   snprintf(c->last_error, sizeof c->last_error, "%s", why);
-  note_error(c, why);
+  note_error(c, CONSUMER_ERROR_SINK, why);
   c->failed = true;
   c->sink_dead = true;
   drop_undelivered(c, false);
@@ -714,7 +715,7 @@ static void on_written(sink *s, sink_outcome outcome, const char *msg,
       break;
     delay = backoff_next(&c->retry);
     snprintf(c->sink_error, sizeof c->sink_error, "%s", msg);
-    note_error(c, msg);
+    note_error(c, CONSUMER_ERROR_SINK, msg);
     log_warn("sink failed; the batch will be retried",
              LS("consumer", c->conf->name), LS("sink", c->snk->type->name),
              LS("err", msg), LU("events", c->writing_last - c->delivered_seq),
@@ -730,7 +731,7 @@ static void on_written(sink *s, sink_outcome outcome, const char *msg,
               LS("consumer", c->conf->name), LS("sink", c->snk->type->name),
               LS("err", msg));
     snprintf(c->last_error, sizeof c->last_error, "%s", msg);
-    note_error(c, msg);
+    note_error(c, CONSUMER_ERROR_SINK, msg);
     c->failed = true;
     c->sink_dead = true;
     buf_reset(&c->writing);
@@ -1098,7 +1099,7 @@ void consumer_source_connected(consumer *c) {
 void consumer_source_backoff(consumer *c, uint64_t delay_ms, unsigned attempt,
                              const char *why) {
   snprintf(c->last_error, sizeof c->last_error, "%s", why);
-  note_error(c, why);
+  note_error(c, CONSUMER_ERROR_SOURCE, why);
   c->attempt = attempt;
   c->backoff_until = wall_ns() / 1000000 + (int64_t)delay_ms;
   c->reconnects++;
@@ -1136,7 +1137,7 @@ void consumer_source_stalled(consumer *c) {
  * it emitted is still settled and made durable; consumer_close closes it. */
 void consumer_source_failed(consumer *c, const char *why) {
   snprintf(c->last_error, sizeof c->last_error, "%s", why);
-  note_error(c, why);
+  note_error(c, CONSUMER_ERROR_SOURCE, why);
   log_error("source failed; the consumer stops", LS("consumer", c->conf->name),
             LS("source", c->conf->source->name), LS("err", why));
   c->failed = true;
@@ -1624,7 +1625,7 @@ void consumer_set_commit_error(consumer *c, const char *why) {
     return;
   }
   snprintf(c->commit_error, sizeof c->commit_error, "%s", why);
-  note_error(c, c->commit_error);
+  note_error(c, CONSUMER_ERROR_COMMIT, c->commit_error);
 }
 
 const char *consumer_sink_status(const consumer *c, char *out, size_t len) {

@@ -56,6 +56,9 @@ typedef struct event {
   int64_t time_ms;   /* event time in Unix ms; 0 = now */
 } event;
 
+/* Where an error came from, for the errors counted in consumer_stats. */
+enum { CONSUMER_ERROR_SOURCE, CONSUMER_ERROR_SINK, CONSUMER_ERROR_COMMIT };
+
 /* What the flusher needs of a consumer, and what the status shows. */
 typedef struct consumer_stats {
   uint64_t emitted;         /* events taken from the source since start */
@@ -65,6 +68,7 @@ typedef struct consumer_stats {
   size_t in_flight;         /* emitted, not yet delivered */
   uint64_t bytes_in_flight; /* their envelope lines, not yet settled */
   uint64_t bytes_delivered; /* envelope lines the sink delivered */
+  uint64_t errors[3];       /* failures, by CONSUMER_ERROR_* */
   uint64_t sink_retries;    /* batches the sink failed and that came again */
   uint64_t sink_rewinds;    /* times the sink lost what it held since the last
                                commit (a removed file) and every event after
