@@ -2,7 +2,21 @@
 
     python3 bench/bench.py            every case; writes bench/RESULTS.md
     python3 bench/bench.py --quick    shorter runs, no RESULTS.md
-    python3 bench/bench.py --case generate_file
+    python3 bench/bench.py --case generate_file [--case exec_sink ...]
+    python3 bench/bench.py --against [REV] [--case NAME ...] [--rounds N]
+                                      the previous release beside this one:
+                                      REV (default: the newest tag, else the
+                                      "Previous release:" RESULTS.md names)
+                                      built under bench/out/, then
+                                      generate_file, sse_file, socket_sink
+                                      and exec_sink run for both binaries,
+                                      interleaved, N rounds each (default
+                                      5); prints both medians, the ratio and
+                                      the spread, then both binaries'
+                                      instructions per event as cachegrind
+                                      counts them (--no-instructions: not);
+                                      without --case and --quick, rewrites
+                                      its section of RESULTS.md
 
 Cases:
   generate_file   generate -> file:PATH, 100-byte payloads, checkpoint 1s
@@ -51,7 +65,9 @@ Machines here are noisy: each throughput figure is the median of 3 runs and
 is reported as a ratio to its baseline.
 """
 import argparse
+import contextlib
 import datetime
+import functools
 import http.client
 import json
 import os
@@ -75,6 +91,13 @@ COPYSYNC = os.path.join(BUILD, "bench", "copysync")
 SUBSCRIBER = os.path.join(BUILD, "bench", "subscriber")
 ACKER = os.path.join(BUILD, "bench", "acker")
 TICK = os.sysconf("SC_CLK_TCK")
+RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
+# Builds of earlier revisions for --against, one directory per commit.
+OUT = os.path.join(ROOT, "bench", "out")
+# The cases --against compares, and its default rounds per binary.
+COMPARE = ("generate_file", "sse_file", "socket_sink", "exec_sink")
+ROUNDS = 5
+COMPARE_TITLE = "Against the previous release"
 
 
 def build():
@@ -127,20 +150,52 @@ def watch(p, t0, timeout=600):
     return wall, ru.ru_utime + ru.ru_stime, hwm
 
 
+def empty_dir(work):
+    for f in os.listdir(work):
+        # .tether/ holds the API socket of the default config.
+        path = os.path.join(work, f)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+
+
+def run_argv(tether, ini):
+    """The argv of `tether run -c ini`. tether is the binary's path, or an
+    argv that ends with it (the binary under valgrind)."""
+    return ([tether] if isinstance(tether, str) else list(tether)) + \
+        ["run", "-c", ini]
+
+
+def check_config(tether, ini):
+    """Fails, naming the binary, when `tether check` refuses ini: a case
+    run against an older build must not set an option only the newer one
+    knows."""
+    binary = tether if isinstance(tether, str) else tether[-1]
+    p = subprocess.run([binary, "check", "-c", ini], capture_output=True,
+                       text=True)
+    if p.returncode != 0:
+        sys.exit(f"{binary} refuses {ini}:\n{p.stderr}")
+
+
+def once_generate_file(tether, work, events, window):
+    """One run of generate -> file:PATH by the binary `tether` in the
+    emptied directory work; returns its figures and the file it wrote."""
+    empty_dir(work)
+    out = os.path.join(work, "out.ndjson")
+    ini = os.path.join(work, "bench.ini")
+    generate_ini(ini, work, events, window, f"file:{out}")
+    check_config(tether, ini)
+    wall, cpu, rss = run_timed(run_argv(tether, ini), work)
+    if not tail_has(out, f'"seq":{events},'.encode()):
+        sys.exit(f"{out} does not end with event {events}")
+    return {"eps": events / wall, "eps_cpu": events / cpu, "rss": rss}, out
+
+
 def generate_file(work, events, window, runs):
     results = []
-    out = os.path.join(work, "out.ndjson")
     for _ in range(runs):
-        for f in os.listdir(work):
-            # .tether/ holds the API socket of the default config.
-            path = os.path.join(work, f)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            else:
-                os.unlink(path)
-        generate_ini(os.path.join(work, "bench.ini"), work, events, window,
-                     f"file:{out}")
-        wall, cpu, rss = run_timed([TETHER, "run", "-c", "bench.ini"], work)
+        r, out = once_generate_file(TETHER, work, events, window)
         size = os.path.getsize(out)
         # The baseline copies the very bytes tether wrote.
         copy = os.path.join(work, "copy.ndjson")
@@ -150,13 +205,7 @@ def generate_file(work, events, window, runs):
         copied, secs = p.stdout.split()
         assert int(copied) == size
         os.unlink(copy)
-        results.append({
-            "eps": events / wall,
-            "eps_cpu": events / cpu,
-            "rss": rss,
-            "bytes": size,
-            "base_eps": events / float(secs),
-        })
+        results.append(dict(r, bytes=size, base_eps=events / float(secs)))
     med = {k: statistics.median(r[k] for r in results) for k in results[0]}
     return med
 
@@ -195,6 +244,10 @@ def committed_seq(work, consumer="bench"):
     try:
         row = db.execute("SELECT max(last_sequence) FROM cursors "
                          "WHERE consumer_id = ?", (consumer,)).fetchone()
+    except sqlite3.Error as e:
+        # Both builds of a comparison are read this way.
+        sys.exit(f"cannot read the cursor of {consumer} in "
+                 f"{work}/state.db: {e}")
     finally:
         db.close()
     return row[0] or 0
@@ -247,55 +300,57 @@ def in_short_dir(case, *args):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def once_socket_sink(tether, work, events, window):
+    """One run of the binary `tether`'s socket sink read and acknowledged
+    by bench/subscriber over the API socket; returns its figures."""
+    sock = os.path.join(work, "api.sock")
+    ini = os.path.join(work, "sock.ini")
+    log = os.path.join(work, "tether.log")
+    generate_ini(ini, work, events, window, "socket", f"socket = {sock}")
+    check_config(tether, ini)
+    clean_state(work)
+    with open(log, "w") as err:
+        t0 = time.monotonic()
+        tp = subprocess.Popen(run_argv(tether, ini), cwd=work,
+                              stdout=subprocess.DEVNULL, stderr=err)
+        # The subscriber waits for the socket to appear.
+        try:
+            sp = subprocess.run([SUBSCRIBER, sock, str(events)],
+                                capture_output=True, timeout=600)
+            why = sp.stderr.decode() if sp.returncode != 0 else None
+        except subprocess.TimeoutExpired:
+            why = "it still ran after 600 s"
+        if why is not None:
+            # Without a subscriber tether would wait for it forever.
+            tp.kill()
+            tp.wait()
+            sys.exit(f"subscriber failed: {why}\n"
+                     f"tether's log:\n{tether_log(log)}")
+        # Then tether commits the last cursor and exits by itself.
+        wall, cpu, rss = watch(tp, t0, time.monotonic() - t0 + 60)
+    if tp.returncode != 0:
+        sys.exit(f"tether exited {tp.returncode}:\n{tether_log(log)}")
+    seen, secs, acks = sp.stdout.split()
+    if int(seen) != events or committed_seq(work) != events:
+        sys.exit(f"subscriber saw {seen} events, tether committed "
+                 f"{committed_seq(work)}; expected {events}")
+    return {"eps": events / float(secs), "eps_wall": events / wall,
+            "eps_cpu": events / cpu, "rss": rss, "acks": int(acks)}
+
+
 def socket_sink(work, events, window, runs):
     """tether's socket sink read and acknowledged by bench/subscriber over
     the API socket, against subscriber --stdin reading the same bytes
     through a pipe."""
     ref = reference_ndjson(work, events)
-    sock = os.path.join(work, "api.sock")
-    ini = os.path.join(work, "sock.ini")
-    log = os.path.join(work, "tether.log")
-    generate_ini(ini, work, events, window, "socket", f"socket = {sock}")
     results = []
     for _ in range(runs):
-        clean_state(work)
-        with open(log, "w") as err:
-            t0 = time.monotonic()
-            tp = subprocess.Popen([TETHER, "run", "-c", ini], cwd=work,
-                                  stdout=subprocess.DEVNULL, stderr=err)
-            # The subscriber waits for the socket to appear.
-            try:
-                sp = subprocess.run([SUBSCRIBER, sock, str(events)],
-                                    capture_output=True, timeout=600)
-                why = sp.stderr.decode() if sp.returncode != 0 else None
-            except subprocess.TimeoutExpired:
-                why = "it still ran after 600 s"
-            if why is not None:
-                # Without a subscriber tether would wait for it forever.
-                tp.kill()
-                tp.wait()
-                sys.exit(f"subscriber failed: {why}\n"
-                         f"tether's log:\n{tether_log(log)}")
-            # Then tether commits the last cursor and exits by itself.
-            wall, cpu, rss = watch(tp, t0, time.monotonic() - t0 + 60)
-        if tp.returncode != 0:
-            sys.exit(f"tether exited {tp.returncode}:\n{tether_log(log)}")
-        seen, secs, acks = sp.stdout.split()
-        if int(seen) != events or committed_seq(work) != events:
-            sys.exit(f"subscriber saw {seen} events, tether committed "
-                     f"{committed_seq(work)}; expected {events}")
+        r = once_socket_sink(TETHER, work, events, window)
         out, _ = pipe_into(ref, [SUBSCRIBER, "--stdin", str(events)])
         base_seen, base_secs = out.split()
         if int(base_seen) != events:
             sys.exit(f"subscriber --stdin saw {base_seen} events")
-        results.append({
-            "eps": events / float(secs),
-            "eps_wall": events / wall,
-            "eps_cpu": events / cpu,
-            "rss": rss,
-            "acks": int(acks),
-            "base_eps": events / float(base_secs),
-        })
+        results.append(dict(r, base_eps=events / float(base_secs)))
     return {k: statistics.median(r[k] for r in results) for k in results[0]}
 
 
@@ -334,26 +389,33 @@ def fifo_sink(work, events, window, runs):
     return {k: statistics.median(r[k] for r in results) for k in results[0]}
 
 
-def exec_sink(work, events, window, runs):
-    """tether's exec sink feeding bench/acker, against acker reading the
-    same bytes through a pipe. tether reaps the acker, so the CPU time
-    wait4 reports for tether includes the acker's."""
-    ref = reference_ndjson(work, events)
+def once_exec_sink(tether, work, events, window):
+    """One run of the binary `tether`'s exec sink feeding bench/acker;
+    returns its figures. tether reaps the acker, so the CPU time wait4
+    reports for tether includes the acker's."""
     ini = os.path.join(work, "exec.ini")
     generate_ini(ini, work, events, window, f"exec:{ACKER}")
+    check_config(tether, ini)
+    clean_state(work)
+    wall, cpu, rss = run_timed(run_argv(tether, ini), work)
+    if committed_seq(work) != events:
+        sys.exit(f"tether committed {committed_seq(work)} of {events} "
+                 "events through exec")
+    return {"eps": events / wall, "eps_cpu": events / cpu, "rss": rss}
+
+
+def exec_sink(work, events, window, runs):
+    """tether's exec sink feeding bench/acker, against acker reading the
+    same bytes through a pipe."""
+    ref = reference_ndjson(work, events)
     results = []
     for _ in range(runs):
-        clean_state(work)
-        wall, cpu, rss = run_timed([TETHER, "run", "-c", ini], work)
-        if committed_seq(work) != events:
-            sys.exit(f"tether committed {committed_seq(work)} of {events} "
-                     "events through exec")
+        r = once_exec_sink(TETHER, work, events, window)
         _, err = pipe_into(ref, [ACKER, "--time"])
         lines, secs = err.split()
         if int(lines) != events:
             sys.exit(f"acker answered {lines} lines of {events}")
-        results.append({"eps": events / wall, "eps_cpu": events / cpu,
-                        "rss": rss, "base_eps": events / float(secs)})
+        results.append(dict(r, base_eps=events / float(secs)))
     return {k: statistics.median(r[k] for r in results) for k in results[0]}
 
 
@@ -570,51 +632,98 @@ es.onmessage = () => { if (++n >= want) { es.close(); process.exit(0); } };
 """
 
 
-def sse_file(work, events, runs):
-    """tether reading a pre-built stream file into a file sink, against curl
-    and the Node EventSource client on the same URL."""
-    ng, port, d = start_nginx(work)
-    try:
-        path = os.path.join(d, "static", "events.txt")
-        pad = "x" * 80
-        with open(path, "w") as f:
-            for i in range(1, events + 1):
-                f.write(f'id: {i}\ndata: {{"n":{i},"pad":"{pad}"}}\n\n')
-        size = os.path.getsize(path)
-        url = f"http://127.0.0.1:{port}/static/events.txt"
-        results = []
-        for _ in range(runs):
-            out = os.path.join(work, "sse.ndjson")
-            for f in ("sse.ndjson", "sse.db", "sse.db-wal", "sse.db-shm"):
-                if os.path.exists(os.path.join(work, f)):
-                    os.unlink(os.path.join(work, f))
-            with open(os.path.join(work, "sse.ini"), "w") as f:
-                f.write(f"""
+def write_stream(d, port, events):
+    """Writes a text/event-stream of `events` events where the nginx of
+    start_nginx(work) (serving d) finds it; returns (its URL, its size in
+    bytes)."""
+    name = f"events-{events}.txt"
+    path = os.path.join(d, "static", name)
+    pad = "x" * 80
+    with open(path, "w") as f:
+        for i in range(1, events + 1):
+            f.write(f'id: {i}\ndata: {{"n":{i},"pad":"{pad}"}}\n\n')
+    return f"http://127.0.0.1:{port}/static/{name}", os.path.getsize(path)
+
+
+def stop_nginx(ng):
+    ng.send_signal(signal.SIGQUIT)
+    ng.wait()
+
+
+def once_sse_file(tether, work, url, events):
+    """One run of the binary `tether` reading the stream at url into a
+    file sink; returns its figures."""
+    out = os.path.join(work, "sse.ndjson")
+    for f in ("sse.ndjson", "sse.db", "sse.db-wal", "sse.db-shm"):
+        if os.path.exists(os.path.join(work, f)):
+            os.unlink(os.path.join(work, f))
+    u = urllib.parse.urlsplit(url)
+    ini = os.path.join(work, "sse.ini")
+    with open(ini, "w") as f:
+        f.write(f"""
 [daemon]
 state = {work}/sse.db
 status_interval = 0
 log_level = error
 [upstream ng]
 type = sse
-url = http://127.0.0.1:{port}
+url = {u.scheme}://{u.netloc}
+reconnect_min = 1h
+reconnect_max = 1h
 [consumer bench]
 upstream = ng
-path = /static/events.txt
+path = {u.path}
 max_in_flight = 10000
 sink = file:{out}
 """)
-            # The file ends the body; tether would then reconnect and read it
-            # again. The run ends when the last event is in the sink.
-            needle = f'"seq":{events},'.encode()
-            t0 = time.monotonic()
-            p = subprocess.Popen([TETHER, "run", "-c", "sse.ini"], cwd=work,
-                                 stdout=subprocess.DEVNULL)
-            while not tail_has(out, needle):
-                time.sleep(0.005)
-            wall = time.monotonic() - t0
-            cpu = proc_stat(p.pid) / TICK
-            p.terminate()
-            p.wait()
+    check_config(tether, ini)
+    # The file ends the body. tether would reconnect 250 ms later, read it
+    # all again from nginx (which knows no Last-Event-ID) and append it as
+    # new events: the hour's wait keeps the sink at exactly the stream, so
+    # that the work measured is one read of it, however late this process
+    # (niced, on a loaded machine) sees the last event.
+    needle = f'"seq":{events},'.encode()
+    log = os.path.join(work, "tether.log")
+    t0 = time.monotonic()
+    t0_real = time.time()
+    with open(log, "w") as err:
+        p = subprocess.Popen(run_argv(tether, ini), cwd=work,
+                             stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        while not tail_has(out, needle):
+            if p.poll() is not None:
+                sys.exit(f"tether exited {p.returncode} before event "
+                         f"{events} was in {out}:\n{tether_log(log)}")
+            if time.monotonic() - t0 > 600:
+                sys.exit(f"event {events} not in {out} after 600 s:\n"
+                         f"{tether_log(log)}")
+            time.sleep(0.005)
+        # The run ends at the sink's last write, not when this loop sees
+        # it: nothing is written after the last event.
+        wall = os.stat(out).st_mtime_ns / 1e9 - t0_real
+    finally:
+        p.terminate()
+        # wait4's CPU time, its stop included, is exact where /proc's
+        # ticks would be a 1/100 s apart.
+        _, status, ru = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+    with open(out, "rb") as f:
+        lines = sum(1 for _ in f)
+    if lines != events:
+        sys.exit(f"{out} holds {lines} events, not the stream's {events}")
+    return {"eps": events / wall, "eps_cpu": events / (ru.ru_utime +
+                                                        ru.ru_stime)}
+
+
+def sse_file(work, events, runs):
+    """tether reading a pre-built stream file into a file sink, against curl
+    and the Node EventSource client on the same URL."""
+    ng, port, d = start_nginx(work)
+    try:
+        url, size = write_stream(d, port, events)
+        results = []
+        for _ in range(runs):
+            r = once_sse_file(TETHER, work, url, events)
             t0 = time.monotonic()
             subprocess.run(["curl", "-sN", "-o", "/dev/null", url], check=True)
             curl = time.monotonic() - t0
@@ -623,15 +732,13 @@ sink = file:{out}
                            cwd=os.path.join(ROOT, "tests", "peers"),
                            check=True, stdout=subprocess.DEVNULL)
             node = time.monotonic() - t0
-            results.append({"eps": events / wall, "eps_cpu": events / cpu,
-                            "mbps": size / wall / 1e6,
-                            "curl_mbps": size / curl / 1e6,
-                            "node_eps": events / node})
+            results.append(dict(r, mbps=r["eps"] * size / events / 1e6,
+                                curl_mbps=size / curl / 1e6,
+                                node_eps=events / node))
         return {k: statistics.median(r[k] for r in results)
                 for k in results[0]}
     finally:
-        ng.send_signal(signal.SIGQUIT)
-        ng.wait()
+        stop_nginx(ng)
 
 
 # Publishes RATE events/s for SECONDS to PORT/publish, each carrying its
@@ -669,7 +776,11 @@ async def conn(share):
     responses.cancel()
     w.close()
 
-async def main():
+async def want(args, case):
+    return not args.case or case in args.case
+
+
+def main():
     await asyncio.gather(*(conn(rate / 4) for _ in range(4)))
 
 asyncio.run(main())
@@ -1105,6 +1216,361 @@ def pocketbase_wakeup(work, creates, settle, pace=0.3):
             base.join(timeout=5)
 
 
+def git(*argv):
+    return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def recorded_release():
+    """The previous release as RESULTS.md names it (used while the
+    repository has no tag), or None."""
+    try:
+        with open(RESULTS) as f:
+            m = re.search(r"^Previous release: `([0-9a-f]{7,40})`", f.read(),
+                          re.M)
+    except FileNotFoundError:
+        return None
+    return m.group(1) if m else None
+
+
+def previous_release():
+    """The revision --against defaults to: the newest tag reachable from
+    HEAD, or else the one RESULTS.md records."""
+    try:
+        return git("describe", "--tags", "--abbrev=0", "HEAD")
+    except subprocess.CalledProcessError:
+        pass
+    rev = recorded_release()
+    if rev is None:
+        sys.exit("no tag and no 'Previous release:' line in "
+                 "bench/RESULTS.md: give --against REV")
+    return rev
+
+
+def build_at(rev):
+    """Builds tether as it was at rev (release build, as build() does) in
+    bench/out/<commit>/; a build already there for that commit is reused.
+    Returns (the commit, the binary's path)."""
+    try:
+        sha = git("rev-parse", "--verify", "--quiet", rev + "^{commit}")
+    except subprocess.CalledProcessError:
+        sys.exit(f"--against {rev}: not a revision of this repository")
+    base = os.path.join(OUT, sha)
+    src = os.path.join(base, "src")
+    bld = os.path.join(base, "build")
+    done = os.path.join(base, "extracted")
+    if not os.path.exists(done):
+        # An export, not a worktree: nothing for `git worktree` to track,
+        # and its files never change once written, so ninja rebuilds
+        # nothing on the next run.
+        shutil.rmtree(base, ignore_errors=True)
+        os.makedirs(src)
+        archive = subprocess.Popen(["git", "archive", sha], cwd=ROOT,
+                                   stdout=subprocess.PIPE)
+        subprocess.run(["tar", "-x", "-C", src], stdin=archive.stdout,
+                       check=True)
+        archive.stdout.close()
+        if archive.wait() != 0:
+            sys.exit(f"git archive {sha} failed")
+        open(done, "w").close()
+    if not os.path.exists(os.path.join(bld, "build.ninja")):
+        shutil.rmtree(bld, ignore_errors=True)
+        subprocess.run(["meson", "setup", bld, "--buildtype=release"],
+                       cwd=src, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["meson", "compile", "-C", bld, "daemon/tether"],
+                   check=True, stdout=subprocess.DEVNULL)
+    return sha, os.path.join(bld, "daemon", "tether")
+
+
+def side_by_side(sides, rounds, once):
+    """Runs once(binary) for each (name, binary) of sides, `rounds` times,
+    interleaved: A B, then B A, A B ... Alternating who goes first keeps
+    either from always running in the wake of the other (the writeback a
+    file case leaves behind slows whatever runs next). Returns {name:
+    [once's results, one per round]}."""
+    got = {name: [] for name, _ in sides}
+    for r in range(rounds):
+        for name, binary in (sides if r % 2 == 0 else sides[::-1]):
+            got[name].append(once(binary))
+    return got
+
+
+@contextlib.contextmanager
+def cmp_generate_file(work, sizes, window):
+    def run(tether, n):
+        r, path = once_generate_file(tether, work, n, window)
+        os.unlink(path)  # the next run's writeback starts clean
+        return r
+    yield run
+
+
+@contextlib.contextmanager
+def cmp_sse_file(work, sizes):
+    ng, port, d = start_nginx(work)
+    try:
+        urls = {n: write_stream(d, port, n)[0] for n in set(sizes)}
+        yield lambda tether, n: once_sse_file(tether, work, urls[n], n)
+    finally:
+        stop_nginx(ng)
+
+
+@contextlib.contextmanager
+def cmp_socket_sink(work, sizes, window):
+    yield lambda tether, n: once_socket_sink(tether, work, n, window)
+
+
+@contextlib.contextmanager
+def cmp_exec_sink(work, sizes, window):
+    yield lambda tether, n: once_exec_sink(tether, work, n, window)
+
+
+def comparisons(quick):
+    """What --against compares: (case, label, events of a timed run, the
+    case's set-up: a context manager of (directory, the event counts it
+    will be run with) that yields run(tether, events))."""
+    n = 500_000 if quick else 2_000_000
+    m = 200_000 if quick else 1_000_000  # nginx serves a file of m events
+    return [
+        ("generate_file", "generate -> file, max_in_flight 1000", n,
+         functools.partial(cmp_generate_file, window=1000)),
+        ("generate_file", "generate -> file, max_in_flight 10000", n,
+         functools.partial(cmp_generate_file, window=10000)),
+        ("sse_file", "sse -> file from nginx, max_in_flight 10000", m,
+         cmp_sse_file),
+        ("socket_sink", "socket sink -> subscriber, max_in_flight 1000, "
+         "ack every 100", n,
+         functools.partial(cmp_socket_sink, window=1000)),
+        ("exec_sink", "exec sink -> acker, max_in_flight 10000", n,
+         functools.partial(cmp_exec_sink, window=10000)),
+    ]
+
+
+def instructions(cgdir, tether, run, n):
+    """The user-space instructions cachegrind counts in tether's process
+    for run(tether, n). The acker and the subscriber are not counted:
+    valgrind leaves a child that execs alone."""
+    out = os.path.join(cgdir, "cg.%p")
+    run(["valgrind", "-q", "--tool=cachegrind", "--cache-sim=no",
+         f"--cachegrind-out-file={out}", tether], n)
+    total = 0
+    for f in os.listdir(cgdir):
+        with open(os.path.join(cgdir, f)) as cg:
+            m = re.search(r"^summary: (\d+)", cg.read(), re.M)
+        os.unlink(os.path.join(cgdir, f))
+        if m:
+            total = max(total, int(m.group(1)))
+    if total == 0:
+        sys.exit(f"cachegrind counted nothing for {tether}")
+    return total
+
+
+def count_side_by_side(cgdir, sides, reps, run, sizes):
+    """Instructions per event of each binary: cachegrind counts a run of
+    n1 and one of n2 events, and the difference over n2 - n1 leaves
+    start-up and shutdown out. Unlike time it does not depend on what
+    else the machine runs; the reps show how little it moves. Returns
+    {name: [instructions per event, one per rep]}."""
+    n1, n2 = sizes
+    got = {name: [] for name, _ in sides}
+    for r in range(reps):
+        for name, binary in (sides if r % 2 == 0 else sides[::-1]):
+            i1 = instructions(cgdir, binary, run, n1)
+            i2 = instructions(cgdir, binary, run, n2)
+            got[name].append((i2 - i1) / (n2 - n1))
+    return got
+
+
+def verdict(prev, this, floor=0.0):
+    """(ratio of the medians this/previous, the larger relative spread
+    (max - min) / median of the two, what it means). The difference is
+    noise while the two ranges of runs overlap: then some run of the
+    slower binary was as fast as some run of the faster one. Every run of
+    one beating every run of the other, interleaved, is a difference: by
+    chance that happens once in 20 at 3 rounds, once in 252 at 5. One
+    below floor (relative) is reported as too small to matter."""
+    ratio = statistics.median(this) / statistics.median(prev)
+    spread = max((max(v) - min(v)) / statistics.median(v)
+                 for v in (prev, this))
+    if min(this) <= max(prev) and max(this) >= min(prev):
+        what = "noise"
+    elif abs(ratio - 1) < floor:
+        what = f"within {floor * 100:.0f} %"
+    elif ratio > 1:
+        what = "higher"
+    else:
+        what = "lower"
+    return ratio, spread, what
+
+
+def compare_tables(results, names):
+    """The tables of a comparison: the timed rounds (events/s and events
+    per CPU-second, higher is better) and, when counted, instructions per
+    event (lower is better)."""
+    prev, this = names
+    head = ("case", f"previous ({prev})", f"this ({this})",
+            "ratio this/previous", "spread", "verdict")
+
+    def cell(v, scale, unit, digits):
+        med = statistics.median(v) / scale
+        return (f"{med:.{digits}f}{unit} ({min(v) / scale:.{digits}f}-"
+                f"{max(v) / scale:.{digits}f})")
+
+    def row(label, got, f, unit, scale, digits, floor, better):
+        a = [f(r) for r in got[prev]]
+        b = [f(r) for r in got[this]]
+        ratio, spread, v = verdict(a, b, floor)
+        return (label, cell(a, scale, unit, digits), cell(b, scale, unit,
+                                                            digits),
+                f"{ratio:.3f}", f"{spread * 100:.1f} %", better.get(v, v))
+
+    faster = {"higher": "faster", "lower": "SLOWER"}
+    timed = [head]
+    counted = [head]
+    for label, n, got, sizes, count in results:
+        timed.append(row(f"{label}, {n:,} events: events/s", got,
+                         lambda r: r["eps"], " M", 1e6, 2, 0, faster))
+        timed.append(row(f"{label}, {n:,} events: events/CPU-s", got,
+                         lambda r: r["eps_cpu"], " M", 1e6, 2, 0, faster))
+        if count is not None:
+            counted.append(row(f"{label}, {sizes[1]:,} - {sizes[0]:,} "
+                               "events", count, lambda x: x, "", 1, 0,
+                               0.01, {"higher": "MORE", "lower": "fewer"}))
+    return timed, counted if len(counted) > 1 else None
+
+
+def write_section(title, body):
+    """Replaces the section `## title` of RESULTS.md with body (or adds it
+    at the end), leaving the rest of the file as it is."""
+    with open(RESULTS) as f:
+        text = f.read()
+    head = f"## {title}\n"
+    start = text.find(head)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + head + "\n" + body
+    else:
+        end = text.find("\n## ", start + len(head))
+        rest = "" if end < 0 else text[end:]
+        text = text[:start] + head + "\n" + body.rstrip("\n") + "\n" + rest
+    with open(RESULTS, "w") as f:
+        f.write(text)
+
+
+def against(args):
+    rev = args.against or previous_release()
+    cases = args.case or list(COMPARE)
+    bad = [c for c in cases if c not in COMPARE]
+    if bad:
+        sys.exit(f"--against runs {', '.join(COMPARE)}; not {', '.join(bad)}")
+    rounds = args.rounds
+    count = not args.no_instructions
+    if count and shutil.which("valgrind") is None:
+        sys.exit("valgrind counts the instructions: install it, or give "
+                 "--no-instructions")
+    sizes = (50_000, 150_000) if args.quick else (100_000, 500_000)
+    t0 = time.monotonic()
+    build()
+    sha, old = build_at(rev)
+    names = (sha[:7], this_build())
+    sides = [(names[0], old), (names[1], TETHER)]
+    cgdir = tempfile.mkdtemp(prefix="tether-cg-")
+    results = []
+    try:
+        for case, label, n, setup in comparisons(args.quick):
+            if case not in cases:
+                continue
+            work = tempfile.mkdtemp(prefix="tb-", dir="/tmp")  # short: a
+            try:                                   # socket path fits
+                with setup(work, (n,) + sizes) as run:
+                    got = side_by_side(sides, rounds, lambda t: run(t, n))
+                    cnt = (count_side_by_side(cgdir, sides, 2, run, sizes)
+                           if count else None)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            results.append((label, n, got, sizes, cnt))
+    finally:
+        shutil.rmtree(cgdir, ignore_errors=True)
+    minutes = (time.monotonic() - t0) / 60
+    timed, counted = compare_tables(results, names)
+    text = table(timed)
+    if counted:
+        text += ("\n\nInstructions per event (cachegrind, user space, "
+                 "2 counts each):\n\n" + table(counted))
+    print(text)
+    print(f"\n{rounds} timed rounds each, interleaved; {minutes:.1f} min "
+          f"in all, builds included{niceness()}")
+    if args.quick or args.case:
+        return
+    command = "python3 bench/bench.py --against"
+    if args.against:
+        command += " " + args.against
+    if args.rounds != ROUNDS:
+        command += f" --rounds {args.rounds}"
+    if not count:
+        command += " --no-instructions"
+    if os.nice(0) > 0:
+        command = f"nice -n {os.nice(0)} {command}"
+    prev_line = recorded_release() or sha[:7]
+    write_section(COMPARE_TITLE, f"""Previous release: `{prev_line}` (what `--against` compares with while the
+repository has no tag; change it when a release lands).
+
+Measured on {datetime.date.today()} by
+
+    {command}
+
+tether at {names[1]} against tether at {names[0]}, both release builds,
+the older one built by the script under bench/out/. Machine:
+{machine()}; shared with other work{niceness()}.
+Each case ran {rounds} times per binary, interleaved (the binary that
+goes first alternates per round); a cell is the median of its rounds and,
+in brackets, the lowest and the highest. Instructions were counted twice
+per binary and size. The whole comparison took {minutes:.1f} minutes.
+
+{text}
+
+How to read it:
+
+- ratio is this/previous of the medians: above 1 is faster in the first
+  table, more work in the second. spread is the larger of the two
+  binaries' (max - min) / median, the noise on that row. The verdict is
+  noise while the two ranges overlap (some run of the slower binary was
+  as fast as some run of the faster one); SLOWER or faster only when
+  every run of one beat every run of the other, which chance alone does
+  once in 252 at 5 rounds.
+- events/CPU-s divides the events by the CPU time tether used (the exec
+  case counts the acker's too, as tether reaps it).
+- On this machine time moves by tens of percent from run to run, CPU
+  time as well (other sessions share the host), so a timed row can hide
+  a regression of that size. The instruction counts do not depend on
+  the load: cachegrind counts tether's own user-space instructions in a
+  run of {sizes[0]:,} and one of {sizes[1]:,} events and divides the
+  difference by {sizes[1] - sizes[0]:,}, so start-up and shutdown drop out.
+  They leave out the kernel's work (the copy into the page cache, the
+  fdatasync, the socket) and the acker's and subscriber's. A difference
+  under 1 % is reported as such.
+- The cases are those of the table above, run by the same code; their
+  baselines are left out here, the previous release is the baseline.
+  `tether check` accepts each config for each binary before it runs.
+""")
+
+
+def this_build():
+    """The short commit of the working tree, marked when tether's sources
+    differ from it."""
+    name = commit()
+    try:
+        if git("status", "--porcelain", "--", "daemon", "loop", "protocol",
+               "store", "meson.build", "meson_options.txt"):
+            name += "+changes"
+    except subprocess.CalledProcessError:
+        pass
+    return name
+
+
+def niceness():
+    n = os.nice(0)
+    return f", under nice {n}" if n > 0 else ""
+
+
 def machine():
     model = ""
     with open("/proc/cpuinfo") as f:
@@ -1137,17 +1603,38 @@ def table(rows):
     return "\n".join(lines)
 
 
+def want(args, case):
+    return not args.case or case in args.case
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true",
                     help="short runs; does not write RESULTS.md")
-    ap.add_argument("--case", choices=["generate_file", "sse_file",
-                                       "sse_latency", "socket_sink",
-                                       "fifo_sink", "exec_sink",
-                                       "api_latency", "idle",
-                                       "binary", "pocketbase_file",
-                                       "pocketbase_wakeup"])
+    ap.add_argument("--case", action="append",
+                    choices=["generate_file", "sse_file",
+                             "sse_latency", "socket_sink",
+                             "fifo_sink", "exec_sink",
+                             "api_latency", "idle",
+                             "binary", "pocketbase_file",
+                             "pocketbase_wakeup"],
+                    help="run only this case (may be repeated)")
+    ap.add_argument("--against", nargs="?", const="", metavar="REV",
+                    help="compare with tether built at REV (default: the "
+                    "newest tag, else the previous release RESULTS.md "
+                    "names), run side by side")
+    ap.add_argument("--rounds", type=int, default=ROUNDS,
+                    help=f"runs per binary with --against (at least 3; "
+                    f"default {ROUNDS})")
+    ap.add_argument("--no-instructions", action="store_true",
+                    help="with --against, leave out the instruction "
+                    "counts (valgrind)")
     args = ap.parse_args()
+    if args.against is not None:
+        if args.rounds < 3:
+            ap.error("--rounds: at least 3")
+        against(args)
+        return
     build()
     events = 500_000 if args.quick else 2_000_000
     runs = 1 if args.quick else 3
@@ -1155,7 +1642,7 @@ def main():
     rows = [("case", "tether", "baseline", "ratio")]
     work = tempfile.mkdtemp(prefix="tether-bench-")
     try:
-        if args.case in (None, "generate_file"):
+        if want(args, "generate_file"):
             for window in (1000, 10000):
                 r = generate_file(work, events, window, runs)
                 rows.append((
@@ -1165,7 +1652,7 @@ def main():
                     f" {r['rss'] / 1024:.1f} MiB peak RSS)",
                     f"copysync {r['base_eps']:,.0f} lines/s",
                     f"{r['eps'] / r['base_eps']:.2f}"))
-        if args.case in (None, "sse_file"):
+        if want(args, "sse_file"):
             n = 200_000 if args.quick else 1_000_000
             r = sse_file(work, n, runs)
             rows.append((
@@ -1176,14 +1663,14 @@ def main():
                 f"{r['node_eps']:,.0f} events/s",
                 f"{r['mbps'] / r['curl_mbps']:.2f} of curl; "
                 f"{r['eps'] / r['node_eps']:.1f}x node"))
-        if args.case in (None, "sse_latency"):
+        if want(args, "sse_latency"):
             r = sse_latency(work, 10000, 3 if args.quick else 10)
             rows.append((
                 f"publish -> sink, 10,000 events/s, {r['n']:,} samples",
                 f"p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms",
                 f"curl p50 {r['base_p50']:.2f} ms, p99 {r['base_p99']:.2f} ms",
                 f"+{r['p99'] - r['base_p99']:.2f} ms at p99"))
-        if args.case in (None, "socket_sink"):
+        if want(args, "socket_sink"):
             n = 300_000 if args.quick else 2_000_000
             sock = {w: in_short_dir(socket_sink, n, w, runs)
                     for w in (1000, 10000)}
@@ -1200,7 +1687,7 @@ def main():
                     f"pipe into subscriber --stdin {r['base_eps']:,.0f} "
                     f"events/s",
                     f"{r['eps'] / r['base_eps']:.2f}"))
-        if args.case in (None, "fifo_sink"):
+        if want(args, "fifo_sink"):
             n = 300_000 if args.quick else 2_000_000
             for window in (1000, 10000):
                 r = in_short_dir(fifo_sink, n, window, runs)
@@ -1214,7 +1701,7 @@ def main():
                     f"pipe into subscriber --stdin {r['base_eps']:,.0f} "
                     f"events/s",
                     f"{r['eps'] / r['base_eps']:.2f}"))
-        if args.case in (None, "exec_sink"):
+        if want(args, "exec_sink"):
             n = 300_000 if args.quick else 2_000_000
             r = in_short_dir(exec_sink, n, 10000, runs)
             rows.append((
@@ -1223,7 +1710,7 @@ def main():
                 f"{r['rss'] / 1024:.1f} MiB peak RSS)",
                 f"pipe into acker {r['base_eps']:,.0f} events/s",
                 f"{r['eps'] / r['base_eps']:.2f}"))
-        if args.case in (None, "api_latency"):
+        if want(args, "api_latency"):
             r = in_short_dir(api_latency, 100, 2000)
             rows.append((
                 "GET /v1/consumers, 100 consumers, 2,000 requests, "
@@ -1234,7 +1721,7 @@ def main():
                 f"{r['base_p99']:.3f} ms ({r['base_size']} bytes)",
                 f"{r['p50'] / r['base_p50']:.0f}x at p50, "
                 f"{r['p99'] / r['base_p99']:.0f}x at p99"))
-        if args.case in (None, "pocketbase_file"):
+        if want(args, "pocketbase_file"):
             n = 5_000 if args.quick else 20_000
             r = pocketbase_file(work, n, runs)
             rows.append((
@@ -1246,7 +1733,7 @@ def main():
                 f"http.client, the same requests {r['base_rps']:,.0f} "
                 "records/s",
                 f"{r['rps'] / r['base_rps']:.2f}"))
-        if args.case in (None, "pocketbase_wakeup"):
+        if want(args, "pocketbase_wakeup"):
             n = 20 if args.quick else 50
             for settle in ("0", "500ms"):
                 r = pocketbase_wakeup(work, n, settle)
@@ -1257,7 +1744,7 @@ def main():
                     f"realtime client p50 {r['base_p50']:.2f} ms, p99 "
                     f"{r['base_p99']:.2f} ms",
                     f"{r['p99'] - r['base_p99']:+.2f} ms at p99"))
-        if args.case in (None, "idle"):
+        if want(args, "idle"):
             rss1, pss1, t1 = idle(work, 1, 1, 0, seconds)
             rss100, pss100, t100 = idle(work, 100, 1, 0, seconds)
             rss_done, pss_done, t_done = idle(work, 1, 1, 1, seconds)
@@ -1272,7 +1759,7 @@ def main():
             rows.append((f"idle, source done, {seconds} s",
                          f"{rss_done / 1024:.2f} MiB RSS ({pss_done / 1024:.2f}"
                          f" MiB PSS), {t_done} CPU ticks", "", ""))
-        if args.case in (None, "binary"):
+        if want(args, "binary"):
             stripped = os.path.join(work, "tether.stripped")
             subprocess.run(["strip", "-o", stripped, TETHER], check=True)
             rows.append(("stripped binary",
@@ -1284,7 +1771,16 @@ def main():
     print(text)
     if args.quick or args.case:
         return
-    with open(os.path.join(ROOT, "bench", "RESULTS.md"), "w") as f:
+    # The sections below the first table (the pocketbase cases, the
+    # comparison with the previous release) come from other commands:
+    # they stay.
+    try:
+        with open(RESULTS) as f:
+            old = f.read()
+        rest = old[old.index("\n## "):] if "\n## " in old else ""
+    except FileNotFoundError:
+        rest = ""
+    with open(RESULTS, "w") as f:
         f.write(f"""# Benchmark results
 
 Produced by `python3 bench/bench.py` on {datetime.date.today()} at commit
@@ -1324,7 +1820,7 @@ How to read it:
   by the server's CPU (shown beside tether's), so its ratio says how much
   tether adds to the server's cost, not what tether could read.
 - pocketbase_wakeup has 50 samples per row: its p99 is the slowest one.
-""")
+{rest}""")
 
 
 if __name__ == "__main__":

@@ -337,10 +337,21 @@ static json_t *consumer_json(api *a, consumer *c) {
                       json_integer((json_int_t)st.dead_lettered));
   json_object_set_new(o, "sink_rewinds",
                       json_integer((json_int_t)st.sink_rewinds));
-  if (st.last_error[0] != '\0')
-    json_object_set_new(o, "last_error", json_string(st.last_error));
+  if (consumer_error_now(c)[0] != '\0')
+    json_object_set_new(o, "last_error", json_string(consumer_error_now(c)));
   if (consumer_sink_state(c)[0] != '\0')
     json_object_set_new(o, "sink_state", json_string(consumer_sink_state(c)));
+  {
+    char sink_status[320];
+
+    json_object_set_new(
+        o, "sink_status",
+        json_string(consumer_sink_status(c, sink_status, sizeof sink_status)));
+  }
+  json_object_set_new(o, "bytes_delivered",
+                      json_integer((json_int_t)st.bytes_delivered));
+  json_object_set_new(o, "bytes_in_flight",
+                      json_integer((json_int_t)st.bytes_in_flight));
   if (consumer_sink(c) != NULL && cc->sink == &sink_socket)
     json_object_set_new(
         o, "subscribers",
@@ -462,7 +473,19 @@ static void ack(api *a, http_conn *c, const http_srv_request *req,
 
 /* ---- cursors ----------------------------------------------------------- */
 
-static json_t *cursor_json(const store_cursor *cur) {
+/* A cursor no configured consumer reads: its consumer is gone from the
+ * configuration, or it was kept under a key that is not its consumer's
+ * any more. Extra rows of a configured consumer (a subject, such as a
+ * scope) are its source's. */
+static bool orphan(api *a, const store_cursor *cur) {
+  consumer *k = find_consumer(a, cur->consumer_id);
+
+  if (k == NULL)
+    return true;
+  return strcmp(cur->stream_name, consumer_stream_name(k)) != 0;
+}
+
+static json_t *cursor_json(api *a, const store_cursor *cur) {
   char t[40];
   json_t *o =
       json_pack("{s:s,s:s,s:s,s:I,s:s,s:s}", "consumer_id", cur->consumer_id,
@@ -480,6 +503,8 @@ static json_t *cursor_json(const store_cursor *cur) {
     json_object_set_new(o, "last_error", json_string(cur->last_error));
   time_text(cur->updated_at, t, sizeof t);
   json_object_set_new(o, "updated_at", json_string(t));
+  if (orphan(a, cur))
+    json_object_set_new(o, "orphan", json_true());
   return o;
 }
 
@@ -552,7 +577,7 @@ static void list_cursors(api *a, http_conn *c, const http_srv_request *req) {
   }
   arr = json_array();
   for (i = 0; i < n; i++)
-    json_array_append_new(arr, cursor_json(&rows[i]));
+    json_array_append_new(arr, cursor_json(a, &rows[i]));
   store_cursors_free(rows, n);
   respond_json(c, 200, json_pack("{s:o}", "cursors", arr));
 out:
@@ -574,7 +599,57 @@ static void get_cursor(api *a, http_conn *c, char **seg, int n) {
     store_error_reply(c, rc, err);
     return;
   }
-  respond_json(c, 200, json_pack("{s:o}", "cursor", cursor_json(&cur)));
+  respond_json(c, 200, json_pack("{s:o}", "cursor", cursor_json(a, &cur)));
+  store_cursor_free(&cur);
+}
+
+/* DELETE /v1/cursors/C/S[/SUBJECT]: only an orphan goes (a consumer in the
+ * configuration owns its cursors: reset them instead). A consumer gone from
+ * the configuration loses its other state with its last cursor. */
+static void remove_cursor(api *a, http_conn *c, const http_srv_request *req,
+                          char **seg, int n) {
+  store_key key = { seg[2], seg[3], n > 4 ? seg[4] : "" };
+  store_cursor cur, *rest = NULL;
+  store_query q;
+  size_t left = 0;
+  char err[256];
+  int rc;
+
+  memset(&cur, 0, sizeof cur);
+  rc = store_get(a->env.st, &key, &cur, err, sizeof err);
+  if (rc != 0) {
+    store_error_reply(c, rc, err);
+    return;
+  }
+  if (!orphan(a, &cur)) {
+    char shown[256];
+
+    error_reply(c, 409, "cursor_in_use",
+                "consumer %s reads this cursor: it is reset, not removed "
+                "(remove the consumer from the configuration first)",
+                printable(cur.consumer_id, shown, sizeof shown));
+    store_cursor_free(&cur);
+    return;
+  }
+  rc = store_remove_cursor(a->env.st, &key, err, sizeof err);
+  memset(&q, 0, sizeof q);
+  q.consumer_id = key.consumer_id;
+  q.limit = 1;
+  if (rc == 0 && find_consumer(a, key.consumer_id) == NULL &&
+      store_list(a->env.st, &q, &rest, &left, err, sizeof err) == 0 &&
+      left == 0)
+    store_remove_consumer(a->env.st, key.consumer_id, err, sizeof err);
+  store_cursors_free(rest, left);
+  if (rc != 0) {
+    store_error_reply(c, rc, err);
+    store_cursor_free(&cur);
+    return;
+  }
+  log_warn("orphan cursor removed", LS("consumer", cur.consumer_id),
+           LS("stream", cur.stream_name), LS("subject", cur.subject_id),
+           LI("seq", cur.last_sequence), LI("by_uid", (int64_t)req->uid),
+           LI("by_pid", (int64_t)req->pid));
+  respond_json(c, 200, json_pack("{s:o}", "removed", cursor_json(a, &cur)));
   store_cursor_free(&cur);
 }
 
@@ -591,7 +666,9 @@ typedef struct pending_reset {
   http_conn *c; /* NULL once the client went away (then nothing is done) */
   json_t *body; /* holds the strings r points into */
   store_reset r;
-  long uid, pid; /* the caller, for the log */
+  bool from_start;   /* "from_start": true: position "" on purpose */
+  bool has_position; /* "position" was given */
+  long uid, pid;     /* the caller, for the log */
 } pending_reset;
 
 static void pending_free(pending_reset *p) {
@@ -646,6 +723,18 @@ static void on_idle_reset(flusher_waiter *w, int status) {
   /* The consumer may have been resumed while the reset waited. */
   if (!reset_allowed(p))
     return;
+  k = find_consumer(p->a, p->r.key.consumer_id);
+  /* The cursor of a configured consumer: seq never goes backward. The
+   * events read again after the reset get seqs above every seq handed
+   * out (the lease in the state file covers those a crash forgot), so an
+   * application that drops duplicates by seq never drops a new event. */
+  if (k != NULL && strcmp(p->r.key.stream_name, consumer_stream_name(k)) == 0 &&
+      (p->r.key.subject_id == NULL || p->r.key.subject_id[0] == '\0')) {
+    uint64_t floor = consumer_seq_lease(k);
+
+    if (floor != UINT64_MAX && (uint64_t)p->r.last_sequence < floor)
+      p->r.last_sequence = (int64_t)floor;
+  }
   memset(&cur, 0, sizeof cur);
   rc = store_reset_cursor(p->a->env.st, &p->r, &cur, err, sizeof err);
   if (rc != 0) {
@@ -653,7 +742,6 @@ static void on_idle_reset(flusher_waiter *w, int status) {
     pending_free(p);
     return;
   }
-  k = find_consumer(p->a, cur.consumer_id);
   if (k != NULL && strcmp(cur.stream_name, consumer_stream_name(k)) == 0 &&
       cur.subject_id[0] == '\0')
     consumer_reset_to(k, (uint64_t)cur.last_sequence, cur.position);
@@ -661,7 +749,8 @@ static void on_idle_reset(flusher_waiter *w, int status) {
            LS("stream", cur.stream_name), LI("seq", cur.last_sequence),
            LS("reason", p->r.reason), LI("by_uid", p->uid),
            LI("by_pid", p->pid));
-  respond_json(p->c, 200, json_pack("{s:o}", "cursor", cursor_json(&cur)));
+  respond_json(p->c, 200,
+               json_pack("{s:o}", "cursor", cursor_json(p->a, &cur)));
   store_cursor_free(&cur);
   pending_free(p);
 }
@@ -669,13 +758,10 @@ static void on_idle_reset(flusher_waiter *w, int status) {
 /* POST /v1/cursors/reset: only while the consumer that owns the cursor is
  * paused with nothing in flight, and recorded with its reason. */
 static void reset_cursor(api *a, http_conn *c, const http_srv_request *req) {
-  static const char *const allowed[] = { "key",
-                                         "last_sequence",
-                                         "last_delivery_id",
-                                         "last_delivered_at",
-                                         "position",
-                                         "reason",
-                                         NULL };
+  static const char *const allowed[] = {
+    "key",      "last_sequence", "last_delivery_id", "last_delivered_at",
+    "position", "from_start",    "reason",           NULL
+  };
   json_error_t jerr;
   json_t *body, *key, *v;
   const char *name, *at;
@@ -710,14 +796,31 @@ static void reset_cursor(api *a, http_conn *c, const http_srv_request *req) {
   r.position = string_field(body, "position");
   r.reason = string_field(body, "reason");
   if (!json_is_object(key) || r.key.consumer_id == NULL ||
-      r.key.stream_name == NULL || !json_is_integer(v)) {
+      r.key.stream_name == NULL || (v != NULL && !json_is_integer(v)) ||
+      (json_object_get(body, "from_start") != NULL &&
+       !json_is_boolean(json_object_get(body, "from_start")))) {
     json_decref(body);
     error_reply(c, 400, "invalid_cursor",
                 "expected {\"key\":{\"consumer_id\",\"stream_name\","
-                "\"subject_id\"},\"last_sequence\":N,\"reason\":\"...\"}");
+                "\"subject_id\"},\"position\":\"...\" or "
+                "\"from_start\":true,\"reason\":\"...\"}, and optionally "
+                "\"last_sequence\":N (a floor for the seq)");
     return;
   }
-  r.last_sequence = json_integer_value(v);
+  /* Where the consumer goes on is named, never implied: a reset without a
+   * position used to replay the whole upstream. */
+  if ((r.position == NULL) ==
+      !json_is_true(json_object_get(body, "from_start"))) {
+    json_decref(body);
+    error_reply(c, 400, "position_required",
+                "a reset names where to go on: \"position\" (the upstream's "
+                "cursor, as tether cursors get shows it) or \"from_start\": "
+                "true, not both");
+    return;
+  }
+  if (r.position == NULL)
+    r.position = "";
+  r.last_sequence = v != NULL ? json_integer_value(v) : 0;
   if ((at = string_field(body, "last_delivered_at")) != NULL &&
       store_parse_time(at, &r.delivered_at) != 0) {
     json_decref(body);
@@ -824,6 +927,12 @@ static void metrics(api *a, http_conn *c) {
                "events the source handed to the consumer", st.emitted);
   PER_CONSUMER(&b, "tether_events_delivered_total", "counter",
                "events the sink delivered", st.delivered);
+  PER_CONSUMER(&b, "tether_sink_delivered_bytes_total", "counter",
+               "bytes of envelope lines the sink delivered",
+               st.bytes_delivered);
+  PER_CONSUMER(&b, "tether_events_in_flight_bytes", "gauge",
+               "bytes of envelope lines handed over and not yet delivered",
+               st.bytes_in_flight);
   PER_CONSUMER(&b, "tether_events_retried_total", "counter",
                "events sent to the sink again (a failed write, a retry "
                "answer, a timeout, a subscriber or handler gone)",
@@ -866,6 +975,38 @@ static void metrics(api *a, http_conn *c) {
       label(&b, consumer_name(a->env.consumers[i]));
       buf_appendf(&b, "\",state=\"%s\"} %d\n", consumer_state_names[s],
                   (consumer_state)s == cs);
+    }
+  }
+  metric_help(&b, "tether_errors_total", "counter",
+              "failures by where they came from (the last is in the cursor "
+              "row's last_error)");
+  for (i = 0; i < a->env.n; i++) {
+    static const char *const kinds[] = { "source", "sink", "commit" };
+
+    consumer_get_stats(a->env.consumers[i], &st);
+    for (s = 0; s < 3; s++) {
+      buf_append_str(&b, "tether_errors_total{consumer=\"");
+      label(&b, consumer_name(a->env.consumers[i]));
+      buf_appendf(&b, "\",kind=\"%s\"} %" PRIu64 "\n", kinds[s], st.errors[s]);
+    }
+  }
+  metric_help(&b, "tether_sink_state", "gauge",
+              "1 for the state each consumer's sink is in");
+  for (i = 0; i < a->env.n; i++) {
+    static const char *const sink_states[] = {
+      "ok", "waiting_for_reader", "no_subscriber", "retrying", "failed",
+    };
+    char now[320];
+    size_t len;
+
+    consumer_sink_status(a->env.consumers[i], now, sizeof now);
+    len = strcspn(now, ":");
+    for (s = 0; s < sizeof sink_states / sizeof sink_states[0]; s++) {
+      buf_append_str(&b, "tether_sink_state{consumer=\"");
+      label(&b, consumer_name(a->env.consumers[i]));
+      buf_appendf(&b, "\",state=\"%s\"} %d\n", sink_states[s],
+                  strlen(sink_states[s]) == len &&
+                      strncmp(now, sink_states[s], len) == 0);
     }
   }
   if (a->env.fl != NULL) {
@@ -970,10 +1111,21 @@ static void route(http_conn *c, const http_srv_request *req, void *data) {
 
     if (!method_is(c, req, "GET"))
       goto out;
-    if (strcmp(phase, "running") == 0)
-      respond_json(c, 200, json_pack("{s:b}", "ready", 1));
-    else
+    if (strcmp(phase, "running") != 0) {
       error_reply(c, 503, "not_ready", "tether is %s", phase);
+    } else if (a->env.fl != NULL && !flusher_healthy(a->env.fl) &&
+               flusher_failing_ms(a->env.fl) >=
+                   a->env.cfg->daemon.ready_commit_timeout) {
+      /* The cursors cannot be made durable: a restart now would deliver
+       * again everything since the last good commit. */
+      error_reply(c, 503, "commits_failing",
+                  "cursor commits have been failing for %.1f s "
+                  "(ready_commit_timeout): %s",
+                  (double)flusher_failing_ms(a->env.fl) / 1000.0,
+                  a->env.n > 0 ? consumer_error_now(a->env.consumers[0]) : "");
+    } else {
+      respond_json(c, 200, json_pack("{s:b}", "ready", 1));
+    }
     goto out;
   }
   /* Everything below reads or changes state: the unix socket only. */
@@ -1022,6 +1174,8 @@ static void route(http_conn *c, const http_srv_request *req, void *data) {
     } else if (n == 3 && strcmp(seg[2], "reset") == 0) {
       if (method_is(c, req, "POST"))
         reset_cursor(a, c, req);
+    } else if ((n == 4 || n == 5) && strcmp(req->method, "DELETE") == 0) {
+      remove_cursor(a, c, req, seg, n);
     } else if (n == 4 || n == 5) {
       if (method_is(c, req, "GET"))
         get_cursor(a, c, seg, n);

@@ -40,13 +40,19 @@ const char cli_usage_cursors[] =
     "usage: tether cursors list [--consumer C] [--stream S] [--subject X]\n"
     "                           [--limit N] [--json]\n"
     "       tether cursors get CONSUMER STREAM [SUBJECT]\n"
-    "       tether cursors reset CONSUMER STREAM [SUBJECT] --seq N\n"
-    "                            [--position P] --reason TEXT\n"
+    "       tether cursors reset CONSUMER STREAM [SUBJECT]\n"
+    "                            (--position P | --from-start)\n"
+    "                            [--seq N] --reason TEXT\n"
+    "       tether cursors remove CONSUMER STREAM [SUBJECT]\n"
     "       (each takes -s SOCKET)\n"
     "\n"
-    "Lists, shows or resets committed cursors. A reset needs a reason (it\n"
-    "is recorded) and the consumer paused with nothing in flight; resume it\n"
-    "afterwards and it goes on from the new cursor.\n";
+    "Lists, shows or resets committed cursors. A reset names where the\n"
+    "consumer goes on (the upstream's position, or --from-start), needs a\n"
+    "reason (it is recorded) and the consumer paused with nothing in\n"
+    "flight; resume it afterwards and it goes on from there. seq never goes\n"
+    "backward: the events read again get seqs above every seq used before\n"
+    "(--seq N only raises that floor). A cursor no configured consumer owns\n"
+    "(an orphan, marked in the list) can be removed.\n";
 
 const char cli_usage_tail[] =
     "usage: tether tail NAME [-s SOCKET] [-n COUNT] [--no-ack]\n"
@@ -224,6 +230,7 @@ int cli_status(int argc, char **argv) {
   flags f;
   call ready, list;
   json_t *j, *cs, *k;
+  char *why;
   size_t i;
   int ok;
 
@@ -236,33 +243,56 @@ int cli_status(int argc, char **argv) {
   if (request(f.socket, "GET", "/v1/ready", NULL, &ready) != 0)
     return 1;
   ok = ready.status == 200;
+  /* Why not: the answer's message ("cursor commits have been failing"). */
+  why = NULL;
+  if (!ok && (j = json_loadb(ready.body.data, ready.body.len, 0, NULL))) {
+    const char *m = json_string_value(
+        json_object_get(json_object_get(j, "error"), "message"));
+
+    why = m != NULL ? strdup(m) : NULL;
+    json_decref(j);
+  }
   buf_free(&ready.body);
-  if (request(f.socket, "GET", "/v1/consumers", NULL, &list) != 0)
+  if (request(f.socket, "GET", "/v1/consumers", NULL, &list) != 0) {
+    free(why);
     return 1;
+  }
   if (list.status != 200) {
     print_error(&list);
     buf_free(&list.body);
+    free(why);
     return 1;
   }
   if (f.json) {
     printf("%s\n", list.body.data);
     buf_free(&list.body);
+    free(why);
     return ok ? 0 : 1;
   }
   j = json_loadb(list.body.data, list.body.len, 0, NULL);
   cs = json_object_get(j, "consumers");
-  printf("tether is %s\n\n", ok ? "ready" : "not ready");
-  printf("%-20s %-10s %12s %12s %9s %8s %10s  %s\n", "CONSUMER", "STATE",
-         "CURSOR", "COMMITTED", "IN_FLIGHT", "LAG_S", "EVENTS/S", "LAST ERROR");
+  if (ok)
+    printf("tether is ready\n\n");
+  else
+    printf("tether is not ready%s%s\n\n", why ? ": " : "", why ? why : "");
+  free(why);
+  printf("%-20s %-10s %-18s %12s %12s %9s %8s %10s  %s\n", "CONSUMER", "STATE",
+         "SINK", "CURSOR", "COMMITTED", "IN_FLIGHT", "LAG_S", "EVENTS/S",
+         "LAST ERROR");
   json_array_foreach(cs, i, k) {
     json_t *cur = json_object_get(k, "cursor");
     const char *e = json_string_value(json_object_get(k, "last_error"));
+    const char *sink = json_string_value(json_object_get(k, "sink_status"));
+    char word[24];
 
+    /* The sink's word here; what it is retrying on shows as the error. */
+    snprintf(word, sizeof word, "%.*s",
+             sink != NULL ? (int)strcspn(sink, ":") : 1, sink ? sink : "-");
     printf(
-        "%-20s %-10s %12" JSON_INTEGER_FORMAT " %12" JSON_INTEGER_FORMAT
+        "%-20s %-10s %-18s %12" JSON_INTEGER_FORMAT " %12" JSON_INTEGER_FORMAT
         " %9" JSON_INTEGER_FORMAT " %8.1f %10.1f  %s\n",
         json_string_value(json_object_get(k, "name")),
-        json_string_value(json_object_get(k, "state")),
+        json_string_value(json_object_get(k, "state")), word,
         json_integer_value(json_object_get(cur, "seq")),
         json_integer_value(json_object_get(k, "committed_seq")),
         json_integer_value(json_object_get(k, "in_flight")),
@@ -308,16 +338,21 @@ int cli_consumers(int argc, char **argv) {
 
 /* ---- cursors ----------------------------------------------------------- */
 
+/* One row; an orphan (no configured consumer reads it) says so, and a
+ * recorded error follows the position. */
 static void print_cursor(json_t *k) {
   const char *pos = json_string_value(json_object_get(k, "position"));
   const char *sub = json_string_value(json_object_get(k, "subject_id"));
+  const char *err = json_string_value(json_object_get(k, "last_error"));
 
-  printf("%-20s %-28s %-10s %12" JSON_INTEGER_FORMAT "  %s\n",
+  printf("%-20s %-12s %-10s %12" JSON_INTEGER_FORMAT " %-7s %s%s%s\n",
          json_string_value(json_object_get(k, "consumer_id")),
          json_string_value(json_object_get(k, "stream_name")),
          sub != NULL && *sub ? sub : "-",
          json_integer_value(json_object_get(k, "last_sequence")),
-         pos != NULL ? pos : "");
+         json_is_true(json_object_get(k, "orphan")) ? "orphan" : "-",
+         pos != NULL ? pos : "", err != NULL ? "  last_error: " : "",
+         err != NULL ? err : "");
 }
 
 static void append_param(buf *b, const char *name, const char *value) {
@@ -328,7 +363,8 @@ static void append_param(buf *b, const char *name, const char *value) {
 }
 
 int cli_cursors(int argc, char **argv) {
-  const char *seq = NULL, *position = "", *reason = NULL;
+  const char *seq = NULL, *position = NULL, *reason = NULL;
+  bool from_start = false;
   const char *consumer = NULL, *stream = NULL, *subject = NULL, *limit = NULL;
   char *rest[8];
   int nrest = 0, i, rc;
@@ -342,6 +378,10 @@ int cli_cursors(int argc, char **argv) {
   for (i = 0; i < f.n; i++) {
     const char **slot = NULL;
 
+    if (strcmp(f.args[i], "--from-start") == 0) {
+      from_start = true;
+      continue;
+    }
     if (strcmp(f.args[i], "--seq") == 0)
       slot = &seq;
     else if (strcmp(f.args[i], "--position") == 0)
@@ -368,7 +408,7 @@ int cli_cursors(int argc, char **argv) {
     }
   }
   if (nrest == 0) {
-    fprintf(stderr, "tether: expected list, get or reset\n\n%s",
+    fprintf(stderr, "tether: expected list, get, reset or remove\n\n%s",
             cli_usage_cursors);
     return 2;
   }
@@ -391,34 +431,46 @@ int cli_cursors(int argc, char **argv) {
       buf_free(&params);
     }
     rc = request(f.socket, "GET", buf_cstr(&q), NULL, &c);
-  } else if (strcmp(rest[0], "get") == 0 && (nrest == 3 || nrest == 4)) {
+  } else if ((strcmp(rest[0], "get") == 0 || strcmp(rest[0], "remove") == 0) &&
+             (nrest == 3 || nrest == 4)) {
     buf_append_str(&q, "/v1/cursors");
     for (i = 1; i < nrest; i++) {
       buf_append_str(&q, "/");
       http_percent_encode(&q, rest[i], strlen(rest[i]));
     }
-    rc = request(f.socket, "GET", buf_cstr(&q), NULL, &c);
+    rc = request(f.socket, strcmp(rest[0], "get") == 0 ? "GET" : "DELETE",
+                 buf_cstr(&q), NULL, &c);
   } else if (strcmp(rest[0], "reset") == 0 && (nrest == 3 || nrest == 4)) {
     char *end;
     long long n;
     char *body;
 
-    if (seq == NULL || reason == NULL) {
+    if ((position == NULL) == !from_start || reason == NULL) {
       buf_free(&q);
-      fprintf(stderr, "tether: reset needs --seq N and --reason TEXT\n\n%s",
+      fprintf(stderr,
+              "tether: reset needs --position P or --from-start (one of "
+              "them), and --reason TEXT\n\n%s",
               cli_usage_cursors);
       return 2;
     }
-    n = strtoll(seq, &end, 10);
-    if (*seq == '\0' || *end != '\0' || n < 0) {
-      buf_free(&q);
-      fprintf(stderr, "tether: --seq %s: expected an integer >= 0\n", seq);
-      return 2;
+    n = 0;
+    if (seq != NULL) {
+      n = strtoll(seq, &end, 10);
+      if (*seq == '\0' || *end != '\0' || n < 0) {
+        buf_free(&q);
+        fprintf(stderr, "tether: --seq %s: expected an integer >= 0\n", seq);
+        return 2;
+      }
     }
-    j = json_pack("{s:{s:s,s:s,s:s},s:I,s:s,s:s}", "key", "consumer_id",
-                  rest[1], "stream_name", rest[2], "subject_id",
-                  nrest == 4 ? rest[3] : "", "last_sequence", (json_int_t)n,
-                  "position", position, "reason", reason);
+    j = json_pack("{s:{s:s,s:s,s:s},s:s}", "key", "consumer_id", rest[1],
+                  "stream_name", rest[2], "subject_id",
+                  nrest == 4 ? rest[3] : "", "reason", reason);
+    if (j != NULL && seq != NULL)
+      json_object_set_new(j, "last_sequence", json_integer((json_int_t)n));
+    if (j != NULL && from_start)
+      json_object_set_new(j, "from_start", json_true());
+    else if (j != NULL)
+      json_object_set_new(j, "position", json_string(position));
     body = json_dumps(j, JSON_COMPACT);
     json_decref(j);
     rc = request(f.socket, "POST", "/v1/cursors/reset", body, &c);
@@ -442,12 +494,14 @@ int cli_cursors(int argc, char **argv) {
     return 0;
   }
   j = json_loadb(c.body.data, c.body.len, 0, NULL);
-  printf("%-20s %-28s %-10s %12s  %s\n", "CONSUMER", "STREAM", "SUBJECT", "SEQ",
-         "POSITION");
+  printf("%-20s %-12s %-10s %12s %-7s %s\n", "CONSUMER", "STREAM", "SUBJECT",
+         "SEQ", "ORPHAN", "POSITION");
   if ((list = json_object_get(j, "cursors")) != NULL) {
     json_array_foreach(list, x, k) {
       print_cursor(k);
     }
+  } else if ((k = json_object_get(j, "removed")) != NULL) {
+    print_cursor(k);
   } else {
     print_cursor(json_object_get(j, "cursor"));
   }

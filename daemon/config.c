@@ -121,6 +121,11 @@ const option config_daemon_options[] = {
     "time a started API request may take to arrive whole; a slower client "
     "is cut off",
     10, HOUR, NULL, 0 },
+  { "ready_commit_timeout", OPT_DURATION, "30s",
+    offsetof(daemon_conf, ready_commit_timeout),
+    "/v1/ready (and tether status) turn false once cursor commits have "
+    "been failing this long; 0 = at the first failure",
+    0, DAY, NULL, 0 },
   { "api_idle_timeout", OPT_DURATION, "5s",
     offsetof(daemon_conf, api_idle_timeout),
     "time an API connection (socket or http_listen) may wait for its next "
@@ -128,6 +133,9 @@ const option config_daemon_options[] = {
     10, HOUR, NULL, 0 },
   { NULL, 0, NULL, 0, NULL, 0, 0, NULL, 0 },
 };
+
+static const char *const stream_change_choices[] = { "refuse", "keep",
+                                                     "restart", NULL };
 
 const option config_consumer_options[] = {
   { "source", OPT_STRING, NULL, offsetof(consumer_conf, source),
@@ -147,10 +155,25 @@ const option config_consumer_options[] = {
     "window is full at whichever bound comes first, and always takes one "
     "event",
     1024, 1099511627776ULL, NULL, 0 },
+  { "on_stream_change", OPT_ENUM, "refuse",
+    offsetof(consumer_conf, on_stream_change),
+    "when the cursor belongs to another stream than the configuration now "
+    "reads (another url, path, collection): refuse to start, keep the "
+    "cursor (the same stream, renamed), or restart from the beginning",
+    0, 0, stream_change_choices, 0 },
   { "retry_min", OPT_DURATION, "250ms", offsetof(consumer_conf, retry_min),
     "backoff after the sink first fails a batch", 1, HOUR, NULL, 0 },
   { "retry_max", OPT_DURATION, "30s", offsetof(consumer_conf, retry_max),
     "longest backoff between retries of a failing sink", 1, DAY, NULL, 0 },
+  { "max_attempts", OPT_INT, "0", offsetof(consumer_conf, max_attempts),
+    "failed attempts at delivering an event before on_fail applies (what "
+    "counts as one depends on the sink, see README); 0 = unlimited",
+    0, 1000000, NULL, 0 },
+  { "on_fail", OPT_STRING, "retry", offsetof(consumer_conf, on_fail),
+    "after max_attempts: retry (go on, with a warning), skip (log an error, "
+    "give the event up) or dead_letter:PATH (append a record to PATH, "
+    "fdatasync'd, then give the event up)",
+    0, 0, NULL, 0 },
   { NULL, 0, NULL, 0, NULL, 0, 0, NULL, 0 },
 };
 
@@ -1404,6 +1427,27 @@ static bool resolve_sink(parser *p, const section *s, const entry *e,
   return true;
 }
 
+int config_parse_on_fail(const char *text, sink_policy *out, char *err,
+                         size_t errlen) {
+  static const char prefix[] = "dead_letter:";
+
+  if (strcmp(text, "retry") == 0) {
+    out->on_fail = SINK_ON_FAIL_RETRY;
+    out->dead_letter = NULL;
+  } else if (strcmp(text, "skip") == 0) {
+    out->on_fail = SINK_ON_FAIL_SKIP;
+    out->dead_letter = NULL;
+  } else if (strncmp(text, prefix, sizeof prefix - 1) == 0 &&
+             text[sizeof prefix - 1] != '\0') {
+    out->on_fail = SINK_ON_FAIL_DEAD_LETTER;
+    out->dead_letter = text + sizeof prefix - 1;
+  } else {
+    snprintf(err, errlen, "expected retry, skip or dead_letter:PATH");
+    return UV_EINVAL;
+  }
+  return 0;
+}
+
 static uint64_t common_bit(const char *name) {
   const option *o = options_find(config_consumer_options, name);
 
@@ -1566,6 +1610,20 @@ static void build_consumer(parser *p, const section *s, config *c,
       *bits |= (uint64_t)1 << options_index(table, o);
     }
     free(v);
+  }
+
+  /* on_fail has a grammar of its own: parsed here, once for every sink,
+   * so that its error names its line. */
+  cc->policy.max_attempts = cc->common.max_attempts;
+  if (cc->common.on_fail != NULL &&
+      config_parse_on_fail(cc->common.on_fail, &cc->policy, msg, sizeof msg) !=
+          0) {
+    const entry *of = find_entry(s, "on_fail");
+
+    if (of != NULL)
+      key_error(p, s, of, cc->common.on_fail, "%s", msg);
+    else
+      section_error(p, s, "on_fail: %s", msg);
   }
 
   /* Checks across keys, reported on the section header's line. Those

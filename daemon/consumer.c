@@ -41,10 +41,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "daemon/dead_letter.h"
 #include "daemon/log.h"
 #include "loop/backoff.h"
 #include "protocol/buf.h"
 #include "protocol/envelope.h"
+#include "store/store.h"
 
 const char *const consumer_state_names[] = {
   "starting", "connected", "backoff", "paused", "done", "failed", "stopped",
@@ -100,11 +102,18 @@ struct consumer {
   } * ring;
   size_t ring_cap;        /* a power of two, above the events in flight */
   char sink_state[64];    /* the sink's own state ("waiting_for_reader") */
+  char sink_error[256];   /* the failure a batch retry waits on; "" = none */
+  char commit_error[256]; /* the last commit failure while they fail */
   bool write_outstanding; /* sink->write called, cb not yet run */
   bool retry_wait;        /* the batch failed; retry_timer runs */
   uv_timer_t retry_timer;
   uv_idle_t kick; /* hands staged lines to the sink once per loop turn */
   backoff retry;
+  /* max_attempts and on_fail for a sink that fails whole batches (see
+   * give_up_batch): failed writes of the batch at fail_first, and the
+   * dead-letter file, opened at its first record. */
+  uint64_t fail_first, fail_count;
+  dead_letter *dl;
 
   /* The cursor: the highest contiguous delivered event. */
   uint64_t delivered_seq;
@@ -113,6 +122,34 @@ struct consumer {
   uint64_t committed_seq;
   buf committed_pos; /* the position committed with committed_seq */
   int64_t committed_at_ns;
+
+  /* Records sources staged for the next commit (daemon/source.h), and
+   * those the running commit carries. Each op's strings point into its
+   * own allocations (name, value). */
+  struct staged {
+    store_op op;
+    char *name;
+    void *value;
+  } * ops, *snap_ops;
+  size_t n_ops, cap_ops, n_snap_ops, cap_snap_ops;
+  consumer_waiter *waiters, *snap_waiters; /* consumer_when_durable */
+
+  /* seqs up to seq_lease are reserved in the state file (its high_seq):
+   * no seq above it is handed out, so after a crash and a reset the new
+   * seqs start above every seq ever used. UINT64_MAX: no lease (tests). */
+  uint64_t seq_lease;
+  uint64_t lease_emitted; /* next_seq when the lease was last extended */
+  char *identity;         /* the stream identity, recorded with the lease */
+  bool identity_due;      /* not yet in the state file */
+  uint64_t snap_lease;    /* the lease the running commit extends to; 0 */
+  bool snap_error;        /* the running commit records error_text */
+  bool snap_moved;        /* the running commit advances the cursor */
+
+  /* An error waiting to be recorded in the cursor row (rate-bounded). */
+  char error_text[256];
+  bool error_due;
+  uint64_t error_at_seq;  /* the cursor when it came; an advance clears it */
+  uint64_t error_last_ms; /* uv_now() of the last one recorded */
 
   /* The snapshot a sync covers; only it may be committed afterwards. */
   bool syncing;
@@ -137,6 +174,9 @@ struct consumer {
 };
 
 enum { SLOT_PENDING, SLOT_DELIVERED, SLOT_GAVE_UP };
+
+static void staged_free(struct staged *v, size_t n);
+static void run_waiters(consumer_waiter *w, int status);
 
 const char *const source_outcome_names[] = { "delivered", "gave_up",
                                              "abandoned" };
@@ -201,7 +241,31 @@ size_t consumer_room(const consumer *c) {
    * it is, so a large event cannot wedge the consumer. */
   if (used > 0 && c->bytes_in_flight >= c->max_bytes)
     return 0;
+  /* No seq beyond the lease: the next commit extends it. */
+  if (c->next_seq > c->seq_lease)
+    return 0;
+  if (c->seq_lease - c->next_seq + 1 < c->max_in_flight - used)
+    return (size_t)(c->seq_lease - c->next_seq + 1);
   return (size_t)(c->max_in_flight - used);
+}
+
+/* Asks the daemon for a commit now, not within the interval. */
+static void commit_soon(consumer *c) {
+  if (c->hooks.on_commit_wanted != NULL)
+    c->hooks.on_commit_wanted(c, c->hooks.data);
+}
+
+/* An error for the cursor row's last_error (source, sink or commit). It is
+ * recorded by the next commit unless the cursor moves first (an advance
+ * clears last_error, as the store's rules say), and at most once every
+ * ERROR_RECORD_MS, so a flapping upstream costs one write per interval. */
+#define ERROR_RECORD_MS 10000
+
+static void note_error(consumer *c, int kind, const char *why) {
+  c->stats.errors[kind]++;
+  snprintf(c->error_text, sizeof c->error_text, "%s", why);
+  c->error_due = c->error_text[0] != '\0';
+  c->error_at_seq = c->delivered_seq;
 }
 
 /* Tells a live source about a change of intake, once per change. */
@@ -290,6 +354,8 @@ static void settle(consumer *c, uint64_t first, uint64_t last, uint8_t state,
     }
     sl->state = state;
     c->bytes_in_flight -= sl->bytes;
+    if (state == SLOT_DELIVERED)
+      c->stats.bytes_delivered += sl->bytes;
     if (run == 0)
       run = seq;
   }
@@ -462,6 +528,7 @@ static void on_sink_failed(sink *s, const char *why, void *data) {
             LS("consumer", c->conf->name), LS("sink", c->snk->type->name),
             LS("err", why));
   snprintf(c->last_error, sizeof c->last_error, "%s", why);
+  note_error(c, CONSUMER_ERROR_SINK, why);
   c->failed = true;
   c->sink_dead = true;
   drop_undelivered(c, false);
@@ -482,6 +549,107 @@ static void on_sink_state(sink *s, const char *state, void *data) {
              LS("sink", c->snk->type->name));
   snprintf(c->sink_state, sizeof c->sink_state, "%s",
            state != NULL ? state : "");
+}
+
+/* The dead-letter records of a batch are durable: its events are given
+ * up on. tag is the rewind count when they were queued: after a rewind,
+ * those seqs name events emitted again, which are not. */
+static void on_dead_letter(dead_letter *d, uint64_t first, uint64_t last,
+                           uint64_t tag, void *data) {
+  consumer *c = data;
+
+  (void)d;
+  if (tag != c->stats.sink_rewinds)
+    return;
+  c->stats.failed += last - first + 1;
+  c->stats.dead_lettered += last - first + 1;
+  on_sink_gave_up(c->snk, first, last, "dead-lettered after max_attempts", c);
+}
+
+static void maybe_closed(consumer *c);
+
+static void on_dead_letter_closed(void *data) {
+  consumer *c = data;
+
+  c->dl = NULL;
+  c->pending_closes--;
+  maybe_closed(c);
+}
+
+/* max_attempts and on_fail, for a sink that fails whole batches (not
+ * per_event_policy): each SINK_RETRY of the batch being written is an
+ * attempt. At max_attempts, skip gives its events up, dead_letter queues a
+ * record per line and gives them up once the records are durable, and
+ * retry warns and goes on (again at each further max_attempts). Returns
+ * true when the batch is done with; the next one then starts. */
+static bool give_up_batch(consumer *c, const char *msg) {
+  const sink_policy *p = &c->conf->policy;
+  uint64_t first = c->writing_first, last = c->writing_last;
+  char err[512];
+  int rc;
+
+  if (c->snk->type->per_event_policy || p->max_attempts <= 0)
+    return false;
+  /* The count starts again with each batch, and after a success. */
+  if (backoff_attempt(&c->retry) == 0 || c->fail_first != first) {
+    c->fail_first = first;
+    c->fail_count = 0;
+  }
+  if (++c->fail_count % (uint64_t)p->max_attempts != 0)
+    return false;
+  switch (p->on_fail) {
+  case SINK_ON_FAIL_RETRY:
+    log_warn("batch still not written after max_attempts; trying again "
+             "(on_fail = retry)",
+             LS("consumer", c->conf->name), LS("sink", c->snk->type->name),
+             LU("first_seq", first), LU("last_seq", last),
+             LU("attempts", c->fail_count), LS("err", msg));
+    return false;
+  case SINK_ON_FAIL_SKIP:
+    log_error("giving up on a batch after max_attempts (on_fail = skip)",
+              LS("consumer", c->conf->name), LS("sink", c->snk->type->name),
+              LU("first_seq", first), LU("last_seq", last),
+              LU("attempts", c->fail_count), LS("err", msg));
+    c->stats.failed += last - first + 1;
+    break;
+  case SINK_ON_FAIL_DEAD_LETTER:
+    /* Opened at the first need, so only consumers that give up hold the
+     * file open; a path that cannot be opened leaves the batch to be
+     * retried, and the open is tried again at the next max_attempts. */
+    rc = c->dl != NULL
+             ? 0
+             : dead_letter_open(c->loop, p->dead_letter, c->conf->name,
+                                c->snk->type->name, c->conf->common.retry_min,
+                                c->conf->common.retry_max, on_dead_letter, c,
+                                &c->dl, err, sizeof err);
+    if (rc == 0)
+      rc = dead_letter_append(
+          c->dl, first,
+          c->fail_count > UINT32_MAX ? UINT32_MAX : (uint32_t)c->fail_count,
+          msg, c->writing.data, c->writing.len, c->stats.sink_rewinds);
+    if (rc != 0) {
+      log_error("cannot dead-letter a batch after max_attempts; it will be "
+                "retried",
+                LS("consumer", c->conf->name), LS("sink", c->snk->type->name),
+                LU("first_seq", first), LU("last_seq", last),
+                LS("err", c->dl == NULL ? err : uv_strerror(rc)));
+      return false;
+    }
+    log_warn("a batch goes to the dead-letter file after max_attempts",
+             LS("consumer", c->conf->name), LS("sink", c->snk->type->name),
+             LU("first_seq", first), LU("last_seq", last),
+             LU("attempts", c->fail_count), LS("err", msg),
+             LS("path", p->dead_letter));
+    break;
+  }
+  buf_reset(&c->writing);
+  backoff_reset(&c->retry);
+  c->fail_first = 0;
+  if (p->on_fail == SINK_ON_FAIL_SKIP)
+    on_sink_gave_up(c->snk, first, last, msg, c);
+  set_state(c, healthy_state(c));
+  start_batch(c);
+  return true;
 }
 
 static void on_retry(uv_timer_t *t) {
@@ -514,6 +682,7 @@ static void on_written(sink *s, sink_outcome outcome, const char *msg,
   case SINK_DELIVERED:
   case SINK_ACCEPTED:
     buf_reset(&c->writing);
+    c->sink_error[0] = '\0';
     if (backoff_attempt(&c->retry) > 0) {
       log_info("sink recovered", LS("consumer", c->conf->name),
                LS("sink", c->snk->type->name),
@@ -542,7 +711,11 @@ static void on_written(sink *s, sink_outcome outcome, const char *msg,
       abandon_pending(c);
       break;
     }
+    if (give_up_batch(c, msg))
+      break;
     delay = backoff_next(&c->retry);
+    snprintf(c->sink_error, sizeof c->sink_error, "%s", msg);
+    note_error(c, CONSUMER_ERROR_SINK, msg);
     log_warn("sink failed; the batch will be retried",
              LS("consumer", c->conf->name), LS("sink", c->snk->type->name),
              LS("err", msg), LU("events", c->writing_last - c->delivered_seq),
@@ -558,6 +731,7 @@ static void on_written(sink *s, sink_outcome outcome, const char *msg,
               LS("consumer", c->conf->name), LS("sink", c->snk->type->name),
               LS("err", msg));
     snprintf(c->last_error, sizeof c->last_error, "%s", msg);
+    note_error(c, CONSUMER_ERROR_SINK, msg);
     c->failed = true;
     c->sink_dead = true;
     buf_reset(&c->writing);
@@ -608,6 +782,9 @@ uint64_t consumer_emit(consumer *c, const event *ev) {
   c->next_seq++;
   c->stats.emitted++;
   schedule_kick(c);
+  /* The lease ran out: the next emit waits for the commit extending it. */
+  if (c->next_seq > c->seq_lease)
+    commit_soon(c);
   return seq;
 }
 
@@ -626,8 +803,11 @@ int consumer_create(uv_loop_t *loop, const config_consumer *conf,
   if (hooks != NULL)
     c->hooks = *hooks;
   c->state = CONSUMER_STARTING;
-  c->stream_name = conf->source->stream_name(conf->source_conf);
+  /* The cursor key names the source type, never a path or a tuning
+   * option: the stream itself is told by the identity beside it. */
+  c->stream_name = conf->source->name;
   c->max_in_flight = (uint64_t)conf->common.max_in_flight;
+  c->seq_lease = UINT64_MAX;
   c->max_bytes = conf->common.max_in_flight_bytes > 0
                      ? conf->common.max_in_flight_bytes
                      : UINT64_MAX;
@@ -647,8 +827,8 @@ int consumer_create(uv_loop_t *loop, const config_consumer *conf,
     snprintf(err, errlen, "out of memory");
     goto fail;
   }
-  rc = conf->sink->open(loop, conf->sink_arg, conf->sink_conf, conf->name,
-                        &c->snk, err, errlen);
+  rc = conf->sink->open(loop, conf->sink_arg, conf->sink_conf, &conf->policy,
+                        conf->name, &c->snk, err, errlen);
   if (rc != 0)
     goto fail;
   c->snk->report.delivered = on_sink_delivered;
@@ -688,6 +868,8 @@ static int start_source(consumer *c, char *err, size_t errlen) {
   }
   c->src_done = false;
   c->intake = wanted_intake(c);
+  if (c->next_seq > c->seq_lease)
+    commit_soon(c);
   rc =
       c->conf->source->start(c, c->conf->source_conf, &r, &c->src, err, errlen);
   if (rc != 0) {
@@ -776,6 +958,10 @@ static void close_rest(consumer *c) {
   c->pending_closes = 2;
   uv_close((uv_handle_t *)&c->retry_timer, on_handle_closed);
   uv_close((uv_handle_t *)&c->kick, on_handle_closed);
+  if (c->dl != NULL) {
+    c->pending_closes++;
+    dead_letter_close(c->dl, on_dead_letter_closed, c);
+  }
   c->snk->type->close(c->snk, on_sink_closed, c);
 }
 
@@ -845,6 +1031,8 @@ int consumer_reset_to(consumer *c, uint64_t seq, const char *position) {
   /* The paused source read from the old position: it goes, and the
    * resume starts a new one from the new cursor. */
   close_source(c);
+  if (c->next_seq > c->seq_lease)
+    commit_soon(c);
   return 0;
 }
 
@@ -861,8 +1049,13 @@ const config_consumer *consumer_config(const consumer *c) {
 }
 
 void consumer_close(consumer *c) {
+  consumer_waiter *w = c->waiters, *sw = c->snap_waiters;
+
   assert(!c->closing);
   c->closing = true;
+  c->waiters = c->snap_waiters = NULL;
+  run_waiters(w, UV_ECANCELED);
+  run_waiters(sw, UV_ECANCELED);
   c->resume_wanted = false;
   if (c->retry_wait) {
     uv_timer_stop(&c->retry_timer);
@@ -885,6 +1078,11 @@ void consumer_destroy(consumer *c) {
   for (size_t i = 0; i < c->ring_cap; i++)
     free(c->ring[i].pos);
   free(c->ring);
+  staged_free(c->ops, c->n_ops);
+  staged_free(c->snap_ops, c->n_snap_ops);
+  free(c->ops);
+  free(c->snap_ops);
+  free(c->identity);
   free(c);
 }
 
@@ -901,6 +1099,7 @@ void consumer_source_connected(consumer *c) {
 void consumer_source_backoff(consumer *c, uint64_t delay_ms, unsigned attempt,
                              const char *why) {
   snprintf(c->last_error, sizeof c->last_error, "%s", why);
+  note_error(c, CONSUMER_ERROR_SOURCE, why);
   c->attempt = attempt;
   c->backoff_until = wall_ns() / 1000000 + (int64_t)delay_ms;
   c->reconnects++;
@@ -938,6 +1137,7 @@ void consumer_source_stalled(consumer *c) {
  * it emitted is still settled and made durable; consumer_close closes it. */
 void consumer_source_failed(consumer *c, const char *why) {
   snprintf(c->last_error, sizeof c->last_error, "%s", why);
+  note_error(c, CONSUMER_ERROR_SOURCE, why);
   log_error("source failed; the consumer stops", LS("consumer", c->conf->name),
             LS("source", c->conf->source->name), LS("err", why));
   c->failed = true;
@@ -962,8 +1162,282 @@ source_intake consumer_intake(const consumer *c) {
   return wanted_intake(c);
 }
 
+/* The lease is extended by a chunk: at least LEASE_MIN seqs, or twice
+ * what was emitted since the last extension, so a busy consumer extends
+ * about once a commit and an idle one not at all. */
+#define LEASE_MIN 1024
+
+static bool lease_low(const consumer *c) {
+  uint64_t used = c->next_seq - 1;
+
+  return c->seq_lease != UINT64_MAX &&
+         (c->identity_due || used + LEASE_MIN / 2 > c->seq_lease ||
+          used + (c->next_seq - c->lease_emitted) > c->seq_lease);
+}
+
 bool consumer_dirty(const consumer *c) {
-  return c->delivered_seq > c->committed_seq && !c->syncing;
+  if (c->syncing)
+    return false;
+  return c->delivered_seq > c->committed_seq || c->n_ops > 0 ||
+         c->waiters != NULL || lease_low(c) ||
+         (c->error_due && c->error_at_seq == c->delivered_seq);
+}
+
+/* ---- records staged by sources ------------------------------------------ */
+
+static void staged_free(struct staged *v, size_t n) {
+  size_t i;
+
+  for (i = 0; i < n; i++) {
+    free(v[i].name);
+    free(v[i].value);
+  }
+}
+
+/* Copies op (its name, subject and value) to the end of the staged ones. A
+ * rule the store would refuse fails here, at the source that staged it,
+ * not later in a commit that carries everyone's cursors. */
+static int stage_op(consumer *c, const store_op *op, bool is_staged) {
+  struct staged **v = is_staged ? &c->ops : &c->snap_ops;
+  size_t *n = is_staged ? &c->n_ops : &c->n_snap_ops;
+  size_t *cap = is_staged ? &c->cap_ops : &c->cap_snap_ops;
+  struct staged *st;
+  const char *name =
+      op->kind == STORE_OP_CURSOR_PUT ? op->key.subject_id : op->name;
+  store_op checked = *op;
+  char err[256];
+  int rc;
+
+  checked.key.consumer_id = c->conf->name;
+  checked.key.stream_name = c->stream_name;
+  if (op->kind != STORE_OP_CURSOR_PUT)
+    checked.key.subject_id = "";
+  if ((rc = store_op_check(&checked, err, sizeof err)) != 0) {
+    log_error("a record the state file would refuse was not staged",
+              LS("consumer", c->conf->name), LS("err", err));
+    return rc;
+  }
+  if (*n == *cap) {
+    size_t want = *cap ? *cap * 2 : 8;
+    struct staged *bigger = realloc(*v, want * sizeof *bigger);
+
+    if (bigger == NULL)
+      return UV_ENOMEM;
+    *v = bigger;
+    *cap = want;
+  }
+  st = &(*v)[*n];
+  memset(st, 0, sizeof *st);
+  st->op = *op;
+  st->op.key.consumer_id = c->conf->name;
+  st->op.key.stream_name = c->stream_name;
+  if (name != NULL && (st->name = strdup(name)) == NULL)
+    return UV_ENOMEM;
+  if (op->len > 0) {
+    if ((st->value = malloc(op->len)) == NULL) {
+      free(st->name);
+      return UV_ENOMEM;
+    }
+    memcpy(st->value, op->value, op->len);
+  }
+  st->op.value = st->value;
+  if (op->kind == STORE_OP_CURSOR_PUT) {
+    st->op.key.subject_id = st->name;
+    st->op.name = NULL;
+  } else {
+    st->op.key.subject_id = "";
+    st->op.name = st->name;
+  }
+  (*n)++;
+  if (is_staged && c->hooks.on_delivered != NULL)
+    c->hooks.on_delivered(c, c->hooks.data); /* commit within the interval */
+  return 0;
+}
+
+int consumer_journal_put(consumer *c, const char *key, const void *value,
+                         size_t len) {
+  store_op op = {
+    .kind = STORE_OP_JOURNAL_PUT, .name = key, .value = value, .len = len
+  };
+
+  return stage_op(c, &op, true);
+}
+
+int consumer_journal_delete(consumer *c, const char *key) {
+  store_op op = { .kind = STORE_OP_JOURNAL_DELETE, .name = key };
+
+  return stage_op(c, &op, true);
+}
+
+int consumer_outbox_put(consumer *c, uint64_t id, const void *value,
+                        size_t len) {
+  store_op op = {
+    .kind = STORE_OP_OUTBOX_PUT, .id = id, .value = value, .len = len
+  };
+
+  return stage_op(c, &op, true);
+}
+
+int consumer_outbox_delete(consumer *c, uint64_t id) {
+  store_op op = { .kind = STORE_OP_OUTBOX_DELETE, .id = id };
+
+  return stage_op(c, &op, true);
+}
+
+int consumer_cursor_put(consumer *c, const char *subject, const char *position,
+                        uint64_t seq) {
+  store_op op = { .kind = STORE_OP_CURSOR_PUT,
+                  .value = position,
+                  .len = strlen(position),
+                  .seq = (int64_t)seq };
+
+  op.key.subject_id = subject;
+  return stage_op(c, &op, true);
+}
+
+void consumer_when_durable(consumer *c, consumer_waiter *w) {
+  if (c->closing) {
+    w->cb(w, UV_ECANCELED);
+    return;
+  }
+  w->next = c->waiters;
+  c->waiters = w;
+  commit_soon(c);
+}
+
+static void run_waiters(consumer_waiter *w, int status) {
+  consumer_waiter *next;
+
+  for (; w != NULL; w = next) {
+    next = w->next;
+    w->cb(w, status);
+  }
+}
+
+void consumer_set_identity(consumer *c, const char *identity) {
+  free(c->identity);
+  c->identity = strdup(identity);
+  c->identity_due = true;
+}
+
+void consumer_set_seq_lease(consumer *c, uint64_t high_seq) {
+  c->seq_lease = high_seq > c->next_seq - 1 ? high_seq : c->next_seq - 1;
+  c->lease_emitted = c->next_seq;
+}
+
+uint64_t consumer_seq_lease(const consumer *c) {
+  return c->seq_lease;
+}
+
+/* What goes into the commit beside the cursor: the staged records, a lease
+ * extension when the lease runs low, the error to record. Returns 0 or
+ * UV_ENOMEM (then nothing of it is in this snapshot). */
+static int snapshot_ops(consumer *c) {
+  uint64_t now = uv_now(c->loop);
+  store_op op;
+  int rc = 0;
+
+  assert(c->n_snap_ops == 0 && c->snap_waiters == NULL);
+  /* The staged records move whole: swap the vectors. */
+  {
+    struct staged *v = c->snap_ops;
+    size_t cap = c->cap_snap_ops;
+
+    c->snap_ops = c->ops;
+    c->cap_snap_ops = c->cap_ops;
+    c->n_snap_ops = c->n_ops;
+    c->ops = v;
+    c->cap_ops = cap;
+    c->n_ops = 0;
+  }
+  c->snap_waiters = c->waiters;
+  c->waiters = NULL;
+  if (lease_low(c)) {
+    uint64_t used = c->next_seq - 1;
+    uint64_t chunk = 2 * (c->next_seq - c->lease_emitted);
+
+    if (chunk < LEASE_MIN)
+      chunk = LEASE_MIN;
+    memset(&op, 0, sizeof op);
+    op.kind = STORE_OP_CONSUMER;
+    op.name = c->identity_due ? c->identity : NULL;
+    op.seq = (int64_t)((c->seq_lease > used ? c->seq_lease : used) + chunk);
+    c->snap_lease = (uint64_t)op.seq;
+    rc = stage_op(c, &op, false);
+  }
+  if (rc == 0 && c->error_due && c->error_at_seq == c->delivered_seq &&
+      (c->error_last_ms == 0 || now - c->error_last_ms >= ERROR_RECORD_MS)) {
+    memset(&op, 0, sizeof op);
+    op.kind = STORE_OP_ERROR;
+    op.value = c->error_text;
+    op.len = strlen(c->error_text);
+    if ((rc = stage_op(c, &op, false)) == 0)
+      c->snap_error = true;
+  }
+  return rc;
+}
+
+/* A failed commit: what it carried is staged again, ahead of what came
+ * meanwhile, for the next one. The lease and the error are made afresh by
+ * the next snapshot. */
+static void unsnapshot_ops(consumer *c) {
+  size_t i, k = 0, want = c->n_snap_ops + c->n_ops;
+  struct staged *v = want > 0 ? malloc(want * sizeof *v) : NULL;
+
+  for (i = 0; i < c->n_snap_ops; i++) {
+    struct staged *st = &c->snap_ops[i];
+
+    if (st->op.kind == STORE_OP_CONSUMER || st->op.kind == STORE_OP_ERROR ||
+        v == NULL) {
+      if (v == NULL && st->op.kind != STORE_OP_CONSUMER &&
+          st->op.kind != STORE_OP_ERROR)
+        log_error("out of memory: a staged record is dropped",
+                  LS("consumer", c->conf->name));
+      free(st->name);
+      free(st->value);
+      continue;
+    }
+    v[k++] = *st;
+  }
+  if (v != NULL) {
+    if (c->n_ops > 0)
+      memcpy(v + k, c->ops, c->n_ops * sizeof *v);
+    k += c->n_ops;
+    free(c->ops);
+    c->ops = v;
+    c->n_ops = k;
+    c->cap_ops = want;
+  }
+  c->n_snap_ops = 0;
+  c->snap_lease = 0;
+  c->snap_error = false;
+  /* Waiters go on waiting for the next commit. */
+  if (c->snap_waiters != NULL) {
+    consumer_waiter *w = c->snap_waiters, *last = w;
+
+    while (last->next != NULL)
+      last = last->next;
+    last->next = c->waiters;
+    c->waiters = w;
+    c->snap_waiters = NULL;
+  }
+}
+
+void consumer_snapshot_ops(const consumer *c, const store_op **ops, size_t *n,
+                           size_t *stride) {
+  *ops = c->n_snap_ops > 0 ? &c->snap_ops[0].op : NULL;
+  *n = c->n_snap_ops;
+  *stride = sizeof(struct staged);
+}
+
+void consumer_state_op(const consumer *c, store_op *op) {
+  memset(op, 0, sizeof *op);
+  op->kind = STORE_OP_CONSUMER;
+  op->key.consumer_id = c->conf->name;
+  op->key.stream_name = c->stream_name;
+  op->key.subject_id = "";
+  op->name = c->identity;
+  op->seq = c->seq_lease == UINT64_MAX ? 0 : (int64_t)c->seq_lease;
 }
 
 /* Goes back to the committed cursor (see the top of the file). Runs on the
@@ -1043,13 +1517,17 @@ void consumer_sync(consumer *c, consumer_sync_cb cb, void *data) {
   c->sync_data = data;
   c->snap_seq = c->delivered_seq;
   c->snap_at_ns = c->delivered_at_ns;
+  c->snap_moved = c->delivered_seq > c->committed_seq;
   buf_reset(&c->snap_pos);
   if (buf_append(&c->snap_pos, c->delivered_pos.data, c->delivered_pos.len) !=
           0 ||
-      buf_cstr(&c->snap_pos) == NULL) {
+      buf_cstr(&c->snap_pos) == NULL || snapshot_ops(c) != 0) {
+    /* Memory, or a lease or error record the store would refuse (both
+     * logged where they happened). */
+    unsnapshot_ops(c);
     c->syncing = false;
     c->sync_cb = NULL;
-    cb(c, UV_ENOMEM, "out of memory", data);
+    cb(c, UV_ENOMEM, "out of memory or an invalid record", data);
     return;
   }
   c->snk->type->sync(c->snk, on_synced, c);
@@ -1062,10 +1540,8 @@ void consumer_snapshot(const consumer *c, uint64_t *seq, const char **position,
   *delivered_at_ns = c->snap_at_ns;
 }
 
-/* The durability rule's last step: the commit is done, so the source may
- * now tell the world (on_durable). It hears this after every commit that
- * covered the consumer, while it lives: through a pause, a drain and the
- * final commit. */
+/* The cursor up to seq, at position, is committed (the flusher's advance
+ * went through). consumer_commit_done follows for the whole commit. */
 void consumer_committed(consumer *c, uint64_t seq, const char *position,
                         int64_t delivered_at_ns) {
   if (seq <= c->committed_seq)
@@ -1083,8 +1559,47 @@ void consumer_committed(consumer *c, uint64_t seq, const char *position,
   buf_cstr(&c->committed_pos);
   c->committed_seq = seq;
   c->committed_at_ns = delivered_at_ns;
-  if (src_live(c) && c->src->type->on_durable != NULL)
-    c->src->type->on_durable(c->src, seq, position);
+}
+
+/* The durability rule's last step: the commit is done, so the source may
+ * now tell the world (on_durable). It hears this after every commit that
+ * covered the consumer (moved its cursor or carried its records), while it
+ * lives: through a pause, a drain and the final commit. */
+void consumer_commit_done(consumer *c, int status) {
+  consumer_waiter *w = c->snap_waiters;
+  bool had_ops = false;
+  size_t i;
+
+  if (status != 0) {
+    unsnapshot_ops(c);
+    return;
+  }
+  for (i = 0; i < c->n_snap_ops; i++)
+    had_ops |= c->snap_ops[i].op.kind != STORE_OP_CONSUMER &&
+               c->snap_ops[i].op.kind != STORE_OP_ERROR;
+  staged_free(c->snap_ops, c->n_snap_ops);
+  c->n_snap_ops = 0;
+  c->snap_waiters = NULL;
+  if (c->snap_lease != 0) {
+    c->seq_lease = c->snap_lease;
+    c->lease_emitted = c->next_seq;
+    c->identity_due = false;
+    c->snap_lease = 0;
+    give_room(c); /* emits that waited for the lease */
+  }
+  if (c->snap_error) {
+    c->snap_error = false;
+    c->error_last_ms = uv_now(c->loop);
+    c->error_due = false;
+  }
+  if ((c->snap_moved || had_ops) && src_live(c) &&
+      c->src->type->on_durable != NULL) {
+    const char *pos = buf_cstr(&c->committed_pos);
+
+    c->src->type->on_durable(c->src, c->committed_seq, pos != NULL ? pos : "");
+  }
+  c->snap_moved = false;
+  run_waiters(w, 0);
 }
 
 void consumer_committed_cursor(consumer *c, uint64_t *seq,
@@ -1100,6 +1615,37 @@ void consumer_committed_cursor(consumer *c, uint64_t *seq,
 void consumer_reopen(consumer *c) {
   if (c->snk != NULL && !c->closing && c->snk->type->reopen != NULL)
     c->snk->type->reopen(c->snk);
+  if (c->dl != NULL && !c->closing)
+    dead_letter_reopen(c->dl);
+}
+
+void consumer_set_commit_error(consumer *c, const char *why) {
+  if (why == NULL) {
+    c->commit_error[0] = '\0';
+    return;
+  }
+  snprintf(c->commit_error, sizeof c->commit_error, "%s", why);
+  note_error(c, CONSUMER_ERROR_COMMIT, c->commit_error);
+}
+
+const char *consumer_sink_status(const consumer *c, char *out, size_t len) {
+  if (c->sink_dead)
+    snprintf(out, len, "failed: %s", c->last_error);
+  else if (c->retry_wait && c->sink_error[0] != '\0')
+    snprintf(out, len, "retrying: %s", c->sink_error);
+  else if (c->sink_state[0] != '\0')
+    snprintf(out, len, "%s", c->sink_state);
+  else
+    snprintf(out, len, "ok");
+  return out;
+}
+
+const char *consumer_error_now(const consumer *c) {
+  if (c->commit_error[0] != '\0')
+    return c->commit_error;
+  if (c->retry_wait && c->sink_error[0] != '\0')
+    return c->sink_error;
+  return c->last_error;
 }
 
 consumer_state consumer_get_state(const consumer *c) {
@@ -1122,6 +1668,8 @@ void consumer_get_stats(const consumer *c, consumer_stats *out) {
   out->attempt = c->attempt;
   out->last_error = c->last_error;
   out->write_errors = out->sink_retries;
+  if (c->dl != NULL)
+    out->write_errors += dead_letter_write_errors(c->dl);
   if (c->snk != NULL && c->snk->type->stats != NULL) {
     sink_stats ss;
 

@@ -26,6 +26,7 @@
 #include "daemon/config.h"
 #include "daemon/sink.h"
 #include "daemon/source.h"
+#include "store/store.h"
 
 typedef struct consumer consumer;
 typedef struct upstream upstream;
@@ -55,6 +56,9 @@ typedef struct event {
   int64_t time_ms;   /* event time in Unix ms; 0 = now */
 } event;
 
+/* Where an error came from, for the errors counted in consumer_stats. */
+enum { CONSUMER_ERROR_SOURCE, CONSUMER_ERROR_SINK, CONSUMER_ERROR_COMMIT };
+
 /* What the flusher needs of a consumer, and what the status shows. */
 typedef struct consumer_stats {
   uint64_t emitted;         /* events taken from the source since start */
@@ -63,6 +67,8 @@ typedef struct consumer_stats {
   uint64_t committed_seq;   /* the cursor as last committed */
   size_t in_flight;         /* emitted, not yet delivered */
   uint64_t bytes_in_flight; /* their envelope lines, not yet settled */
+  uint64_t bytes_delivered; /* envelope lines the sink delivered */
+  uint64_t errors[3];       /* failures, by CONSUMER_ERROR_* */
   uint64_t sink_retries;    /* batches the sink failed and that came again */
   uint64_t sink_rewinds;    /* times the sink lost what it held since the last
                                commit (a removed file) and every event after
@@ -91,8 +97,19 @@ typedef struct consumer_hooks {
   void (*on_drained)(consumer *c, void *data);
   /* consumer_close finished; the consumer may be destroyed now. */
   void (*on_closed)(consumer *c, void *data);
+  /* Something waits for a commit (consumer_when_durable, a lease that ran
+   * out): commit now rather than within the interval. */
+  void (*on_commit_wanted)(consumer *c, void *data);
   void *data;
 } consumer_hooks;
+
+/* A wait for the commit that covers what was staged before it; the caller
+ * owns the memory until cb has run. status is 0, an error when that commit
+ * failed for good, or UV_ECANCELED when the consumer closes first. */
+typedef struct consumer_waiter {
+  void (*cb)(struct consumer_waiter *w, int status);
+  struct consumer_waiter *next;
+} consumer_waiter;
 
 /* Creates a consumer for conf (borrowed for its life), opens its sink and
  * positions it after the committed cursor (resume). Returns 0 or a negative
@@ -140,6 +157,24 @@ void consumer_source_connected(consumer *c);
 void consumer_source_backoff(consumer *c, uint64_t delay_ms, unsigned attempt,
                              const char *why);
 void consumer_source_done(consumer *c);
+
+/* Records a source keeps beside its cursor (daemon/source.h), staged for
+ * the next group commit and written in the same transaction as the cursor:
+ * a journal by key (e.g. delivered but not yet acknowledged upstream), an
+ * outbox by id (writes to send upstream) and extra cursor rows by subject
+ * (e.g. one per scope). Everything is copied. Returns 0, UV_ENOMEM, or
+ * STORE_EINVAL when the state file would refuse it (logged). */
+int consumer_journal_put(consumer *c, const char *key, const void *value,
+                         size_t len);
+int consumer_journal_delete(consumer *c, const char *key);
+int consumer_outbox_put(consumer *c, uint64_t id, const void *value,
+                        size_t len);
+int consumer_outbox_delete(consumer *c, uint64_t id);
+int consumer_cursor_put(consumer *c, const char *subject, const char *position,
+                        uint64_t seq);
+/* Calls w->cb once a commit covers everything staged before this call,
+ * and asks for that commit now (a push that answers only once durable). */
+void consumer_when_durable(consumer *c, consumer_waiter *w);
 /* A page brought items but not a new cursor (counted for the metrics; the
  * source decides what to do and logs). */
 void consumer_source_stalled(consumer *c);
@@ -165,6 +200,26 @@ void consumer_snapshot(const consumer *c, uint64_t *seq, const char **position,
  * delivered at delivered_at_ns. Never moves the committed cursor back. */
 void consumer_committed(consumer *c, uint64_t seq, const char *position,
                         int64_t delivered_at_ns);
+/* The commit of the last snapshot ended: status 0 (then the source hears
+ * on_durable, and waiters run), or a failure (what it carried is staged
+ * again for the next one). */
+void consumer_commit_done(consumer *c, int status);
+/* The records the snapshot carries, for the flusher: n ops, the first at
+ * *ops, each stride bytes after the last (borrowed until commit_done). */
+void consumer_snapshot_ops(const consumer *c, const store_op **ops, size_t *n,
+                           size_t *stride);
+/* The consumer's state row (identity, seq lease) as an op, for a state file
+ * made again; its strings are borrowed from the consumer. */
+void consumer_state_op(const consumer *c, store_op *op);
+
+/* The identity of the stream (source_type.identity), recorded with the seq
+ * lease in the state file; copied. */
+void consumer_set_identity(consumer *c, const char *identity);
+/* Seqs up to high_seq are reserved in the state file; none beyond the
+ * lease is handed out until a commit extends it. Without a call, no
+ * lease is kept (unit tests). */
+void consumer_set_seq_lease(consumer *c, uint64_t high_seq);
+uint64_t consumer_seq_lease(const consumer *c);
 /* The cursor last committed (at start: the one it resumed from), for a
  * state file that must be written again from scratch. position is borrowed
  * until the next commit or reset. */
@@ -199,6 +254,17 @@ void consumer_hold(consumer *c, bool hold);
 
 /* Reopens the sink's files (SIGHUP). */
 void consumer_reopen(consumer *c);
+
+/* The sink's condition in a few words, into out: "ok", its own state
+ * ("waiting_for_reader", "no_subscriber"), "retrying: ERROR" while a failed
+ * batch waits, "failed: ERROR" once it gave up. Returns out. */
+const char *consumer_sink_status(const consumer *c, char *out, size_t len);
+/* What holds the consumer up now: a failing commit, else a failing sink,
+ * else the source's last error ("" when none). Borrowed. */
+const char *consumer_error_now(const consumer *c);
+/* The flusher's word on commits: the failure while they fail (recorded in
+ * the cursor row once they work again), NULL once one went through. */
+void consumer_set_commit_error(consumer *c, const char *why);
 
 consumer_state consumer_get_state(const consumer *c);
 void consumer_get_stats(const consumer *c, consumer_stats *out);

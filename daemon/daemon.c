@@ -30,6 +30,7 @@
 #include "daemon/flusher.h"
 #include "daemon/log.h"
 #include "daemon/upstream.h"
+#include "protocol/buf.h"
 #include "store/store.h"
 
 typedef enum phase { STARTING, RUNNING, DRAINING, FLUSHING, CLOSING } phase;
@@ -47,6 +48,7 @@ typedef struct daemon_ctx {
   size_t open_upstreams;
   uv_signal_t sigterm, sigint, sighup;
   uv_timer_t shutdown_timer, status_timer;
+  uv_timer_t drain_timer; /* says what a drain still waits for */
   phase phase;
   int exit_code;
   size_t open_consumers;
@@ -115,6 +117,7 @@ static void close_all(daemon_ctx *d) {
   uv_close((uv_handle_t *)&d->sighup, on_closed_handle);
   uv_close((uv_handle_t *)&d->shutdown_timer, on_closed_handle);
   uv_close((uv_handle_t *)&d->status_timer, on_closed_handle);
+  uv_close((uv_handle_t *)&d->drain_timer, on_closed_handle);
   for (i = 0; i < d->created; i++)
     consumer_close(d->consumers[i]);
   if (d->open_consumers == 0)
@@ -149,6 +152,7 @@ static void begin_flush(daemon_ctx *d) {
     return;
   d->phase = FLUSHING;
   uv_timer_stop(&d->shutdown_timer);
+  uv_timer_stop(&d->drain_timer);
   flusher_flush(d->fl, on_final_flush, d);
 }
 
@@ -199,6 +203,14 @@ static void on_delivered(consumer *c, void *data) {
   flusher_poke(d->fl);
 }
 
+static void on_commit_wanted(consumer *c, void *data) {
+  daemon_ctx *d = data;
+
+  (void)c;
+  if (d->fl != NULL)
+    flusher_soon(d->fl);
+}
+
 static void on_drained(consumer *c, void *data) {
   daemon_ctx *d = data;
 
@@ -207,6 +219,31 @@ static void on_drained(consumer *c, void *data) {
     begin_flush(d);
   else if (d->phase == RUNNING)
     check_finished(d);
+}
+
+/* Every DRAIN_LOG_MS of a drain, a line per consumer it still waits for,
+ * and on what: so a drain that takes its whole shutdown_timeout says why
+ * (a fifo with no reader, a socket consumer with no subscriber, a sink
+ * retrying a full disk). */
+#define DRAIN_LOG_MS 2000
+
+static void on_drain_log(uv_timer_t *t) {
+  daemon_ctx *d = t->data;
+  consumer_stats st;
+  char sink[320];
+  size_t i;
+
+  for (i = 0; i < d->created; i++) {
+    consumer *c = d->consumers[i];
+
+    if (consumer_drained(c))
+      continue;
+    consumer_get_stats(c, &st);
+    log_info("draining: still waiting for a consumer",
+             LS("consumer", consumer_name(c)), LU("in_flight", st.in_flight),
+             LS("sink", consumer_sink_status(c, sink, sizeof sink)),
+             LS("last_error", consumer_error_now(c)));
+  }
 }
 
 static void on_shutdown_timeout(uv_timer_t *t) {
@@ -238,6 +275,7 @@ static void begin_shutdown(daemon_ctx *d, const char *why) {
   }
   uv_timer_start(&d->shutdown_timer, on_shutdown_timeout,
                  d->cfg->daemon.shutdown_timeout, 0);
+  uv_timer_start(&d->drain_timer, on_drain_log, DRAIN_LOG_MS, DRAIN_LOG_MS);
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
@@ -416,6 +454,112 @@ static void no_cursor(daemon_ctx *d, const config_consumer *cc) {
              LS("state", state));
 }
 
+/* The cursor of cc, under its key (consumer, source type). A cursor an
+ * earlier version kept under a key with the path or collection in it is
+ * moved to the new key first, so an upgrade resumes where it was. */
+static int read_cursor(daemon_ctx *d, const config_consumer *cc,
+                       store_cursor *cur, char *err, size_t errlen) {
+  const char *legacy = cc->source->stream_name != NULL
+                           ? cc->source->stream_name(cc->source_conf)
+                           : NULL;
+  store_key key = { cc->name, cc->source->name, "" }, from;
+  int rc = store_get(d->st, &key, cur, err, errlen);
+
+  if (rc != STORE_ENOTFOUND || legacy == NULL ||
+      strcmp(legacy, cc->source->name) == 0)
+    return rc;
+  from = key;
+  from.stream_name = legacy;
+  rc = store_rekey_cursor(d->st, &from, &key, err, errlen);
+  if (rc == STORE_ENOTFOUND)
+    return rc;
+  if (rc != 0)
+    return rc;
+  log_info("cursor moved to the key this version keeps it under",
+           LS("consumer", cc->name), LS("from", legacy),
+           LS("to", cc->source->name));
+  return store_get(d->st, &key, cur, err, errlen);
+}
+
+/* Checks that the stored cursor belongs to the stream the configuration
+ * now reads (its identity), and applies on_stream_change when it does not.
+ * A cursor with no identity yet (kept by an earlier version) is taken as
+ * the configured stream's. r may be reset to the start; *lease is the
+ * seq lease the consumer goes on from. Returns 0, or TETHER_EXIT_USAGE when
+ * the consumer must not start. */
+static int check_stream(daemon_ctx *d, const config_consumer *cc,
+                        const char *identity, const store_cursor *cur,
+                        source_resume *r, uint64_t *lease) {
+  store_consumer sc;
+  char err[512];
+  int rc;
+
+  memset(&sc, 0, sizeof sc);
+  rc = store_get_consumer(d->st, cc->name, &sc, err, sizeof err);
+  if (rc != 0 && rc != STORE_ENOTFOUND) {
+    log_error("cannot read the consumer's state", LS("consumer", cc->name),
+              LS("err", err));
+    return TETHER_EXIT_RUNTIME;
+  }
+  *lease = rc == 0 && sc.high_seq > 0 ? (uint64_t)sc.high_seq : 0;
+  if (*lease < r->seq)
+    *lease = r->seq;
+  if (rc != 0 || cur == NULL || sc.identity[0] == '\0' ||
+      strcmp(sc.identity, identity) == 0) {
+    store_consumer_free(&sc);
+    return 0;
+  }
+  switch (cc->common.on_stream_change) {
+  case STREAM_CHANGE_KEEP:
+    log_warn("the cursor was taken from another stream; keeping it "
+             "(on_stream_change = keep)",
+             LS("consumer", cc->name), LS("was", sc.identity),
+             LS("now", identity), LU("cursor", r->seq));
+    break;
+  case STREAM_CHANGE_RESTART: {
+    store_reset rs;
+    char reason[1024];
+    store_key key = { cc->name, cc->source->name, "" };
+
+    snprintf(reason, sizeof reason,
+             "on_stream_change = restart: the stream changed from %s to %s",
+             sc.identity, identity);
+    memset(&rs, 0, sizeof rs);
+    rs.key = key;
+    /* seq never goes backward: the new stream's events come after every
+     * seq the old one used. */
+    rs.last_sequence = (int64_t)*lease;
+    rs.position = "";
+    rs.reason = reason;
+    if (store_reset_cursor(d->st, &rs, NULL, err, sizeof err) != 0) {
+      log_error("cannot reset the cursor", LS("consumer", cc->name),
+                LS("err", err));
+      store_consumer_free(&sc);
+      return TETHER_EXIT_RUNTIME;
+    }
+    log_warn("the cursor was taken from another stream; starting over "
+             "(on_stream_change = restart)",
+             LS("consumer", cc->name), LS("was", sc.identity),
+             LS("now", identity), LU("seq_from", *lease + 1));
+    r->seq = *lease;
+    r->position = "";
+    break;
+  }
+  default:
+    log_error("the cursor was taken from another stream than the "
+              "configuration now reads; the consumer does not start. If it "
+              "is the same stream (a renamed host, a moved path), set "
+              "on_stream_change = keep; to read the new stream from its "
+              "start, set on_stream_change = restart",
+              LS("consumer", cc->name), LS("was", sc.identity),
+              LS("now", identity), LU("cursor", r->seq));
+    store_consumer_free(&sc);
+    return TETHER_EXIT_USAGE;
+  }
+  store_consumer_free(&sc);
+  return 0;
+}
+
 /* Reads each consumer's committed cursor and creates it after that point. */
 static int create_consumers(daemon_ctx *d) {
   static const consumer_hooks hooks_template = {
@@ -423,6 +567,7 @@ static int create_consumers(daemon_ctx *d) {
     .on_delivered = on_delivered,
     .on_drained = on_drained,
     .on_closed = on_consumer_closed,
+    .on_commit_wanted = on_commit_wanted,
   };
   consumer_hooks hooks = hooks_template;
   char err[512];
@@ -432,17 +577,23 @@ static int create_consumers(daemon_ctx *d) {
   hooks.data = d;
   for (i = 0; i < d->n; i++) {
     const config_consumer *cc = &d->cfg->consumers[i];
+    upstream *up = upstream_of(d, cc);
     store_cursor cur;
-    store_key key;
     source_resume r;
+    uint64_t lease = 0;
+    buf identity;
 
     memset(&cur, 0, sizeof cur);
     memset(&r, 0, sizeof r);
     r.position = "";
-    key.consumer_id = cc->name;
-    key.stream_name = cc->source->stream_name(cc->source_conf);
-    key.subject_id = "";
-    rc = store_get(d->st, &key, &cur, err, sizeof err);
+    buf_init(&identity, 0);
+    if (cc->source->identity(cc->source_conf,
+                             up != NULL ? upstream_http_conf(up)->url : "",
+                             &identity) != 0) {
+      log_error("out of memory", LS("consumer", cc->name));
+      return TETHER_EXIT_RUNTIME;
+    }
+    rc = read_cursor(d, cc, &cur, err, sizeof err);
     if (rc == 0) {
       r.seq = (uint64_t)cur.last_sequence;
       r.position = cur.position;
@@ -451,6 +602,13 @@ static int create_consumers(daemon_ctx *d) {
     } else {
       log_error("cannot read the cursor", LS("consumer", cc->name),
                 LS("err", err));
+      buf_free(&identity);
+      return TETHER_EXIT_RUNTIME;
+    }
+    rc = check_stream(d, cc, identity.data, rc == 0 ? &cur : NULL, &r, &lease);
+    if (rc != 0) {
+      store_cursor_free(&cur);
+      buf_free(&identity);
       return rc;
     }
     rc = consumer_create(&d->loop, cc, &r, &hooks, &d->consumers[i], err,
@@ -458,7 +616,9 @@ static int create_consumers(daemon_ctx *d) {
     if (rc == 0) {
       bool paused = false;
 
-      consumer_set_upstream(d->consumers[i], upstream_of(d, cc));
+      consumer_set_upstream(d->consumers[i], up);
+      consumer_set_identity(d->consumers[i], identity.data);
+      consumer_set_seq_lease(d->consumers[i], lease);
       /* An operator's pause outlives a restart. */
       if (store_get_paused(d->st, cc->name, &paused, err, sizeof err) == 0 &&
           paused) {
@@ -471,10 +631,11 @@ static int create_consumers(daemon_ctx *d) {
                LS("source", cc->source->name), LS("sink", cc->common.sink),
                LU("resume_after", r.seq));
     store_cursor_free(&cur);
+    buf_free(&identity);
     if (rc != 0) {
       log_error("cannot start the consumer", LS("consumer", cc->name),
                 LS("sink", cc->common.sink), LS("err", err));
-      return rc;
+      return TETHER_EXIT_RUNTIME;
     }
     d->created++;
     d->open_consumers++;
@@ -487,7 +648,7 @@ int daemon_run(const config *cfg) {
   daemon_ctx d;
   char err[512];
   size_t i;
-  int rc;
+  int rc, start_rc;
 
   memset(&d, 0, sizeof d);
   d.cfg = cfg;
@@ -523,6 +684,7 @@ int daemon_run(const config *cfg) {
   rc = open_upstreams(&d);
   if (rc == 0)
     rc = create_consumers(&d);
+  start_rc = rc;
   if (rc == 0)
     rc = flusher_create(&d.loop, d.st, cfg->daemon.checkpoint_interval,
                         d.consumers, d.created, &d.fl);
@@ -533,11 +695,13 @@ int daemon_run(const config *cfg) {
   uv_signal_init(&d.loop, &d.sighup);
   uv_timer_init(&d.loop, &d.shutdown_timer);
   uv_timer_init(&d.loop, &d.status_timer);
+  uv_timer_init(&d.loop, &d.drain_timer);
   d.sigterm.data = d.sigint.data = d.sighup.data = &d;
-  d.shutdown_timer.data = d.status_timer.data = &d;
+  d.shutdown_timer.data = d.status_timer.data = d.drain_timer.data = &d;
 
   if (rc != 0) {
-    d.exit_code = TETHER_EXIT_RUNTIME;
+    d.exit_code =
+        start_rc == TETHER_EXIT_USAGE ? TETHER_EXIT_USAGE : TETHER_EXIT_RUNTIME;
     close_all(&d);
   } else {
     uv_signal_start(&d.sigterm, on_signal, SIGTERM);

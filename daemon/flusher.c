@@ -5,7 +5,8 @@
  *   1. sink write       the batch is delivered (in the page cache, for files)
  *   2. sink sync        fdatasync: the delivered bytes are on disk
  *   3. cursor commit    the store records the cursor of step 2's snapshot
- *   4. upstream ack     (later sources) the upstream may forget the events
+ *   4. upstream ack     the source's on_durable: only now may anything be
+ *                       told outside (an ack, an offset mirror)
  *
  * A cursor committed before its events are durable in the sink could, after
  * a power cut, point past events that never reached the disk: lost events.
@@ -55,6 +56,8 @@ struct flusher {
   store_advance *reqs;
   char (*delivery_ids)[96];
   size_t *req_consumer; /* reqs[i] belongs to consumers[req_consumer[i]] */
+  store_op *ops;        /* the records the taking consumers staged */
+  size_t n_ops, cap_ops;
 
   flusher_cb round_cb; /* the flusher_flush the running round answers */
   void *round_cb_data;
@@ -68,6 +71,7 @@ struct flusher {
   size_t commit_items;  /* items of the running commit (0 = a check only) */
 
   bool unhealthy;
+  uint64_t failing_since; /* uv_now() of the first failure of a run */
   backoff retry;
   uint64_t commit_started; /* uv_hrtime() of the running commit */
   flusher_stats stats;
@@ -113,6 +117,7 @@ static void on_closed(uv_handle_t *h) {
 
   free(f->taking);
   free(f->reqs);
+  free(f->ops);
   free(f->delivery_ids);
   free(f->req_consumer);
   free(f);
@@ -249,15 +254,27 @@ static void on_commit(void *data, int status, const char *msg,
     return;
   }
   if (status != 0) {
+    for (i = 0; i < f->n; i++)
+      if (f->taking[i])
+        consumer_commit_done(f->consumers[i], status);
     delay = backoff_next(&f->retry);
     if (delay < f->interval)
       delay = f->interval;
     log_error("cursor commit failed; consumers wait until it succeeds",
               LS("err", msg), LU("retry_in_ms", delay),
               LU("attempt", backoff_attempt(&f->retry)));
-    if (!f->unhealthy)
+    if (!f->unhealthy) {
       hold_all(f, true);
+      f->failing_since = uv_now(f->loop);
+    }
     f->unhealthy = true;
+    {
+      char why[320];
+
+      snprintf(why, sizeof why, "cursor commit failed: %s", msg);
+      for (i = 0; i < f->n; i++)
+        consumer_set_commit_error(f->consumers[i], why);
+    }
     uv_timer_stop(&f->timer);
     arm(f, delay);
     round_done(f, status);
@@ -269,6 +286,8 @@ static void on_commit(void *data, int status, const char *msg,
     f->unhealthy = false;
     backoff_reset(&f->retry);
     hold_all(f, false);
+    for (i = 0; i < f->n; i++)
+      consumer_set_commit_error(f->consumers[i], NULL);
   }
   for (i = 0; i < n; i++) {
     consumer *c = f->consumers[f->req_consumer[i]];
@@ -285,6 +304,10 @@ static void on_commit(void *data, int status, const char *msg,
               LS("consumer", consumer_name(c)), LS("err", item_msg[i]));
     consumer_source_failed(c, item_msg[i]);
   }
+  /* The durability rule: sources hear on_durable only now. */
+  for (i = 0; i < f->n; i++)
+    if (f->taking[i])
+      consumer_commit_done(f->consumers[i], 0);
   if (full) {
     f->need_full = false;
     restore_flags(f);
@@ -294,19 +317,80 @@ static void on_commit(void *data, int status, const char *msg,
   round_done(f, result != 0 ? result : (f->round_failed ? UV_EIO : 0));
 }
 
+static int reserve_ops(flusher *f, size_t more) {
+  store_op *bigger;
+  size_t want = f->cap_ops ? f->cap_ops : 16;
+
+  while (want < f->n_ops + more)
+    want *= 2;
+  if (want == f->cap_ops)
+    return 0;
+  if ((bigger = realloc(f->ops, want * sizeof *bigger)) == NULL)
+    return UV_ENOMEM;
+  f->ops = bigger;
+  f->cap_ops = want;
+  return 0;
+}
+
+/* The records c's snapshot carries join this round's operations. */
+static int add_ops(flusher *f, consumer *c) {
+  const store_op *op;
+  size_t n, stride, i;
+
+  consumer_snapshot_ops(c, &op, &n, &stride);
+  if (n == 0)
+    return 0;
+  if (reserve_ops(f, n) != 0)
+    return UV_ENOMEM;
+  for (i = 0; i < n; i++)
+    f->ops[f->n_ops++] =
+        *(const store_op *)(const void *)((const char *)op + i * stride);
+  return 0;
+}
+
+/* A state file made again: c's state row (identity, seq lease) too. */
+static int add_state_op(flusher *f, consumer *c) {
+  if (reserve_ops(f, 1) != 0)
+    return UV_ENOMEM;
+  consumer_state_op(c, &f->ops[f->n_ops++]);
+  return 0;
+}
+
+/* A round that cannot be committed: the taking consumers take back what
+ * their snapshots carried, for the next one. */
+static void round_abort(flusher *f, int status) {
+  size_t i;
+
+  for (i = 0; i < f->n; i++)
+    if (f->taking[i])
+      consumer_commit_done(f->consumers[i], status);
+  round_done(f, status);
+}
+
 static void round_commit(flusher *f) {
   size_t i, n = 0;
-  uint64_t seq;
-  const char *pos;
-  int64_t at;
+  uint64_t seq, committed;
+  const char *pos, *committed_pos;
+  int64_t at, committed_at;
   int rc;
 
+  f->n_ops = 0;
   for (i = 0; i < f->n; i++) {
     consumer *c = f->consumers[i];
     store_advance *r;
 
+    if ((f->need_full && add_state_op(f, c) != 0) ||
+        (f->taking[i] && add_ops(f, c) != 0)) {
+      log_error("out of memory building a commit");
+      round_abort(f, UV_ENOMEM);
+      return;
+    }
     if (f->taking[i]) {
       consumer_snapshot(c, &seq, &pos, &at);
+      consumer_committed_cursor(c, &committed, &committed_pos, &committed_at);
+      /* Records alone, no new cursor: nothing to advance. */
+      if (seq <= committed && !f->need_full)
+        continue;
     } else if (f->need_full) {
       /* Not moved this round, but the new state file has none of it. */
       consumer_committed_cursor(c, &seq, &pos, &at);
@@ -337,11 +421,12 @@ static void round_commit(flusher *f) {
   f->commit_items = n;
   f->full_in_flight = f->need_full;
   f->commit_started = uv_hrtime();
-  rc = store_commit_start(f->st, f->loop, f->reqs, n, NULL, 0, on_commit, f);
+  rc = store_commit_start(f->st, f->loop, f->reqs, n, f->ops, f->n_ops,
+                          on_commit, f);
   if (rc != 0) {
     f->full_in_flight = false;
     log_error("cursor commit could not start", LS("err", uv_strerror(rc)));
-    round_done(f, rc);
+    round_abort(f, rc);
   }
 }
 
@@ -353,6 +438,8 @@ static void on_synced(consumer *c, int status, const char *msg, void *data) {
     for (i = 0; i < f->n; i++)
       if (f->consumers[i] == c)
         f->taking[i] = false;
+    /* Its records wait too: what they say may rest on the delivery. */
+    consumer_commit_done(c, status);
     f->round_failed = true;
     /* A removed file was reported by the consumer, which rewound. */
     if (status != SINK_EREMOVED)
@@ -415,6 +502,19 @@ int flusher_create(uv_loop_t *loop, store *st, uint64_t interval_ms,
   return 0;
 }
 
+void flusher_soon(flusher *f) {
+  if (f->closing)
+    return;
+  if (f->in_round) {
+    f->want_round = true;
+    return;
+  }
+  /* While commits fail, the backoff's timer sets the pace. */
+  if (f->unhealthy)
+    return;
+  round_start(f);
+}
+
 void flusher_flush(flusher *f, flusher_cb cb, void *data) {
   if (f->in_round) {
     assert(f->wait_cb == NULL && "one waiting flush at a time");
@@ -430,6 +530,10 @@ void flusher_flush(flusher *f, flusher_cb cb, void *data) {
 
 bool flusher_healthy(const flusher *f) {
   return !f->unhealthy;
+}
+
+uint64_t flusher_failing_ms(const flusher *f) {
+  return f->unhealthy ? uv_now(f->loop) - f->failing_since : 0;
 }
 
 void flusher_close(flusher *f, void (*cb)(void *data), void *data) {

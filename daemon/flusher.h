@@ -28,6 +28,10 @@ int flusher_create(uv_loop_t *loop, store *st, uint64_t interval_ms,
 /* A consumer's cursor moved: commit within one interval. */
 void flusher_poke(flusher *f);
 
+/* Something waits for a commit: a round now, or right after the running
+ * one (which took its snapshots before the wish). */
+void flusher_soon(flusher *f);
+
 /* Runs a round as soon as the running one (if any) ends; cb follows it.
  * One waiting cb at a time. */
 void flusher_flush(flusher *f, flusher_cb cb, void *data);
@@ -60,6 +64,8 @@ void flusher_get_stats(const flusher *f, flusher_stats *out);
 
 /* False while commits fail (consumers are held back meanwhile). */
 bool flusher_healthy(const flusher *f);
+/* How long commits have been failing, in ms; 0 while they work. */
+uint64_t flusher_failing_ms(const flusher *f);
 
 /* Closes the timer once no round runs; cb follows, then f is freed. */
 void flusher_close(flusher *f, void (*cb)(void *data), void *data);

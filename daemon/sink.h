@@ -12,6 +12,7 @@
 #ifndef TETHER_DAEMON_SINK_H
 #define TETHER_DAEMON_SINK_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -21,6 +22,22 @@
 
 typedef struct sink sink;
 typedef struct sink_type sink_type;
+
+/* What becomes of an event the sink cannot deliver: the [consumer] keys
+ * max_attempts and on_fail, parsed once by the configuration. */
+typedef enum sink_on_fail {
+  SINK_ON_FAIL_RETRY,       /* go on trying, with a warning */
+  SINK_ON_FAIL_SKIP,        /* give up on it, with an error in the log */
+  SINK_ON_FAIL_DEAD_LETTER, /* give up once its record is durable in the
+                               dead-letter file (daemon/dead_letter.h) */
+} sink_on_fail;
+
+typedef struct sink_policy {
+  int64_t max_attempts; /* failed attempts before on_fail; 0 = never */
+  sink_on_fail on_fail;
+  const char *dead_letter; /* the file's path for SINK_ON_FAIL_DEAD_LETTER,
+                              else NULL */
+} sink_policy;
 
 /* How a sink that acknowledges events one by one (exec, socket) reports to
  * its consumer, which fills this in after open. Every call runs on the
@@ -99,9 +116,18 @@ struct sink_type {
   int (*check)(void *conf, const char *arg, uint64_t explicit, char *err,
                size_t errlen);
 
-  /* Opens the sink. arg and conf are borrowed for the sink's life. */
+  /* Whether the sink applies the policy itself, to each event (exec,
+   * socket), reporting what it gives up on through report.gave_up. When
+   * false, the consumer applies it to each batch the sink keeps failing
+   * (SINK_RETRY), max_attempts failed writes of that batch being the
+   * attempts. */
+  bool per_event_policy;
+
+  /* Opens the sink. arg, conf and policy are borrowed for the sink's life;
+   * a NULL policy never gives up. */
   int (*open)(uv_loop_t *loop, const char *arg, const void *conf,
-              const char *consumer_name, sink **out, char *err, size_t errlen);
+              const sink_policy *policy, const char *consumer_name, sink **out,
+              char *err, size_t errlen);
 
   /* Delivers one batch; cb runs exactly once, on the loop thread. Only one
    * write is outstanding at a time. */

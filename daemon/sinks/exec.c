@@ -40,8 +40,9 @@
  * as an attempt: the event may not be to blame.
  *
  * Dead letters: the record {"consumer","seq","attempts","error","event"} is
- * appended to PATH and fdatasync'd on the thread pool, and only then is the
- * event reported delivered. So the cursor never passes an event that was
+ * appended to PATH and fdatasync'd on the thread pool (daemon/dead_letter.h;
+ * max_attempts and on_fail are [consumer] keys), and only then is the
+ * event reported given up. So the cursor never passes an event that was
  * neither handled nor durably dead-lettered, and sync() has nothing left to
  * do.
  *
@@ -75,6 +76,7 @@
 #include <jansson.h>
 #include <uv.h>
 
+#include "daemon/dead_letter.h"
 #include "daemon/log.h"
 #include "daemon/sink.h"
 #include "loop/backoff.h"
@@ -99,8 +101,6 @@
 
 typedef struct exec_conf {
   uint64_t handler_timeout;
-  int64_t max_attempts;
-  char *on_fail;
   uint64_t restart_min, restart_max;
   uint64_t resend_min, resend_max;
   uint64_t stop_timeout;
@@ -113,15 +113,6 @@ static const option exec_options[] = {
     "and is sent again; a handler that answers nothing for this long is "
     "restarted",
     1, DAY_MS, NULL, 0 },
-  { "max_attempts", OPT_INT, "0", offsetof(exec_conf, max_attempts),
-    "attempts (fail or retry answers, timeouts) before on_fail applies; 0 = "
-    "unlimited",
-    0, 1000000, NULL, 0 },
-  { "on_fail", OPT_STRING, "retry", offsetof(exec_conf, on_fail),
-    "after max_attempts: retry (go on, warning each time), skip (log an "
-    "error, move on) or dead_letter:PATH (append to PATH, fdatasync'd, move "
-    "on)",
-    0, 0, NULL, 0 },
   { "restart_min", OPT_DURATION, "250ms", offsetof(exec_conf, restart_min),
     "shortest wait before a handler that exited is started again", 1, HOUR_MS,
     NULL, 0 },
@@ -142,12 +133,6 @@ static const option exec_options[] = {
     1, 10 * MINUTE_MS, NULL, 0 },
   { NULL, 0, NULL, 0, NULL, 0, 0, NULL, 0 },
 };
-
-typedef enum on_fail_kind {
-  FAIL_RETRY,
-  FAIL_SKIP,
-  FAIL_DEAD_LETTER
-} on_fail_kind;
 
 /* Where an event is. QUEUED, SENT and WAITING events sit on the list of
  * that name; a DEAD event is on its way into the dead-letter file. */
@@ -200,7 +185,7 @@ typedef struct exec_sink {
   char **argv; /* owned, NULL-terminated */
   uint64_t timeout_ms;
   int64_t max_attempts;
-  on_fail_kind on_fail;
+  sink_on_fail on_fail;
   uint64_t resend_min, resend_max, stop_ms;
 
   /* Events kept until answered, found by seq: ring[seq & (cap - 1)] for
@@ -246,21 +231,8 @@ typedef struct exec_sink {
   bool errline_cut;
   ratelimit warn_rl, stderr_rl;
 
-  /* Dead letters: records wait in dl_queue; one operation at a time runs
-   * on the thread pool over dl_op, which the loop does not touch until it
-   * is done. */
-  char *dl_path;
-  int dl_fd;        /* owned by the running operation while one runs */
-  bool dl_dir_sync; /* the file was created: sync its directory */
-  bool dl_tail_checked;
-  buf dl_queue, dl_op;
-  seq_vec dl_queue_seqs, dl_op_seqs;
-  bool dl_busy, dl_reopen_wanted, dl_op_reopen;
-  int dl_result;
-  char dl_msg[320];
-  uv_work_t dl_work;
-  uv_timer_t dl_timer; /* a failed dead-letter write is tried again */
-  backoff dl_backoff;
+  /* Dead letters (on_fail = dead_letter:PATH); NULL otherwise. */
+  dead_letter *dl;
 
   /* Counters for the status and /metrics (sink_stats). */
   uint64_t redelivered, failed, dead_lettered, write_errors;
@@ -274,7 +246,6 @@ typedef struct exec_sink {
 static void kick_send(exec_sink *x);
 static void terminate(exec_sink *x, bool gently);
 static void maybe_finish_close(exec_sink *x);
-static void dl_kick(exec_sink *x);
 static void spawn_handler(exec_sink *x);
 
 /* ---- ARGV ------------------------------------------------------------- */
@@ -454,29 +425,9 @@ static int find_program(const char *name, char *err, size_t errlen) {
   return UV_ENOENT;
 }
 
-static int parse_on_fail(const char *text, on_fail_kind *kind,
-                         const char **path, char *err, size_t errlen) {
-  if (strcmp(text, "retry") == 0) {
-    *kind = FAIL_RETRY;
-  } else if (strcmp(text, "skip") == 0) {
-    *kind = FAIL_SKIP;
-  } else if (strncmp(text, "dead_letter:", 12) == 0 && text[12] != '\0') {
-    *kind = FAIL_DEAD_LETTER;
-    *path = text + 12;
-  } else {
-    snprintf(err, errlen,
-             "on_fail = \"%s\": expected retry, skip or dead_letter:PATH",
-             text);
-    return UV_EINVAL;
-  }
-  return 0;
-}
-
 static int exec_check(void *conf, const char *arg, uint64_t explicit, char *err,
                       size_t errlen) {
   exec_conf *c = conf;
-  on_fail_kind kind;
-  const char *path = NULL;
   char **argv;
   char lo[32], hi[32];
   int rc;
@@ -487,8 +438,6 @@ static int exec_check(void *conf, const char *arg, uint64_t explicit, char *err,
       return rc;
     free_argv(argv);
   }
-  if ((rc = parse_on_fail(c->on_fail, &kind, &path, err, errlen)) != 0)
-    return rc;
   if (c->restart_min > c->restart_max) {
     options_format_duration(c->restart_min, lo, sizeof lo);
     options_format_duration(c->restart_max, hi, sizeof hi);
@@ -795,24 +744,24 @@ static void count_attempt(exec_sink *x, ev *e, const char *why, int64_t hint_ms,
     e->attempts++;
   if (x->max_attempts > 0 && e->attempts >= (uint64_t)x->max_attempts) {
     switch (x->on_fail) {
-    case FAIL_RETRY:
+    case SINK_ON_FAIL_RETRY:
       log_warn("event still not handled after max_attempts; sending it "
                "again (on_fail = retry)",
                LS("consumer", x->consumer), LS("sink", "exec"),
                LU("seq", e->seq), LU("attempts", e->attempts), LS("err", why));
       break;
-    case FAIL_SKIP:
+    case SINK_ON_FAIL_SKIP:
       log_error("giving up on an event after max_attempts (on_fail = skip)",
                 LS("consumer", x->consumer), LS("sink", "exec"),
                 LU("seq", e->seq), LU("attempts", e->attempts), LS("err", why));
       x->failed++;
       settle(x, e, true);
       return;
-    case FAIL_DEAD_LETTER:
+    case SINK_ON_FAIL_DEAD_LETTER:
       log_warn("event goes to the dead-letter file after max_attempts",
                LS("consumer", x->consumer), LS("sink", "exec"),
                LU("seq", e->seq), LU("attempts", e->attempts), LS("err", why),
-               LS("path", x->dl_path));
+               LS("path", dead_letter_path(x->dl)));
       dl_enqueue(x, e);
       return;
     }
@@ -1505,267 +1454,47 @@ static void spawn_handler(exec_sink *x) {
 
 /* ---- dead letters ----------------------------------------------------- */
 
-static int append_json_string(buf *b, const char *s) {
-  json_t *j = json_string(s);
-  char *text;
-  int rc;
-
-  if (j == NULL)
-    j = json_string("(not valid UTF-8)");
-  if (j == NULL || (text = json_dumps(j, JSON_ENCODE_ANY)) == NULL) {
-    json_decref(j);
-    return UV_ENOMEM;
-  }
-  rc = buf_append_str(b, text);
-  free(text);
-  json_decref(j);
-  return rc;
-}
-
 /* {"consumer":..,"seq":N,"attempts":A,"error":"..","event":<the line>} */
 static void dl_enqueue(exec_sink *x, ev *e) {
-  size_t before = x->dl_queue.len;
   int rc;
 
   unlink_ev(x, e);
   e->state = EV_DEAD;
-  if ((rc = buf_append_str(&x->dl_queue, "{\"consumer\":")) != 0 ||
-      (rc = append_json_string(&x->dl_queue, x->consumer)) != 0 ||
-      (rc = buf_appendf(&x->dl_queue,
-                        ",\"seq\":%" PRIu64 ",\"attempts\":%u,"
-                        "\"error\":",
-                        e->seq, (unsigned)e->attempts)) != 0 ||
-      (rc = append_json_string(&x->dl_queue,
-                               e->error != NULL ? e->error : "")) != 0 ||
-      (rc = buf_append_str(&x->dl_queue, ",\"event\":")) != 0 ||
-      (rc = buf_append(&x->dl_queue, e->line, e->len - 1)) != 0 ||
-      (rc = buf_append_str(&x->dl_queue, "}\n")) != 0 ||
-      (rc = seq_push(&x->dl_queue_seqs, e->seq)) != 0) {
+  rc = dead_letter_append(x->dl, e->seq, e->attempts,
+                          e->error != NULL ? e->error : "", e->line, e->len, 0);
+  if (rc != 0) {
     /* Out of memory: the event is not lost, it waits to be tried again. */
-    x->dl_queue.len = before;
     log_error("cannot queue a dead letter", LS("consumer", x->consumer),
               LS("sink", "exec"), LU("seq", e->seq),
               LS("err", uv_strerror(rc)));
     schedule_resend(x, e, -1); /* from EV_DEAD, on no list */
-    return;
   }
-  dl_kick(x);
 }
 
-static int write_all(int fd, const char *p, size_t n) {
-  ssize_t w;
-
-  while (n > 0) {
-    w = write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR)
-        continue;
-      return -errno;
-    }
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
-static int sync_dir_of(const char *path) {
-  char dir[PATH_MAX];
-  const char *slash = strrchr(path, '/');
-  int fd, rc = 0;
-
-  if (slash == NULL)
-    strcpy(dir, ".");
-  else if (slash == path)
-    strcpy(dir, "/");
-  else if ((size_t)(slash - path) < sizeof dir)
-    memcpy(dir, path, (size_t)(slash - path)), dir[slash - path] = '\0';
-  else
-    return -ENAMETOOLONG;
-  if ((fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
-    return -errno;
-  if (fsync(fd) != 0 && errno != EINVAL)
-    rc = -errno;
-  close(fd);
-  return rc;
-}
-
-static int dl_open_file(const char *path, bool *created) {
-  struct stat st;
-  int fd;
-
-  *created = stat(path, &st) != 0;
-  fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-  return fd < 0 ? -errno : fd;
-}
-
-/* Thread pool: append the records and make them durable. Touches only the
- * dl_ fields the loop leaves alone while dl_busy is set. */
-static void dl_work(uv_work_t *req) {
-  exec_sink *x = req->data;
-  const char *what = "write";
-  struct stat st;
-  off_t before = -1;
-  bool created;
-  char last;
-  int rc = 0, fd;
-
-  if (x->dl_op_reopen) {
-    what = "reopen";
-    if ((fd = dl_open_file(x->dl_path, &created)) < 0) {
-      rc = fd;
-      goto out;
-    }
-    fdatasync(x->dl_fd);
-    close(x->dl_fd);
-    x->dl_fd = fd;
-    x->dl_dir_sync |= created;
-    x->dl_tail_checked = false;
-  }
-  if (x->dl_op.len == 0)
-    goto out;
-  what = "write";
-  if (fstat(x->dl_fd, &st) != 0) {
-    rc = -errno;
-    goto out;
-  }
-  before = st.st_size;
-  /* A record cut by a crash must not swallow the next one: give it its
-   * own line. */
-  if (!x->dl_tail_checked && before > 0 &&
-      pread(x->dl_fd, &last, 1, before - 1) == 1 && last != '\n' &&
-      (rc = write_all(x->dl_fd, "\n", 1)) != 0)
-    goto out;
-  x->dl_tail_checked = true;
-  if ((rc = write_all(x->dl_fd, x->dl_op.data, x->dl_op.len)) != 0)
-    goto cut;
-  what = "fdatasync";
-  if (fdatasync(x->dl_fd) != 0) {
-    rc = -errno;
-    goto out;
-  }
-  if (x->dl_dir_sync) {
-    what = "fsync of the directory of";
-    if ((rc = sync_dir_of(x->dl_path)) != 0)
-      goto out;
-    x->dl_dir_sync = false;
-  }
-  goto out;
-
-cut:
-  /* Take back a partial record, so the retry appends whole lines. */
-  if (ftruncate(x->dl_fd, before) != 0)
-    x->dl_tail_checked = false;
-out:
-  x->dl_result = rc;
-  if (rc != 0)
-    snprintf(x->dl_msg, sizeof x->dl_msg, "%s %s: %s", what, x->dl_path,
-             strerror(-rc));
-}
-
-static void on_dl_timer(uv_timer_t *t) {
-  dl_kick(t->data);
-}
-
-/* Puts the records of a failed operation back in front of those queued
- * meanwhile. Returns false when memory is short. */
-static bool dl_requeue_op(exec_sink *x) {
-  seq_vec merged = { NULL, 0, 0 };
-  size_t i;
-
-  for (i = 0; i < x->dl_op_seqs.n; i++)
-    if (seq_push(&merged, x->dl_op_seqs.v[i]) != 0)
-      goto oom;
-  for (i = 0; i < x->dl_queue_seqs.n; i++)
-    if (seq_push(&merged, x->dl_queue_seqs.v[i]) != 0)
-      goto oom;
-  if (buf_append(&x->dl_op, x->dl_queue.data, x->dl_queue.len) != 0)
-    goto oom;
-  buf_swap(&x->dl_op, &x->dl_queue);
-  buf_reset(&x->dl_op);
-  free(x->dl_queue_seqs.v);
-  x->dl_queue_seqs = merged;
-  x->dl_op_seqs.n = 0;
-  return true;
-
-oom:
-  free(merged.v);
-  return false;
-}
-
-static void dl_done(uv_work_t *req, int status) {
-  exec_sink *x = req->data;
-  uint64_t delay;
-  size_t i;
+/* The record of seq is durable: the event is given up on. */
+static void on_dead_letter(dead_letter *d, uint64_t first, uint64_t last,
+                           uint64_t tag, void *data) {
+  exec_sink *x = data;
+  uint64_t seq;
   ev *e;
 
-  (void)status; /* never cancelled */
-  x->dl_busy = false;
-  if (x->dl_result != 0) {
-    x->write_errors++;
-    /* Nothing of the operation is delivered; it goes back in front of what
-     * queued up meanwhile and is tried again after a while. */
-    if (!dl_requeue_op(x)) {
-      /* No memory to keep the records: the events go back to the handler
-       * and come here again later. */
-      for (i = 0; i < x->dl_op_seqs.n; i++) {
-        e = find_ev(x, x->dl_op_seqs.v[i]);
-        if (e != NULL && e->state == EV_DEAD)
-          schedule_resend(x, e, -1);
-      }
-    }
-    if (x->dl_op_reopen)
-      x->dl_reopen_wanted = true;
-    buf_reset(&x->dl_op);
-    x->dl_op_seqs.n = 0;
-    if (x->closing) {
-      maybe_finish_close(x);
-      return;
-    }
-    delay = backoff_next(&x->dl_backoff);
-    log_error("cannot write the dead-letter file; trying again",
-              LS("consumer", x->consumer), LS("sink", "exec"),
-              LS("err", x->dl_msg), LU("retry_in_ms", delay));
-    uv_timer_start(&x->dl_timer, on_dl_timer, delay, 0);
-    return;
-  }
-  backoff_reset(&x->dl_backoff);
-  if (x->dl_op_reopen)
-    log_info("reopened the dead-letter file", LS("consumer", x->consumer),
-             LS("sink", "exec"), LS("path", x->dl_path));
-  for (i = 0; i < x->dl_op_seqs.n; i++) {
-    e = find_ev(x, x->dl_op_seqs.v[i]);
+  (void)d, (void)tag;
+  for (seq = first; seq <= last; seq++) {
+    e = find_ev(x, seq);
     if (e != NULL && e->state == EV_DEAD) {
       x->failed++;
       x->dead_lettered++;
       settle(x, e, true);
     }
   }
-  buf_reset(&x->dl_op);
-  x->dl_op_seqs.n = 0;
-  if (x->closing) {
-    maybe_finish_close(x);
-    return;
-  }
-  dl_kick(x);
 }
 
-static void dl_kick(exec_sink *x) {
-  seq_vec tmp;
+static void on_dead_letter_closed(void *data) {
+  exec_sink *x = data;
 
-  if (x->dl_busy || x->closing || x->dl_path == NULL ||
-      uv_is_active((uv_handle_t *)&x->dl_timer) ||
-      (x->dl_queue.len == 0 && !x->dl_reopen_wanted))
-    return;
-  buf_swap(&x->dl_queue, &x->dl_op);
-  tmp = x->dl_queue_seqs;
-  x->dl_queue_seqs = x->dl_op_seqs;
-  x->dl_op_seqs = tmp;
-  x->dl_op_reopen = x->dl_reopen_wanted;
-  x->dl_reopen_wanted = false;
-  x->dl_busy = true;
-  x->dl_work.data = x;
-  /* Fails only without a work callback. */
-  (void)uv_queue_work(x->loop, &x->dl_work, dl_work, dl_done);
+  x->dl = NULL;
+  x->pending_closes--;
+  maybe_finish_close(x);
 }
 
 /* ---- the sink --------------------------------------------------------- */
@@ -1780,17 +1509,10 @@ static void free_sink(exec_sink *x) {
   free(x->ring);
   free_argv(x->argv);
   free(x->consumer);
-  free(x->dl_path);
-  if (x->dl_fd >= 0)
-    close(x->dl_fd);
   buf_free(&x->chunk);
   free(x->chunk_seqs.v);
   buf_free(&x->answer);
   buf_free(&x->errline);
-  buf_free(&x->dl_queue);
-  buf_free(&x->dl_op);
-  free(x->dl_queue_seqs.v);
-  free(x->dl_op_seqs.v);
   free(x);
 }
 
@@ -1798,7 +1520,7 @@ static void maybe_finish_close(exec_sink *x) {
   sink_close_cb cb;
   void *data;
 
-  if (!x->closing || x->hstate != H_DOWN || x->dl_busy)
+  if (!x->closing || x->hstate != H_DOWN)
     return;
   if (x->proc_timer_live) {
     x->proc_timer_live = false;
@@ -1849,16 +1571,16 @@ static void exec_sync(sink *s, sink_sync_cb cb, void *data) {
 static void exec_reopen(sink *s) {
   exec_sink *x = (exec_sink *)s;
 
-  if (x->dl_path == NULL || x->closing)
-    return;
-  x->dl_reopen_wanted = true;
-  dl_kick(x);
+  if (x->dl != NULL && !x->closing)
+    dead_letter_reopen(x->dl);
 }
 
 static void exec_stats(const sink *s, sink_stats *out) {
   const exec_sink *x = (const exec_sink *)s;
 
   out->write_errors += x->write_errors;
+  if (x->dl != NULL)
+    out->write_errors += dead_letter_write_errors(x->dl);
   out->redelivered += x->redelivered;
   out->failed += x->failed;
   out->dead_lettered += x->dead_lettered;
@@ -1878,10 +1600,15 @@ static void exec_close(sink *s, sink_close_cb cb, void *data) {
   x->closing = true;
   x->close_cb = cb;
   x->close_data = data;
-  x->pending_closes += 3;
+  x->pending_closes += 2;
   uv_close((uv_handle_t *)&x->deadline_timer, on_timer_closed);
   uv_close((uv_handle_t *)&x->resend_timer, on_timer_closed);
-  uv_close((uv_handle_t *)&x->dl_timer, on_timer_closed);
+  /* A dead-letter write under way finishes first; records still queued
+   * are dropped with their events, which come again after a restart. */
+  if (x->dl != NULL) {
+    x->pending_closes++;
+    dead_letter_close(x->dl, on_dead_letter_closed, x);
+  }
   if (x->hstate == H_RUNNING)
     terminate(x, true);
   else if (x->hstate == H_DOWN)
@@ -1890,8 +1617,8 @@ static void exec_close(sink *s, sink_close_cb cb, void *data) {
 }
 
 static int exec_open(uv_loop_t *loop, const char *arg, const void *conf,
-                     const char *consumer_name, sink **out, char *err,
-                     size_t errlen);
+                     const sink_policy *policy, const char *consumer_name,
+                     sink **out, char *err, size_t errlen);
 
 const sink_type sink_exec = {
   .name = "exec",
@@ -1908,6 +1635,7 @@ const sink_type sink_exec = {
   .options = exec_options,
   .conf_size = sizeof(exec_conf),
   .arg = "ARGV",
+  .per_event_policy = true,
   .check = exec_check,
   .open = exec_open,
   .write = exec_write,
@@ -1918,60 +1646,49 @@ const sink_type sink_exec = {
 };
 
 static int exec_open(uv_loop_t *loop, const char *arg, const void *conf,
-                     const char *consumer_name, sink **out, char *err,
-                     size_t errlen) {
+                     const sink_policy *policy, const char *consumer_name,
+                     sink **out, char *err, size_t errlen) {
   const exec_conf *c = conf;
-  const char *dl_path = NULL;
   exec_sink *x;
-  bool created;
   int rc;
 
   if ((x = calloc(1, sizeof *x)) == NULL) {
     snprintf(err, errlen, "out of memory");
     return UV_ENOMEM;
   }
-  x->dl_fd = -1;
   if ((rc = split_argv(arg != NULL ? arg : "", &x->argv, err, errlen)) != 0 ||
-      (rc = find_program(x->argv[0], err, errlen)) != 0 ||
-      (rc = parse_on_fail(c->on_fail, &x->on_fail, &dl_path, err, errlen)) != 0)
+      (rc = find_program(x->argv[0], err, errlen)) != 0)
     goto fail;
-  if ((x->consumer = strdup(consumer_name)) == NULL ||
-      (dl_path != NULL && (x->dl_path = strdup(dl_path)) == NULL)) {
+  if ((x->consumer = strdup(consumer_name)) == NULL) {
     snprintf(err, errlen, "out of memory");
     rc = UV_ENOMEM;
     goto fail;
   }
+  if (policy != NULL) {
+    x->max_attempts = policy->max_attempts;
+    x->on_fail = policy->on_fail;
+  }
   /* Opened now, at start-up, so a bad path is a clear error before any
    * event needs it. */
-  if (x->dl_path != NULL) {
-    if ((x->dl_fd = dl_open_file(x->dl_path, &created)) < 0) {
-      rc = x->dl_fd;
-      snprintf(err, errlen, "cannot open the dead-letter file %s: %s",
-               x->dl_path, strerror(-rc));
-      x->dl_fd = -1;
-      goto fail;
-    }
-    x->dl_dir_sync = created;
-  }
+  if (x->on_fail == SINK_ON_FAIL_DEAD_LETTER &&
+      (rc = dead_letter_open(loop, policy->dead_letter, consumer_name, "exec",
+                             c->restart_min, c->restart_max, on_dead_letter, x,
+                             &x->dl, err, errlen)) != 0)
+    goto fail;
   x->base.type = &sink_exec;
   x->loop = loop;
   x->timeout_ms = c->handler_timeout;
-  x->max_attempts = c->max_attempts;
   x->resend_min = c->resend_min;
   x->resend_max = c->resend_max;
   x->stop_ms = c->stop_timeout;
   buf_init(&x->chunk, 0);
   buf_init(&x->answer, EXEC_ANSWER_LINE_MAX);
   buf_init(&x->errline, EXEC_STDERR_LINE_MAX);
-  buf_init(&x->dl_queue, 0);
-  buf_init(&x->dl_op, 0);
   backoff_init(&x->restart, c->restart_min, c->restart_max, 0, 0);
-  backoff_init(&x->dl_backoff, c->restart_min, c->restart_max, 0, 0);
   uv_timer_init(loop, &x->deadline_timer);
   uv_timer_init(loop, &x->resend_timer);
-  uv_timer_init(loop, &x->dl_timer);
   uv_timer_init(loop, &x->proc_timer);
-  x->deadline_timer.data = x->resend_timer.data = x->dl_timer.data = x;
+  x->deadline_timer.data = x->resend_timer.data = x;
   x->proc_timer.data = x;
   x->proc_timer_live = true;
   x->hstate = H_DOWN;

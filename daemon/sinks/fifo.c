@@ -1126,8 +1126,8 @@ static void fifo_close(sink *s, sink_close_cb cb, void *data) {
 }
 
 static int fifo_open(uv_loop_t *loop, const char *arg, const void *conf,
-                     const char *consumer_name, sink **out, char *err,
-                     size_t errlen);
+                     const sink_policy *policy, const char *consumer_name,
+                     sink **out, char *err, size_t errlen);
 
 static void fifo_stats(const sink *s, sink_stats *out) {
   const fifo_sink *f = (const fifo_sink *)s;
@@ -1177,12 +1177,13 @@ static void init_inotify(fifo_sink *f) {
 }
 
 static int fifo_open(uv_loop_t *loop, const char *arg, const void *conf,
-                     const char *consumer_name, sink **out, char *err,
-                     size_t errlen) {
+                     const sink_policy *policy, const char *consumer_name,
+                     sink **out, char *err, size_t errlen) {
   const fifo_conf *fc = conf;
   fifo_sink *f;
   int rc, fd;
 
+  (void)policy; /* applied by the consumer, to the batches this sink fails */
   if (arg == NULL || arg[0] == '\0') {
     snprintf(err, errlen, "fifo needs a path: fifo:PATH");
     return UV_EINVAL;

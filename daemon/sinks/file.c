@@ -688,9 +688,10 @@ fail:
 }
 
 static int file_sink_open(uv_loop_t *loop, const char *arg, const void *conf,
-                          const char *consumer_name, sink **out, char *err,
-                          size_t errlen);
+                          const sink_policy *policy, const char *consumer_name,
+                          sink **out, char *err, size_t errlen);
 static int stdout_sink_open(uv_loop_t *loop, const char *arg, const void *conf,
+                            const sink_policy *policy,
                             const char *consumer_name, sink **out, char *err,
                             size_t errlen);
 
@@ -722,22 +723,26 @@ const sink_type sink_file = {
 };
 
 static int file_sink_open(uv_loop_t *loop, const char *arg, const void *conf,
-                          const char *consumer_name, sink **out, char *err,
-                          size_t errlen) {
-  int rc = file_open(loop, arg, conf, consumer_name, out, err, errlen);
+                          const sink_policy *policy, const char *consumer_name,
+                          sink **out, char *err, size_t errlen) {
+  int rc;
 
+  /* The consumer applies the policy to the batches this sink fails. */
+  (void)policy;
+  rc = file_open(loop, arg, conf, consumer_name, out, err, errlen);
   if (rc == 0)
     (*out)->type = &sink_file;
   return rc;
 }
 
 static int stdout_sink_open(uv_loop_t *loop, const char *arg, const void *conf,
+                            const sink_policy *policy,
                             const char *consumer_name, sink **out, char *err,
                             size_t errlen) {
   struct stat st;
   fsink *f;
 
-  (void)arg, (void)conf;
+  (void)arg, (void)conf, (void)policy;
   if (fstat(STDOUT_FILENO, &st) != 0) {
     snprintf(err, errlen, "standard output is not open: %s", strerror(errno));
     return -errno;

@@ -8,6 +8,13 @@
  * departure puts it back for another. The consumer's cursor moves over the
  * acknowledged events (sink_report.delivered), so nothing is committed
  * that no application has confirmed.
+ *
+ * Attempts: each time an event goes out to a subscriber and comes back
+ * unacknowledged (its ack_timeout passed, or the subscriber left) is one
+ * failed attempt. At max_attempts, on_fail decides: retry goes on as
+ * before, skip gives the event up at once (report.gave_up, an error in the
+ * log), dead_letter:PATH gives it up once its record is durable in PATH;
+ * until then it is held and goes to no one.
  */
 #include "daemon/sinks/socket.h"
 
@@ -20,8 +27,13 @@
 
 #include <uv.h>
 
+#include "daemon/dead_letter.h"
 #include "daemon/log.h"
 #include "protocol/buf.h"
+
+/* Backoff of a dead-letter write that failed. */
+#define SOCKET_DL_RETRY_MIN_MS 250
+#define SOCKET_DL_RETRY_MAX_MS 30000
 
 typedef struct socket_conf {
   uint64_t ack_timeout; /* ms an event may wait for its acknowledgement */
@@ -53,7 +65,11 @@ typedef struct item {
   size_t len;
   sub *to;           /* the subscriber it went to; NULL: waiting */
   uint64_t deadline; /* uv_now() by which it must be acknowledged */
-  bool acked;
+  bool acked;        /* acknowledged, or given up on */
+  bool dead;         /* its dead-letter record is on its way: held, sent to
+                        no one */
+  uint32_t attempts; /* times it came back unacknowledged */
+  const char *why;   /* the last time's reason; static text */
 } item;
 
 struct sock_sink {
@@ -61,6 +77,9 @@ struct sock_sink {
   uv_loop_t *loop;
   char *consumer;
   uint64_t ack_timeout;
+  int64_t max_attempts; /* 0: never give up */
+  sink_on_fail on_fail;
+  dead_letter *dl; /* on_fail = dead_letter:PATH; else NULL */
   /* The events held, in seq order: items[head..n) are live. */
   item *items;
   size_t head, n, cap;
@@ -72,7 +91,10 @@ struct sock_sink {
   sink_write_cb write_cb;
   void *write_data;
   uint64_t redelivered; /* events put back for another subscriber */
-  size_t assigned;      /* events with a subscriber, not acknowledged */
+  uint64_t failed;      /* events given up on */
+  uint64_t dead_lettered;
+  size_t assigned;    /* events with a subscriber, not acknowledged */
+  bool no_subscriber; /* reported: events wait and nobody takes them */
   int pending_closes;
   sink_close_cb close_cb;
   void *close_data;
@@ -169,6 +191,19 @@ static void flush(sub *s) {
 
 static void arm_deadlines(sock_sink *k);
 
+/* Tells the consumer (and so `tether status`) when events wait with no
+ * subscriber to take them, and when one is back. */
+static void report_waiting(sock_sink *k) {
+  bool none = k->head < k->n && socket_sink_subscribers(&k->base) == 0;
+
+  if (none == k->no_subscriber || k->close_cb != NULL ||
+      k->base.report.state == NULL)
+    return;
+  k->no_subscriber = none;
+  k->base.report.state(&k->base, none ? "no_subscriber" : NULL,
+                       k->base.report.data);
+}
+
 /* Hands every waiting event to a subscriber that can take it. */
 static void dispatch(sock_sink *k) {
   size_t i;
@@ -177,7 +212,7 @@ static void dispatch(sock_sink *k) {
   for (i = k->next_free; i < k->n; i++) {
     item *it = &k->items[i];
 
-    if (it->acked || it->to != NULL)
+    if (it->acked || it->to != NULL || it->dead)
       continue;
     if ((s = pick(k, it->len + 40)) == NULL || frame(s, it) != 0)
       break;
@@ -190,6 +225,7 @@ static void dispatch(sock_sink *k) {
     if (!s->peek)
       flush(s);
   arm_deadlines(k);
+  report_waiting(k);
 }
 
 /* A peeker gets a copy of items [from, to); one that falls more than the
@@ -211,12 +247,51 @@ static void peek_copy(sock_sink *k, sub *s, size_t from, size_t to) {
   http_conn_close(s->conn);
 }
 
-/* Puts an event back for another subscriber. */
-static void unassign(sock_sink *k, item *it) {
+static void report_gave_up(sock_sink *k, item *it) {
+  it->acked = true;
+  k->failed++;
+  if (k->base.report.gave_up != NULL)
+    k->base.report.gave_up(&k->base, it->seq, it->seq, it->why,
+                           k->base.report.data);
+  else if (k->base.report.delivered != NULL)
+    k->base.report.delivered(&k->base, it->seq, it->seq, k->base.report.data);
+}
+
+/* The event came back unacknowledged (why: static text), a failed attempt:
+ * it goes back for another subscriber, or on_fail gives up on it. Leaves
+ * the items where they are (no trim), so callers may go on walking them. */
+static void unassign(sock_sink *k, item *it, const char *why) {
   size_t i = (size_t)(it - k->items);
 
   it->to = NULL;
+  it->why = why;
   k->assigned--;
+  if (it->attempts < UINT32_MAX)
+    it->attempts++;
+  if (k->max_attempts > 0 && it->attempts >= (uint64_t)k->max_attempts &&
+      k->on_fail != SINK_ON_FAIL_RETRY) {
+    if (k->on_fail == SINK_ON_FAIL_SKIP) {
+      log_error("giving up on an event after max_attempts (on_fail = skip)",
+                LS("consumer", k->consumer), LS("sink", "socket"),
+                LU("seq", it->seq), LU("attempts", it->attempts),
+                LS("err", why));
+      report_gave_up(k, it);
+      return;
+    }
+    log_warn("event goes to the dead-letter file after max_attempts",
+             LS("consumer", k->consumer), LS("sink", "socket"),
+             LU("seq", it->seq), LU("attempts", it->attempts), LS("err", why),
+             LS("path", dead_letter_path(k->dl)));
+    if (dead_letter_append(k->dl, it->seq, it->attempts, why, it->line, it->len,
+                           0) == 0) {
+      it->dead = true;
+      return;
+    }
+    /* Out of memory: the event is not lost, it goes out again. */
+    log_error("cannot queue a dead letter", LS("consumer", k->consumer),
+              LS("sink", "socket"), LU("seq", it->seq),
+              LS("err", uv_strerror(UV_ENOMEM)));
+  }
   k->redelivered++;
   if (i < k->next_free)
     k->next_free = i;
@@ -233,7 +308,7 @@ static void on_deadlines(uv_timer_t *t) {
     if (it->acked || it->to == NULL)
       continue;
     if (it->deadline <= now) {
-      unassign(k, it);
+      unassign(k, it, "not acknowledged within ack_timeout");
       late++;
     } else if (it->deadline < next) {
       next = it->deadline;
@@ -245,6 +320,7 @@ static void on_deadlines(uv_timer_t *t) {
              LU("ack_timeout_ms", k->ack_timeout));
   if (next != UINT64_MAX)
     uv_timer_start(&k->deadlines, on_deadlines, next - now, 0);
+  trim(k);
   dispatch(k);
 }
 
@@ -364,10 +440,11 @@ static void on_sub_closed(http_conn *c, void *data) {
     k->rr = NULL;
   for (i = k->head; i < k->n; i++) {
     if (k->items[i].to == s && !k->items[i].acked) {
-      unassign(k, &k->items[i]);
+      unassign(k, &k->items[i], "the subscriber left without acknowledging it");
       back++;
     }
   }
+  trim(k);
   if (!s->peek)
     log_info("subscriber left", LS("consumer", k->consumer),
              LU("unacknowledged", back),
@@ -485,14 +562,35 @@ oom:
   cb(snk, SINK_RETRY, "out of memory holding the batch", data);
 }
 
+/* The records first..last are durable: those events are given up on. */
+static void on_dead_letter(dead_letter *d, uint64_t first, uint64_t last,
+                           uint64_t tag, void *data) {
+  sock_sink *k = data;
+  uint64_t seq;
+  item *it;
+
+  (void)d, (void)tag;
+  for (seq = first; seq <= last; seq++) {
+    it = find(k, seq);
+    if (it != NULL && it->dead && !it->acked) {
+      it->dead = false;
+      k->dead_lettered++;
+      report_gave_up(k, it);
+    }
+  }
+  trim(k);
+}
+
 static void socket_sync(sink *snk, sink_sync_cb cb, void *data) {
-  /* An acknowledgement is the application's word that it has the event:
-   * there is nothing of tether's own to make durable. */
+  /* An acknowledgement is the application's word that it has the event,
+   * and a dead letter is durable before its event is given up: there is
+   * nothing of tether's own to make durable. */
   cb(snk, 0, NULL, data);
 }
 
-static void on_handle_closed(uv_handle_t *h) {
-  sock_sink *k = h->data;
+/* One of the sink's handles (or its dead-letter writer) is closed; the
+ * last one frees the sink. */
+static void close_step(sock_sink *k) {
   sink_close_cb cb;
   void *data;
   size_t i;
@@ -507,6 +605,17 @@ static void on_handle_closed(uv_handle_t *h) {
   free(k->consumer);
   free(k);
   cb(data);
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+  close_step(h->data);
+}
+
+static void on_dead_letter_closed(void *data) {
+  sock_sink *k = data;
+
+  k->dl = NULL;
+  close_step(k);
 }
 
 static void socket_close(sink *snk, sink_close_cb cb, void *data) {
@@ -532,21 +641,41 @@ static void socket_close(sink *snk, sink_close_cb cb, void *data) {
   }
   k->subs = NULL;
   k->pending_closes = 2;
+  /* A dead-letter write under way finishes first; records still queued
+   * are dropped with their events, which come again after a restart. */
+  if (k->dl != NULL) {
+    k->pending_closes++;
+    dead_letter_close(k->dl, on_dead_letter_closed, k);
+  }
   uv_close((uv_handle_t *)&k->deadlines, on_handle_closed);
   uv_close((uv_handle_t *)&k->accepted, on_handle_closed);
 }
 
 static int socket_open(uv_loop_t *loop, const char *arg, const void *conf,
-                       const char *consumer_name, sink **out, char *err,
-                       size_t errlen) {
+                       const sink_policy *policy, const char *consumer_name,
+                       sink **out, char *err, size_t errlen) {
   const socket_conf *sc = conf;
   sock_sink *k = calloc(1, sizeof *k);
+  int rc;
 
   (void)arg;
   if (k == NULL || (k->consumer = strdup(consumer_name)) == NULL) {
     free(k);
     snprintf(err, errlen, "out of memory");
     return UV_ENOMEM;
+  }
+  if (policy != NULL) {
+    k->max_attempts = policy->max_attempts;
+    k->on_fail = policy->on_fail;
+  }
+  /* Opened now, so a bad path is an error at start-up. */
+  if (k->on_fail == SINK_ON_FAIL_DEAD_LETTER &&
+      (rc = dead_letter_open(loop, policy->dead_letter, consumer_name, "socket",
+                             SOCKET_DL_RETRY_MIN_MS, SOCKET_DL_RETRY_MAX_MS,
+                             on_dead_letter, k, &k->dl, err, errlen)) != 0) {
+    free(k->consumer);
+    free(k);
+    return rc;
   }
   k->base.type = &sink_socket;
   k->loop = loop;
@@ -560,7 +689,21 @@ static int socket_open(uv_loop_t *loop, const char *arg, const void *conf,
 }
 
 static void socket_stats(const sink *snk, sink_stats *out) {
-  out->redelivered += ((const sock_sink *)snk)->redelivered;
+  const sock_sink *k = (const sock_sink *)snk;
+
+  out->redelivered += k->redelivered;
+  out->failed += k->failed;
+  out->dead_lettered += k->dead_lettered;
+  if (k->dl != NULL)
+    out->write_errors += dead_letter_write_errors(k->dl);
+}
+
+/* SIGHUP: the dead-letter file may have been moved away. */
+static void socket_reopen(sink *snk) {
+  sock_sink *k = (sock_sink *)snk;
+
+  if (k->dl != NULL && k->close_cb == NULL)
+    dead_letter_reopen(k->dl);
 }
 
 const sink_type sink_socket = {
@@ -570,9 +713,11 @@ const sink_type sink_socket = {
   .options = socket_options,
   .conf_size = sizeof(socket_conf),
   .arg = NULL,
+  .per_event_policy = true,
   .open = socket_open,
   .write = socket_write,
   .sync = socket_sync,
+  .reopen = socket_reopen,
   .close = socket_close,
   .stats = socket_stats,
 };

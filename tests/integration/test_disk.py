@@ -2,6 +2,7 @@
 RLIMIT_FSIZE, ENOSPC on a tiny tmpfs) gives a clear error and backs off, the
 cursor does not advance meanwhile, and nothing is lost once space returns."""
 import os
+import re
 import resource
 import subprocess
 import threading
@@ -76,6 +77,37 @@ def test_file_sink_efbig_backs_off_and_recovers(tether, tmp_path):
     # No crash, so no duplicate: exactly every event once.
     assert [r["seq"] for r in records] == list(range(1, count + 1))
     assert "sink recovered consumer=gen sink=file" in t.log()
+    assert committed_seq(t.state, "gen") == count
+
+
+def test_file_sink_gives_up_after_max_attempts(tether, tmp_path):
+    """max_attempts = 2, on_fail = skip: a batch the file cannot take is
+    written twice, then given up; the consumer goes on, every skipped seq is
+    in the log, and the cursor passes them. Nothing is lost silently: each
+    event is in the file or named as skipped."""
+    out = tmp_path / "out.ndjson"
+    count = 4000
+    t = tether(file_sink_config(out, count).replace(
+        "retry_min = 50ms", "retry_min = 10ms\nmax_attempts = 2\n"
+        "on_fail = skip"))
+    t.start(preexec_fn=limit_fsize(256 * 1024))
+    # The source finishes (exit_when_done) although the file stays full.
+    assert t.wait_exit(60) == 0
+    records, torn = read_lines(out)
+    assert torn == 0
+    written = [r["seq"] for r in records]
+    skipped = []
+    for m in re.finditer(
+            r"error giving up on a batch after max_attempts \(on_fail = "
+            r"skip\) consumer=gen sink=file first_seq=(\d+) last_seq=(\d+) "
+            r"attempts=2 err=\"write .*out\.ndjson: File too large\"",
+            t.log()):
+        skipped.extend(range(int(m.group(1)), int(m.group(2)) + 1))
+    # A smaller batch may still fit after a bigger one was given up: each
+    # event is in the file, in order, or was skipped, never both.
+    assert written == sorted(written)
+    assert len(written) > 0 and len(skipped) > 0
+    assert sorted(written + skipped) == list(range(1, count + 1))
     assert committed_seq(t.state, "gen") == count
 
 

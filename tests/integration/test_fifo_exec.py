@@ -132,12 +132,23 @@ def test_fifo_reader_absent_at_start(tether, tmp_path):
 
 
 def test_fifo_no_reader_does_not_hold_shutdown(tether, tmp_path):
+    from apiclient import consumer, remove_dir, short_dir
     path = str(tmp_path / "events.pipe")
+    sockdir = short_dir()
+    sock = os.path.join(sockdir, "api.sock")
     t = tether(config(f"fifo:{path}", 0, exit_when_done=False).replace(
-        "shutdown_timeout = 10s", "shutdown_timeout = 500ms"))
+        "shutdown_timeout = 10s",
+        f"shutdown_timeout = 500ms\nsocket = {sock}"))
     t.start()
     t.wait_log(r"state=waiting_for_reader")
-    assert t.stop(signal.SIGTERM, timeout=20) == 0
+    # Events wait in the window (the first ones come once the seq lease is
+    # committed, a moment after the start).
+    try:
+        wait_for(lambda: consumer(sock, "c")["in_flight"] > 0, 20,
+                 "events in flight", t)
+        assert t.stop(signal.SIGTERM, timeout=20) == 0
+    finally:
+        remove_dir(sockdir)
     log = t.log()
     assert "shutdown timeout: giving up on events not yet delivered" in log
     # Nothing reached a reader, so nothing was committed.

@@ -184,7 +184,7 @@ def test_envelope_and_ties_arrive_once(tether, tmp_path, pb, sock_dir):
     # In (created, id) order, and the committed cursor is the last one.
     cursors = [r["cursor"] for r in recs]
     assert cursors == sorted(cursors)
-    row = t.cursor("orders", "orders")
+    row = t.cursor("orders", "pocketbase")
     assert row["position"] == cursors[-1] and row["last_sequence"] == 1000
     # Every poll asked for an explicit total order, skipTotal and the
     # compound filter.
@@ -290,7 +290,7 @@ def test_kill9_while_writing_loses_nothing(tether, tmp_path, pb, sock_dir):
             base = len(got(out))
             time.sleep(rng.uniform(0, 0.15))  # the random kill moment
             t.kill9()
-            row = t.cursor("orders", "orders")
+            row = t.cursor("orders", "pocketbase")
             if row is not None:
                 held = {r["cursor"] for r in got(out)}
                 # The committed cursor is never ahead of the sink.
@@ -690,16 +690,16 @@ def test_malformed_answers_never_move_the_cursor(tether, tmp_path, pb,
     t = tether(config(out, s.base, sock_dir, poll_interval="100ms")).start()
     wait_ids(t, out, a["ids"])
     sock = f"{sock_dir}/t.sock"
-    wait_for(lambda: (t.cursor("orders", "orders") or {}).get(
+    wait_for(lambda: (t.cursor("orders", "pocketbase") or {}).get(
         "last_sequence") == 1, 10, "the first commit", t)
-    before = t.cursor("orders", "orders")
+    before = t.cursor("orders", "pocketbase")
     s.faults(list_malformed=mode)
     b = s.create("orders", [{"n": 2}])
     wait_for(lambda: MALFORMED[mode] in state_of(sock).get("last_error", ""),
              20,
              f"an error naming {MALFORMED[mode]}", t)
     assert state_of(sock)["state"] == "backoff"
-    assert t.cursor("orders", "orders")["position"] == before["position"]
+    assert t.cursor("orders", "pocketbase")["position"] == before["position"]
     assert got_ids(out) == a["ids"]
     s.ctl("/_reset")
     wait_ids(t, out, a["ids"] + b["ids"], 30)
@@ -752,7 +752,7 @@ def test_offset_mirror_follows_each_commit(tether, tmp_path, pb, sock_dir):
         s.create("orders", [{"n": burst * 10 + i} for i in range(10)])
 
         def mirrored():
-            row = t.cursor("orders", "orders")
+            row = t.cursor("orders", "pocketbase")
             rows = mirror_rows(s, token)
             return (row is not None and row["last_sequence"] == 10 * (burst + 1)
                     and len(rows) == 1 and rows[0]["offset"] == row["position"])

@@ -79,7 +79,7 @@ poll_interval = 100ms
             [f"doc{i:04d}" for i in range(15)]
         assert records[0]["event"] == "change"
         # The committed position is the page's last_seq.
-        assert t.cursor("poll", "/db/_changes?since={cursor}&limit=5")[
+        assert t.cursor("poll", "http-poll")[
             "position"] == str(records[-1]["data"]["seq"])
         # A restart resumes after it: nothing is delivered again.
         t.start()
@@ -164,7 +164,7 @@ def test_json_server_inclusive_cursor_drops_boundary_items(tether, tmp_path):
         got = ids(out)
         assert got == list(range(1, len(rows) + 2))
         # The boundary ids are committed with the cursor.
-        pos = json.loads(t.cursor("poll", JSON_SERVER_PATH)["position"])
+        pos = json.loads(t.cursor("poll", "http-poll")["position"])
         assert pos["c"] == "7" and set(pos["ids"]) == {"10", "11"}
     finally:
         js.stop()

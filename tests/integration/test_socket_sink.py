@@ -10,7 +10,7 @@ import pytest
 
 from apiclient import (ready, Subscriber, consumer, get, remove_dir, request,
                        short_dir)
-from conftest import committed_seq, wait_for
+from conftest import committed_seq, read_lines, wait_for
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def sockdir():
     remove_dir(d)
 
 
-def config(sock, rate=0, count=0, window=1000, ack_timeout="30s"):
+def config(sock, rate=0, count=0, window=1000, ack_timeout="30s", extra=""):
     return f"""
 [daemon]
 state = state.db
@@ -36,6 +36,7 @@ count = {count}
 max_in_flight = {window}
 sink = socket
 ack_timeout = {ack_timeout}
+{extra}
 """
 
 
@@ -320,3 +321,62 @@ def test_a_peeker_that_stops_reading_is_let_go(tether, sockdir):
     assert [e["seq"] for e in evs] == list(range(1, 101))
     s.close()
     sub.kill()
+
+
+def test_unacknowledged_events_go_to_the_dead_letter_file(tether, sockdir,
+                                                          tmp_path):
+    """max_attempts = 2, on_fail = dead_letter: an event sent out twice
+    without an acknowledgement (two ack_timeouts) is given up once its
+    record is durable: the record is in the file and the cursor passes it,
+    though no application ever acknowledged it."""
+    dead = tmp_path / "dead.ndjson"
+    t, sock = start(tether, sockdir, count=3, ack_timeout="300ms",
+                    extra=f"max_attempts = 2\non_fail = dead_letter:{dead}")
+    sub = Subscriber(sock, "q", who="mute")
+    # Each event twice: sent, timed out, sent again, timed out.
+    evs = sub.take(6)
+    assert sorted(e["seq"] for e in evs) == [1, 1, 2, 2, 3, 3]
+    wait_for(lambda: committed_seq(t.state, "q") == 3, 20,
+             "the cursor to pass the dead-lettered events", t)
+    records, torn = read_lines(dead)
+    assert torn == 0
+    assert [r["seq"] for r in records] == [1, 2, 3]
+    by_seq = {e["seq"]: e for e in evs}
+    for r in records:
+        assert list(r) == ["consumer", "seq", "attempts", "error", "event"]
+        assert r["consumer"] == "q"
+        assert r["attempts"] == 2
+        assert r["error"] == "not acknowledged within ack_timeout"
+        assert r["event"] == by_seq[r["seq"]]
+    # Given up: an acknowledgement now comes too late and counts nothing.
+    assert sub.ack(seq=3) == 0
+    c = consumer(sock, "q")
+    assert (c["events_failed"], c["events_dead_lettered"]) == (3, 3)
+    assert "event goes to the dead-letter file after max_attempts " \
+           "consumer=q sink=socket seq=2 attempts=2 " \
+           "err=\"not acknowledged within ack_timeout\"" in t.log()
+    sub.kill()
+    assert t.stop() == 0
+
+
+def test_a_subscriber_leaving_counts_as_an_attempt(tether, sockdir):
+    """max_attempts = 1, on_fail = skip: events out with a subscriber that
+    leaves without acknowledging them are given up at once, and the
+    consumer goes on with the next ones."""
+    t, sock = start(tether, sockdir, count=5, window=3,
+                    extra="max_attempts = 1\non_fail = skip")
+    first = Subscriber(sock, "q", who="gone")
+    assert [e["seq"] for e in first.take(3)] == [1, 2, 3]
+    first.kill()
+    second = Subscriber(sock, "q", who="next")
+    assert [e["seq"] for e in second.take(2)] == [4, 5]
+    assert second.ack(seq=5) == 2
+    wait_for(lambda: committed_seq(t.state, "q") == 5, 20, "cursor 5", t)
+    log = t.log()
+    for seq in (1, 2, 3):
+        assert "error giving up on an event after max_attempts (on_fail = " \
+               f"skip) consumer=q sink=socket seq={seq} attempts=1 " \
+               "err=\"the subscriber left without acknowledging it\"" in log
+    assert consumer(sock, "q")["events_failed"] == 3
+    second.kill()
+    assert t.stop() == 0

@@ -123,8 +123,11 @@ def test_line_over_the_cap_is_a_poison_event(tether, tmp_path, sse_server):
            "max_line or skip it upstream" in log
     # Under the cap the same event goes through.
     out2 = tmp_path / "out2.ndjson"
+    # A state of its own: another path is another stream, which the first
+    # run's cursor does not belong to.
     t2 = tether(config(out2, base, "/events?huge=3000&huge_at=4",
-                       consumer_extra="max_line = 4KiB"), name="under")
+                       consumer_extra="max_line = 4KiB"), name="under",
+                workdir=tmp_path / "under")
     assert run_until(t2, out2, EVENTS) == list(range(1, EVENTS + 1))
 
 

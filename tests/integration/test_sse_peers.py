@@ -79,7 +79,7 @@ def test_nchan_live_stream(tether, tmp_path, nchan):
     # The cursor is nchan's own id (unixtime:tag), committed as position.
     last = records[-1]["cursor"]
     assert ":" in last
-    row = t.cursor("live", "/sub/demo")
+    row = t.cursor("live", "sse")
     assert row["position"] == last and row["last_sequence"] == 50
     assert records[0]["kind"] == "up"
 
@@ -90,7 +90,7 @@ def test_nchan_kill9_resumes_with_last_event_id(tether, tmp_path, nchan):
     out = tmp_path / "out.ndjson"
     t = tether(sse_config(out, n.base, "/sub/demo"))
     t.start()
-    wait_for(lambda: t.cursor("live", "/sub/demo") is not None or
+    wait_for(lambda: t.cursor("live", "sse") is not None or
              "tether started" in t.log(), 20, "tether to start", t)
 
     published = []
@@ -107,7 +107,7 @@ def test_nchan_kill9_resumes_with_last_event_id(tether, tmp_path, nchan):
         wait_for(lambda: len(read_lines(out, running=True)[0]) >= 2000, 60,
                  "2000 messages before the kill", t)
         t.kill9()
-        cursor = t.cursor("live", "/sub/demo")
+        cursor = t.cursor("live", "sse")
         assert cursor is not None
         t.start()
     finally:

@@ -275,6 +275,18 @@ static void test_bad_configs(void) {
       "1..1000000\n"
       "t.ini:5: [consumer a] retry_min = \"0\": expected a duration "
       "1ms..1h\n" },
+    /* 32: on_fail has a grammar of its own, checked for every sink, on
+     * its line */
+    { CONSUMER "on_fail = drop\n",
+      "t.ini:4: [consumer a] on_fail = \"drop\": expected retry, skip or "
+      "dead_letter:PATH\n" },
+    /* 33 */
+    { "[consumer a]\nsource = generate\nsink = exec:handler\n"
+      "max_attempts = -1\non_fail = dead_letter:\n",
+      "t.ini:4: [consumer a] max_attempts = \"-1\": expected an integer "
+      "0..1000000\n"
+      "t.ini:5: [consumer a] on_fail = \"dead_letter:\": expected retry, "
+      "skip or dead_letter:PATH\n" },
   };
   size_t k;
 
@@ -472,6 +484,36 @@ static void test_defaults_and_values(void) {
   ASSERT(c.consumers == NULL);
 }
 
+/* max_attempts and on_fail are keys of every consumer, whatever its
+ * sink, parsed once into the policy the sink gets at open. */
+static void test_sink_policy(void) {
+  config c;
+  const config_consumer *cc;
+
+  parse_ok("[consumer a]\nsource = generate\nsink = file:/tmp/a\n"
+           "max_attempts = 3\non_fail = dead_letter:/tmp/a.dead\n"
+           "[consumer b]\nsource = generate\nsink = exec:handler --x\n"
+           "max_attempts = 5\non_fail = skip\n"
+           "[consumer c]\nsource = generate\nsink = socket\n",
+           &c);
+  cc = &c.consumers[0];
+  ASSERT_EQ(3, cc->policy.max_attempts);
+  ASSERT_EQ(SINK_ON_FAIL_DEAD_LETTER, cc->policy.on_fail);
+  ASSERT_STR_EQ("/tmp/a.dead", cc->policy.dead_letter);
+  cc = &c.consumers[1];
+  ASSERT_EQ(5, cc->policy.max_attempts);
+  ASSERT_EQ(SINK_ON_FAIL_SKIP, cc->policy.on_fail);
+  ASSERT(cc->policy.dead_letter == NULL);
+  /* exec's own table no longer has them. */
+  ASSERT(options_find(cc->sink->options, "max_attempts") == NULL);
+  ASSERT(options_find(cc->sink->options, "on_fail") == NULL);
+  cc = &c.consumers[2];
+  ASSERT_EQ(0, cc->policy.max_attempts);
+  ASSERT_EQ(SINK_ON_FAIL_RETRY, cc->policy.on_fail);
+  ASSERT(cc->policy.dead_letter == NULL);
+  config_free(&c);
+}
+
 /* The log_level enum's index is the log_level value. */
 static void test_log_level_choices(void) {
   const option *o = options_find(config_daemon_options, "log_level");
@@ -535,6 +577,7 @@ static void test_dump(void) {
                 "api_max_connections = 256\n"
                 "http_max_connections = 16\n"
                 "api_request_timeout = 10s\n"
+                "ready_commit_timeout = 30s\n"
                 "api_idle_timeout = 5s\n"
                 "\n"
                 "[upstream pb]\n"
@@ -549,8 +592,11 @@ static void test_dump(void) {
                 "sink = file:/tmp/o\n"
                 "max_in_flight = 1000\n"
                 "max_in_flight_bytes = 16MiB\n"
+                "on_stream_change = refuse\n"
                 "retry_min = 250ms\n"
                 "retry_max = 1m30s\n"
+                "max_attempts = 0\n"
+                "on_fail = retry\n"
                 /* generate refuses payload_size next to template, so
                  * its defaults are shown as comments to read back. */
                 "; rate = 1 (default)\n"
@@ -569,8 +615,11 @@ static void test_dump(void) {
                      "sink = stdout\n"
                      "max_in_flight = 1000\n"
                      "max_in_flight_bytes = 16MiB\n"
+                     "on_stream_change = refuse\n"
                      "retry_min = 250ms\n"
                      "retry_max = 30s\n"
+                     "max_attempts = 0\n"
+                     "on_fail = retry\n"
                      "rate = 0\n"
                      "count = 0\n"
                      "payload_size = 100\n"
@@ -896,6 +945,7 @@ static const test_case tests[] = {
   TEST(test_line_limit),
   TEST(test_names_and_bom),
   TEST(test_defaults_and_values),
+  TEST(test_sink_policy),
   TEST(test_log_level_choices),
   TEST(test_dump),
   TEST(test_dump_hard_values),

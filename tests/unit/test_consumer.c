@@ -4,10 +4,12 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <jansson.h>
 #include <uv.h>
 
 #include "daemon/consumer.h"
 #include "daemon/flusher.h"
+#include "daemon/log.h"
 #include "protocol/buf.h"
 #include "tests/unit/test.h"
 #include "tests/unit/test_uv.h"
@@ -29,8 +31,8 @@ static const option no_options[] = { { NULL, 0, NULL, 0, NULL, 0, 0, NULL,
                                        0 } };
 
 static int fake_sink_open(uv_loop_t *loop, const char *arg, const void *conf,
-                          const char *name, sink **out, char *err,
-                          size_t errlen);
+                          const sink_policy *policy, const char *name,
+                          sink **out, char *err, size_t errlen);
 
 static void fake_sink_write(sink *s, const sink_batch *b, sink_write_cb cb,
                             void *data) {
@@ -69,9 +71,10 @@ static const sink_type fake_sink = {
 };
 
 static int fake_sink_open(uv_loop_t *loop, const char *arg, const void *conf,
-                          const char *name, sink **out, char *err,
-                          size_t errlen) {
-  (void)loop, (void)arg, (void)conf, (void)name, (void)err, (void)errlen;
+                          const sink_policy *policy, const char *name,
+                          sink **out, char *err, size_t errlen) {
+  (void)loop, (void)arg, (void)conf, (void)policy, (void)name, (void)err,
+      (void)errlen;
   fs.opens++;
   fs.s.type = &fake_sink;
   *out = &fs.s;
@@ -219,6 +222,9 @@ static void on_closed(consumer *c, void *data) {
   hk.closed_hooks++;
 }
 
+/* max_in_flight_bytes for the next setup; 0 = 1 MiB. */
+static uint64_t setup_max_bytes;
+
 typedef struct fixture {
   uv_loop_t loop;
   config_consumer conf;
@@ -227,8 +233,8 @@ typedef struct fixture {
 
 static void setup(fixture *f, int64_t window, uint64_t resume_seq,
                   const char *resume_pos) {
-  consumer_hooks hooks = { on_state, on_delivered, on_drained, on_closed,
-                           NULL };
+  consumer_hooks hooks = { on_state,  on_delivered, on_drained,
+                           on_closed, NULL,         NULL };
   source_resume r;
   char err[256];
 
@@ -243,7 +249,8 @@ static void setup(fixture *f, int64_t window, uint64_t resume_seq,
   ASSERT_EQ(0, uv_loop_init(&f->loop));
   f->conf.name = "orders";
   f->conf.common.max_in_flight = window;
-  f->conf.common.max_in_flight_bytes = 1 << 20;
+  f->conf.common.max_in_flight_bytes =
+      setup_max_bytes != 0 ? setup_max_bytes : 1 << 20;
   f->conf.common.retry_min = 1;
   f->conf.common.retry_max = 4;
   f->conf.source = &fake_source;
@@ -764,6 +771,20 @@ static void deliver(fixture *f, int from, int to) {
   complete_write(SINK_DELIVERED, NULL);
 }
 
+/* Emits p<from>..p<to> and has the sink accept them as one batch: each is
+ * then out, waiting for its own report. */
+static void deliver_accepted(fixture *f, int from, int to) {
+  char p[16];
+  int i;
+
+  for (i = from; i <= to; i++) {
+    snprintf(p, sizeof p, "p%d", i);
+    emit(f, p, "{}");
+  }
+  run_until_writes(f, fs.writes + 1);
+  complete_write(SINK_ACCEPTED, NULL);
+}
+
 /* The sink's file was removed: everything after the committed cursor is
  * gone. The consumer goes back to that cursor before the flusher hears of
  * the failed sync, drops the window (a batch the sink still holds is
@@ -968,7 +989,564 @@ static void test_flusher_when_idle(void) {
   remove_tree(dir);
 }
 
+/* ---- max_attempts and on_fail for a sink that fails whole batches ----- */
+
+/* Sends the log to a file in dir, for the tests that read it back. */
+static void log_to(const char *dir, char *path, size_t len) {
+  snprintf(path, len, "%s/tether.log", dir);
+  ASSERT_EQ(0, log_open(path));
+  log_configure(LOG_INFO, LOG_FORMAT_TEXT);
+}
+
+static void log_back(void) {
+  log_open(NULL);
+  log_configure(LOG_INFO, LOG_FORMAT_TEXT);
+}
+
+/* Fails the batch the fake sink holds, as a full disk would. */
+static void fail_write(fixture *f, int nth) {
+  run_until_writes(f, nth);
+  complete_write(SINK_RETRY, "write out: No space left on device");
+}
+
+/* on_fail = skip: the batch's max_attempts-th failed write gives its
+ * events up. The source hears SOURCE_GAVE_UP for exactly those seqs, the
+ * cursor passes them, and the next batch starts with a fresh count. */
+static void test_batch_skipped_after_max_attempts(void) {
+  char dir[PATH_MAX], logpath[PATH_MAX + 32], *log;
+  consumer_stats st;
+  uint64_t seq;
+  const char *pos;
+  int64_t at;
+  fixture f;
+
+  snprintf(dir, sizeof dir, "%s", test_tmpdir());
+  log_to(dir, logpath, sizeof logpath);
+  setup(&f, 10, 0, "");
+  f.conf.policy.max_attempts = 2;
+  f.conf.policy.on_fail = SINK_ON_FAIL_SKIP;
+  emit(&f, "p1", "{}");
+  emit(&f, "p2", "{}");
+  emit(&f, "p3", "{}");
+  fail_write(&f, 1);
+  ASSERT_EQ(0, settled_as(1, 3, SOURCE_GAVE_UP));
+  ASSERT_EQ(CONSUMER_BACKOFF, consumer_get_state(f.c));
+  fail_write(&f, 2);
+  ASSERT_EQ(1, fs.first_seq);
+  ASSERT_EQ(3, fs.last_seq);
+  ASSERT_EQ(3, settled_as(1, 3, SOURCE_GAVE_UP));
+  ASSERT_EQ(1, src.settle_calls[SOURCE_GAVE_UP]);
+  ASSERT_EQ(0, src.settled[4]);
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(3, st.delivered_seq);
+  ASSERT_EQ(0, st.in_flight);
+  ASSERT_EQ(3, st.failed);
+  ASSERT_EQ(0, st.dead_lettered);
+  ASSERT_EQ(CONSUMER_CONNECTED, consumer_get_state(f.c));
+  ASSERT(consumer_drained(f.c));
+  /* The cursor a commit takes passes the given-up events. */
+  ASSERT_EQ(0, sync_with(&f, 0, NULL));
+  consumer_snapshot(f.c, &seq, &pos, &at);
+  ASSERT_EQ(3, seq);
+  ASSERT_STR_EQ("p3", pos);
+  /* One failure of the next batch is retried, not given up. */
+  emit(&f, "p4", "{}");
+  fail_write(&f, 3);
+  ASSERT_EQ(0, src.settled[4]);
+  run_until_writes(&f, 4);
+  ASSERT_EQ(4, fs.first_seq);
+  complete_write(SINK_DELIVERED, NULL);
+  ASSERT_EQ(1, settled_as(4, 4, SOURCE_DELIVERED));
+  teardown(&f);
+  log_back();
+  log = test_read_file(logpath, NULL);
+  ASSERT(log != NULL);
+  ASSERT_CONTAINS(log, "error giving up on a batch after max_attempts "
+                       "(on_fail = skip) consumer=orders sink=fake "
+                       "first_seq=1 last_seq=3 attempts=2 err=\"write out: "
+                       "No space left on device\"");
+  free(log);
+  test_rmtree(dir);
+}
+
+/* on_fail = dead_letter:PATH: each line of the batch becomes a record with
+ * the last error, and its event is given up only once the records are
+ * durable; the next batch does not wait for them. */
+static void test_batch_dead_lettered_after_max_attempts(void) {
+  char dir[PATH_MAX], dl[PATH_MAX + 32], batch[1024], *text, *nl, *p;
+  consumer_stats st;
+  json_error_t jerr;
+  json_t *rec;
+  fixture f;
+  int n = 0;
+
+  snprintf(dir, sizeof dir, "%s", test_tmpdir());
+  snprintf(dl, sizeof dl, "%s/dead.ndjson", dir);
+  setup(&f, 10, 0, "");
+  f.conf.policy.max_attempts = 2;
+  f.conf.policy.on_fail = SINK_ON_FAIL_DEAD_LETTER;
+  f.conf.policy.dead_letter = dl;
+  emit(&f, "p1", "{\"n\":1}");
+  emit(&f, "p2", "{\"n\":2}");
+  fail_write(&f, 1);
+  fail_write(&f, 2);
+  snprintf(batch, sizeof batch, "%s", buf_cstr(&fs.last_batch));
+  /* Not given up before the records are durable. */
+  ASSERT_EQ(0, settled_as(1, 2, SOURCE_GAVE_UP));
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(0, st.delivered_seq);
+  ASSERT_EQ(2, st.in_flight);
+  ASSERT(!consumer_drained(f.c));
+  emit(&f, "p3", "{\"n\":3}");
+  run_until_writes(&f, 3);
+  ASSERT_EQ(3, fs.first_seq);
+  complete_write(SINK_DELIVERED, NULL);
+  RUN_UNTIL(&f.loop, settled_as(1, 2, SOURCE_GAVE_UP) == 2, 10000);
+  ASSERT_EQ(1, settled_as(3, 3, SOURCE_DELIVERED));
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(3, st.delivered_seq);
+  ASSERT_EQ(2, st.failed);
+  ASSERT_EQ(2, st.dead_lettered);
+  ASSERT(consumer_drained(f.c));
+  text = test_read_file(dl, NULL);
+  ASSERT(text != NULL);
+  for (p = text; (nl = strchr(p, '\n')) != NULL; p = nl + 1, n++) {
+    rec = json_loadb(p, (size_t)(nl - p), 0, &jerr);
+    ASSERT(rec != NULL);
+    ASSERT_STR_EQ("orders",
+                  json_string_value(json_object_get(rec, "consumer")));
+    ASSERT_EQ(n + 1, json_integer_value(json_object_get(rec, "seq")));
+    ASSERT_EQ(2, json_integer_value(json_object_get(rec, "attempts")));
+    ASSERT_STR_EQ("write out: No space left on device",
+                  json_string_value(json_object_get(rec, "error")));
+    json_decref(rec);
+  }
+  ASSERT_EQ(2, n);
+  ASSERT_STR_EQ("", p);
+  /* Each record holds its line of the batch, as it was. */
+  nl = strchr(batch, '\n');
+  *nl = '\0';
+  ASSERT_CONTAINS(text, batch);
+  p = nl + 1;
+  nl = strchr(p, '\n');
+  ASSERT(nl != NULL);
+  *nl = '\0';
+  ASSERT_CONTAINS(text, p);
+  free(text);
+  teardown(&f);
+  test_rmtree(dir);
+}
+
+/* on_fail = retry: nothing is given up; a warning at each max_attempts. */
+static void test_batch_retried_past_max_attempts(void) {
+  char dir[PATH_MAX], logpath[PATH_MAX + 32], *log, *at;
+  fixture f;
+  int i, warnings = 0;
+
+  snprintf(dir, sizeof dir, "%s", test_tmpdir());
+  log_to(dir, logpath, sizeof logpath);
+  setup(&f, 10, 0, "");
+  f.conf.policy.max_attempts = 2;
+  f.conf.policy.on_fail = SINK_ON_FAIL_RETRY;
+  emit(&f, "p1", "{}");
+  for (i = 1; i <= 5; i++)
+    fail_write(&f, i);
+  ASSERT_EQ(0, src.settled[1]);
+  run_until_writes(&f, 6);
+  complete_write(SINK_DELIVERED, NULL);
+  ASSERT_EQ(1, settled_as(1, 1, SOURCE_DELIVERED));
+  teardown(&f);
+  log_back();
+  log = test_read_file(logpath, NULL);
+  ASSERT(log != NULL);
+  for (at = log; (at = strstr(at, "batch still not written after "
+                                  "max_attempts; trying again (on_fail = "
+                                  "retry)")) != NULL;
+       at++)
+    warnings++;
+  ASSERT_EQ(2, warnings); /* at the 2nd and the 4th */
+  ASSERT_CONTAINS(log, "first_seq=1 last_seq=1 attempts=4");
+  free(log);
+  test_rmtree(dir);
+}
+
+/* A sink that applies the policy to each event (exec, socket) is left to
+ * it: its failed writes are only retried. */
+static void test_per_event_sink_keeps_its_policy(void) {
+  static sink_type per_event;
+  fixture f;
+  int i;
+
+  setup(&f, 10, 0, "");
+  per_event = fake_sink;
+  per_event.per_event_policy = true;
+  fs.s.type = &per_event;
+  f.conf.policy.max_attempts = 1;
+  f.conf.policy.on_fail = SINK_ON_FAIL_SKIP;
+  emit(&f, "p1", "{}");
+  for (i = 1; i <= 3; i++)
+    fail_write(&f, i);
+  ASSERT_EQ(0, src.settled[1]);
+  run_until_writes(&f, 4);
+  complete_write(SINK_DELIVERED, NULL);
+  ASSERT_EQ(1, settled_as(1, 1, SOURCE_DELIVERED));
+  teardown(&f);
+}
+
+/* Records queued before a rewind name seqs that the events emitted again
+ * take over: when they become durable, those events are not given up. */
+static void test_dead_letter_before_rewind_settles_nothing(void) {
+  char dir[PATH_MAX], dl[PATH_MAX + 32], *text = NULL;
+  consumer_stats st;
+  fixture f;
+
+  snprintf(dir, sizeof dir, "%s", test_tmpdir());
+  snprintf(dl, sizeof dl, "%s/dead.ndjson", dir);
+  setup(&f, 10, 0, "");
+  f.conf.policy.max_attempts = 1;
+  f.conf.policy.on_fail = SINK_ON_FAIL_DEAD_LETTER;
+  f.conf.policy.dead_letter = dl;
+  emit(&f, "p1", "{}");
+  fail_write(&f, 1);
+  ASSERT_EQ(SINK_EREMOVED, sync_with(&f, SINK_EREMOVED, "out was removed"));
+  ASSERT_EQ(2, src.starts);
+  emit(&f, "p1", "{}");
+  RUN_UNTIL(&f.loop,
+            (free(text), text = test_read_file(dl, NULL)) != NULL &&
+                strstr(text, "\"seq\":1,") != NULL,
+            10000);
+  free(text);
+  RUN_FOR(&f.loop, 50);
+  ASSERT_EQ(0, src.settled[1]);
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(0, st.delivered_seq);
+  ASSERT_EQ(0, st.dead_lettered);
+  run_until_writes(&f, 2);
+  complete_write(SINK_DELIVERED, NULL);
+  ASSERT_EQ(1, settled_as(1, 1, SOURCE_DELIVERED));
+  teardown(&f);
+  test_rmtree(dir);
+}
+
+/* ---- the source contract (daemon/source.h) ------------------------------ */
+
+static void gave_up(uint64_t first, uint64_t last) {
+  fs.s.report.gave_up(&fs.s, first, last, "refused", fs.s.report.data);
+}
+
+/* Commits the snapshot the way the flusher does after a good transaction:
+ * the advance, then the end of the commit. */
+static void commit_snapshot(fixture *f) {
+  uint64_t seq;
+  const char *pos;
+  int64_t at;
+
+  ASSERT_EQ(0, sync_with(f, 0, NULL));
+  consumer_snapshot(f->c, &seq, &pos, &at);
+  consumer_committed(f->c, seq, pos, at);
+  consumer_commit_done(f->c, 0);
+}
+
+static void test_emit_returns_the_seq(void) {
+  fixture f;
+  event ev;
+
+  setup(&f, 10, 41, "p41");
+  memset(&ev, 0, sizeof ev);
+  ev.name = "create";
+  ev.kind = "orders";
+  ev.position = "p";
+  ev.position_len = 1;
+  ev.data = "{}";
+  ev.data_len = 2;
+  ev.data_is_json = true;
+  ASSERT_EQ(42, consumer_emit(f.c, &ev));
+  ASSERT_EQ(43, consumer_emit(f.c, &ev));
+  teardown(&f);
+}
+
+/* Each event comes to one outcome, told to the source in ranges and in any
+ * order: delivered, gave up (the cursor passes it: the application refused
+ * it), abandoned (the cursor does not: it comes again). */
+static void test_settlement_kinds(void) {
+  fixture f;
+  consumer_stats st;
+
+  setup(&f, 10, 0, "");
+  deliver_accepted(&f, 1, 6);
+  ack(3, 3);
+  gave_up(1, 2);
+  ASSERT_EQ(1, settled_as(3, 3, SOURCE_DELIVERED));
+  ASSERT_EQ(2, settled_as(1, 2, SOURCE_GAVE_UP));
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(3, st.delivered_seq); /* a refused event does not hold it */
+  /* A repeat changes nothing: each event is settled once. */
+  ack(1, 3);
+  gave_up(3, 3);
+  ASSERT_EQ(1, settled_as(3, 3, SOURCE_DELIVERED));
+  ack(5, 5);
+  consumer_abandon(f.c);
+  ASSERT_EQ(1, settled_as(5, 5, SOURCE_DELIVERED));
+  ASSERT_EQ(2, settled_as(4, 4, SOURCE_ABANDONED) +
+                   settled_as(6, 6, SOURCE_ABANDONED));
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(3, st.delivered_seq); /* not past an abandoned one */
+  ASSERT(consumer_drained(f.c));
+  teardown(&f);
+}
+
+/* on_durable comes only after a commit covered the events: never at the
+ * delivery, never after a failed commit. */
+static void test_durable_only_after_the_commit(void) {
+  fixture f;
+  uint64_t seq;
+  const char *pos;
+  int64_t at;
+
+  setup(&f, 10, 0, "");
+  deliver(&f, 1, 2);
+  ASSERT_EQ(2, settled_as(1, 2, SOURCE_DELIVERED));
+  ASSERT_EQ(0, src.durable_calls);
+  /* A commit that fails tells the source nothing. */
+  ASSERT_EQ(0, sync_with(&f, 0, NULL));
+  consumer_commit_done(f.c, STORE_EIO);
+  ASSERT_EQ(0, src.durable_calls);
+  ASSERT(consumer_dirty(f.c));
+  /* The next one does, with the committed position. */
+  ASSERT_EQ(0, sync_with(&f, 0, NULL));
+  consumer_snapshot(f.c, &seq, &pos, &at);
+  consumer_committed(f.c, seq, pos, at);
+  ASSERT_EQ(0, src.durable_calls); /* not before the commit ended */
+  consumer_commit_done(f.c, 0);
+  ASSERT_EQ(1, src.durable_calls);
+  ASSERT_EQ(2, src.durable_seq);
+  ASSERT_STR_EQ("p2", src.durable_pos);
+  teardown(&f);
+}
+
+/* A drain stops intake and keeps the source: what is in flight is settled
+ * and the final commit's on_durable reaches it; close comes after, and
+ * nothing after close. */
+static void test_drain_keeps_the_source_until_close(void) {
+  fixture f;
+
+  setup(&f, 10, 0, "");
+  deliver_accepted(&f, 1, 3);
+  consumer_stop_intake(f.c);
+  ASSERT_EQ(1, src.intakes[SOURCE_INTAKE_STOPPED]);
+  ASSERT_EQ(0, consumer_room(f.c));
+  ack(1, 3);
+  ASSERT_EQ(3, settled_as(1, 3, SOURCE_DELIVERED));
+  ASSERT(consumer_drained(f.c));
+  commit_snapshot(&f);
+  ASSERT_EQ(1, src.durable_calls);
+  ASSERT_EQ(3, src.durable_seq);
+  ASSERT_EQ(0, src.closes);
+  consumer_close(f.c);
+  ASSERT_EQ(1, src.closes);
+  /* Closed: a late commit does not reach it. */
+  consumer_commit_done(f.c, 0);
+  ASSERT_EQ(1, src.durable_calls);
+  uv_run(&f.loop, UV_RUN_DEFAULT);
+  ASSERT_EQ(1, hk.closed_hooks);
+  consumer_destroy(f.c);
+  ASSERT_EQ(0, uv_loop_close(&f.loop));
+  buf_free(&fs.last_batch);
+}
+
+/* A paused consumer keeps its source: acks of what is out still settle
+ * and commit, the source hears on_durable (it acknowledges upstream), no
+ * room is given, and the resume gives room to the same instance. */
+static void test_pause_keeps_acking(void) {
+  fixture f;
+  char err[128];
+
+  setup(&f, 10, 0, "");
+  deliver_accepted(&f, 1, 4);
+  consumer_pause(f.c);
+  ASSERT_EQ(1, src.intakes[SOURCE_INTAKE_PAUSED]);
+  ack(1, 4);
+  ASSERT_EQ(4, settled_as(1, 4, SOURCE_DELIVERED));
+  ASSERT_EQ(0, src.rooms);
+  ASSERT_EQ(0, consumer_room(f.c));
+  commit_snapshot(&f);
+  ASSERT_EQ(1, src.durable_calls);
+  ASSERT_EQ(4, src.durable_seq);
+  ASSERT_EQ(0, consumer_resume(f.c, err, sizeof err));
+  ASSERT_EQ(1, src.starts);
+  ASSERT_EQ(0, src.closes);
+  ASSERT_EQ(1, src.rooms);
+  teardown(&f);
+}
+
+/* The window is bounded in bytes too: it is full once its lines reach
+ * max_in_flight_bytes, always takes one event however big, and settling
+ * frees the room. */
+static void test_byte_bound(void) {
+  fixture f;
+  consumer_stats st;
+  char data[256];
+
+  setup_max_bytes = 500;
+  setup(&f, 100, 0, "");
+  setup_max_bytes = 0;
+  memset(data, 'x', 200);
+  data[0] = '"';
+  data[199] = '"';
+  data[200] = '\0';
+  emit(&f, "p1", data); /* a line of some 330 bytes */
+  ASSERT(consumer_room(f.c) > 0);
+  emit(&f, "p2", data);
+  ASSERT_EQ(0, consumer_room(f.c));
+  consumer_get_stats(f.c, &st);
+  ASSERT(st.bytes_in_flight >= 500 && st.bytes_in_flight < 700);
+  run_until_writes(&f, 1);
+  complete_write(SINK_ACCEPTED, NULL);
+  ASSERT_EQ(0, consumer_room(f.c));
+  ack(1, 1);
+  ASSERT(consumer_room(f.c) > 0);
+  ack(2, 2);
+  consumer_get_stats(f.c, &st);
+  ASSERT_EQ(0, st.bytes_in_flight);
+  ASSERT(st.bytes_delivered >= 500);
+  /* One event bigger than the bound still goes: the window is empty. */
+  {
+    char huge[1024];
+
+    memset(huge, 'y', sizeof huge - 1);
+    huge[0] = '"';
+    huge[sizeof huge - 2] = '"';
+    huge[sizeof huge - 1] = '\0';
+    ASSERT(consumer_room(f.c) > 0);
+    emit(&f, "p3", huge);
+    ASSERT_EQ(0, consumer_room(f.c));
+  }
+  teardown(&f);
+}
+
+/* ---- records and the seq lease, through a real store ------------------- */
+
+static int waited, waited_status;
+
+static void on_waited(consumer_waiter *w, int status) {
+  (void)w;
+  waited++;
+  waited_status = status;
+}
+
+/* Records a source stages go into the same commit as the cursor, the
+ * source hears on_durable once they are in, and a waiter runs then. */
+static void test_records_commit_with_the_cursor(void) {
+  char dir[] = "/tmp/tether-records-XXXXXX", path[64], err[256];
+  consumer_waiter w = { on_waited, NULL };
+  store_journal_entry *j = NULL;
+  store_cursor cur;
+  size_t n = 0;
+  int closed = 0;
+  fixture f;
+  store *st;
+  flusher *fl;
+  store_key key = { "orders", "fake", "" };
+
+  ASSERT(mkdtemp(dir) != NULL);
+  snprintf(path, sizeof path, "%s/state.db", dir);
+  waited = 0;
+  setup(&f, 10, 0, "");
+  ASSERT_EQ(0, store_open(path, &st, err, sizeof err));
+  ASSERT_EQ(0, flusher_create(&f.loop, st, 60000, &f.c, 1, &fl));
+
+  deliver(&f, 1, 2);
+  ASSERT_EQ(0, consumer_journal_put(f.c, "m1", "lease-1", 7));
+  consumer_when_durable(f.c, &w);
+  ASSERT(consumer_dirty(f.c));
+  flusher_flush(fl, NULL, NULL);
+  ASSERT_EQ(0, src.durable_calls); /* the sync comes first */
+  complete_sync();
+  RUN_UNTIL(&f.loop, waited == 1, 5000);
+  ASSERT_EQ(0, waited_status);
+  ASSERT_EQ(1, src.durable_calls);
+  ASSERT_EQ(2, src.durable_seq);
+  ASSERT_EQ(0, store_load_journal(st, "orders", &j, &n, err, sizeof err));
+  ASSERT_EQ(1, n);
+  ASSERT_STR_EQ("m1", j[0].key);
+  ASSERT_MEM_EQ("lease-1", 7, j[0].value, j[0].len);
+  store_journal_free(j, n);
+  memset(&cur, 0, sizeof cur);
+  ASSERT_EQ(0, store_get(st, &key, &cur, err, sizeof err));
+  ASSERT_EQ(2, cur.last_sequence);
+  store_cursor_free(&cur);
+
+  /* Records alone, with the cursor where it was: on_durable again. */
+  ASSERT_EQ(0, consumer_journal_delete(f.c, "m1"));
+  flusher_flush(fl, NULL, NULL);
+  complete_sync();
+  RUN_UNTIL(&f.loop, src.durable_calls == 2, 5000);
+  ASSERT_EQ(2, src.durable_seq);
+  ASSERT_EQ(0, store_load_journal(st, "orders", &j, &n, err, sizeof err));
+  ASSERT_EQ(0, n);
+  /* A record the store would refuse is refused when it is staged. */
+  ASSERT_EQ(STORE_EINVAL, consumer_journal_put(f.c, "", "x", 1));
+
+  flusher_close(fl, on_flusher_closed, &closed);
+  RUN_UNTIL(&f.loop, closed, 5000);
+  store_close(st);
+  teardown(&f);
+  remove_tree(dir);
+}
+
+/* No seq is handed out above the lease kept in the state file: the first
+ * emit waits for the commit that extends it, which records the stream's
+ * identity too. */
+static void test_seq_lease(void) {
+  char dir[] = "/tmp/tether-lease-XXXXXX", path[64], err[256];
+  store_consumer sc;
+  int closed = 0;
+  fixture f;
+  store *st;
+  flusher *fl;
+
+  ASSERT(mkdtemp(dir) != NULL);
+  snprintf(path, sizeof path, "%s/state.db", dir);
+  setup(&f, 10, 5, "p5");
+  consumer_set_identity(f.c, "http://up/orders");
+  consumer_set_seq_lease(f.c, 0);
+  ASSERT_EQ(5, consumer_seq_lease(f.c)); /* never below the cursor */
+  ASSERT_EQ(0, consumer_room(f.c));
+  ASSERT(consumer_dirty(f.c));
+  ASSERT_EQ(0, store_open(path, &st, err, sizeof err));
+  ASSERT_EQ(0, flusher_create(&f.loop, st, 60000, &f.c, 1, &fl));
+  flusher_flush(fl, NULL, NULL);
+  complete_sync();
+  RUN_UNTIL(&f.loop, consumer_seq_lease(f.c) > 5, 5000);
+  ASSERT(consumer_seq_lease(f.c) >= 5 + 1024);
+  ASSERT_EQ(10, consumer_room(f.c));
+  memset(&sc, 0, sizeof sc);
+  ASSERT_EQ(0, store_get_consumer(st, "orders", &sc, err, sizeof err));
+  ASSERT_UEQ(consumer_seq_lease(f.c), (uint64_t)sc.high_seq);
+  ASSERT_STR_EQ("http://up/orders", sc.identity);
+  store_consumer_free(&sc);
+  ASSERT(!consumer_dirty(f.c));
+  flusher_close(fl, on_flusher_closed, &closed);
+  RUN_UNTIL(&f.loop, closed, 5000);
+  store_close(st);
+  teardown(&f);
+  remove_tree(dir);
+}
+
 static const test_case tests[] = {
+  TEST(test_records_commit_with_the_cursor),
+  TEST(test_seq_lease),
+  TEST(test_emit_returns_the_seq),
+  TEST(test_settlement_kinds),
+  TEST(test_durable_only_after_the_commit),
+  TEST(test_drain_keeps_the_source_until_close),
+  TEST(test_pause_keeps_acking),
+  TEST(test_byte_bound),
+  TEST(test_batch_skipped_after_max_attempts),
+  TEST(test_batch_dead_lettered_after_max_attempts),
+  TEST(test_batch_retried_past_max_attempts),
+  TEST(test_per_event_sink_keeps_its_policy),
+  TEST(test_dead_letter_before_rewind_settles_nothing),
   TEST(test_flusher_when_idle),
   TEST(test_rewind_on_removed_file),
   TEST(test_rewind_while_paused),

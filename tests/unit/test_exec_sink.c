@@ -79,6 +79,8 @@ typedef struct fixture {
   char log[PATH_MAX + 64];
   char arg[PATH_MAX * 2];
   char conf[512];
+  consumer_conf common; /* max_attempts and on_fail are [consumer] keys */
+  sink_policy policy;   /* parsed from common, as the configuration does */
   const sink_type *type;
   sink *s;
   fake f;
@@ -88,7 +90,15 @@ static void set_option(fixture *fx, const char *name, const char *value) {
   char err[256];
   const option *o = options_find(fx->type->options, name);
 
-  ASSERT(o != NULL);
+  if (o == NULL) {
+    o = options_find(config_consumer_options, name);
+    ASSERT(o != NULL);
+    ASSERT_EQ(0, options_parse_value(o, value, &fx->common, err, sizeof err));
+    fx->policy.max_attempts = fx->common.max_attempts;
+    ASSERT_EQ(0, config_parse_on_fail(fx->common.on_fail, &fx->policy, err,
+                                      sizeof err));
+    return;
+  }
   ASSERT_EQ(0, options_parse_value(o, value, fx->conf, err, sizeof err));
 }
 
@@ -104,6 +114,8 @@ static void setup(fixture *fx) {
   ASSERT(fx->type != NULL);
   ASSERT(fx->type->conf_size <= sizeof fx->conf);
   ASSERT_EQ(0, options_set_defaults(fx->type->options, fx->conf));
+  ASSERT_EQ(0, options_set_defaults(config_consumer_options, &fx->common));
+  set_option(fx, "on_fail", "retry");
   /* Small durations, so failures and restarts take milliseconds. */
   set_option(fx, "restart_min", "5ms");
   set_option(fx, "restart_max", "50ms");
@@ -152,8 +164,8 @@ static void handler(fixture *fx, const char *body) {
 
 static void open_sink(fixture *fx) {
   char err[512];
-  int rc = fx->type->open(&fx->loop, fx->arg, fx->conf, "test", &fx->s, err,
-                          sizeof err);
+  int rc = fx->type->open(&fx->loop, fx->arg, fx->conf, &fx->policy, "test",
+                          &fx->s, err, sizeof err);
 
   if (rc != 0)
     test__fail(__FILE__, __LINE__, "open: %s", err);
@@ -227,6 +239,7 @@ static void teardown(fixture *fx) {
   uv_run(&fx->loop, UV_RUN_DEFAULT);
   ASSERT_EQ(0, uv_loop_close(&fx->loop));
   options_free(fx->type->options, fx->conf);
+  options_free(config_consumer_options, &fx->common);
   log_open(NULL);
   log_configure(LOG_INFO, LOG_FORMAT_TEXT);
   test_rmtree(fx->dir);
@@ -958,15 +971,6 @@ static void test_check_errors(void) {
   expect_check(&fx, "echo ''",
                "sink = \"exec:echo ''\": empty quotes make an empty argument, "
                "which is not allowed");
-  set_option(&fx, "on_fail", "drop");
-  expect_check(&fx, "echo",
-               "on_fail = \"drop\": expected retry, skip or dead_letter:PATH");
-  set_option(&fx, "on_fail", "dead_letter:");
-  expect_check(&fx, "echo",
-               "on_fail = \"dead_letter:\": expected retry, "
-               "skip or dead_letter:PATH");
-  set_option(&fx, "on_fail", "dead_letter:/tmp/x");
-  expect_check(&fx, "echo", NULL);
   set_option(&fx, "restart_min", "1m");
   set_option(&fx, "restart_max", "1s");
   expect_check(&fx, "echo", "restart_min (1m) is above restart_max (1s)");
@@ -1005,17 +1009,18 @@ static void test_open_errors(void) {
   sink *s = NULL;
 
   setup(&fx);
-  ASSERT_EQ(UV_ENOENT, fx.type->open(&fx.loop, "no-such-handler-xyz --flag",
-                                     fx.conf, "t", &s, err, sizeof err));
+  ASSERT_EQ(UV_ENOENT,
+            fx.type->open(&fx.loop, "no-such-handler-xyz --flag", fx.conf,
+                          &fx.policy, "t", &s, err, sizeof err));
   ASSERT_STR_EQ("exec: cannot run no-such-handler-xyz: not found in PATH", err);
   ASSERT_EQ(UV_ENOENT, fx.type->open(&fx.loop, "/nonexistent/handler", fx.conf,
-                                     "t", &s, err, sizeof err));
+                                     &fx.policy, "t", &s, err, sizeof err));
   ASSERT_STR_EQ(
       "exec: cannot run /nonexistent/handler: No such file or directory", err);
   snprintf(opt, sizeof opt, "dead_letter:%s/missing/dead.ndjson", fx.dir);
   set_option(&fx, "on_fail", opt);
-  ASSERT_EQ(UV_ENOENT,
-            fx.type->open(&fx.loop, "true", fx.conf, "t", &s, err, sizeof err));
+  ASSERT_EQ(UV_ENOENT, fx.type->open(&fx.loop, "true", fx.conf, &fx.policy, "t",
+                                     &s, err, sizeof err));
   ASSERT_CONTAINS(err, "cannot open the dead-letter file ");
   ASSERT_CONTAINS(err, "/missing/dead.ndjson: No such file or directory");
   ASSERT(s == NULL);

@@ -223,8 +223,8 @@ static void setup(fixture *fx) {
 
 static void open_sink(fixture *fx) {
   char err[512];
-  int rc = fx->type->open(&fx->loop, fx->path, fx->conf, "test", &fx->s, err,
-                          sizeof err);
+  int rc = fx->type->open(&fx->loop, fx->path, fx->conf, NULL, "test", &fx->s,
+                          err, sizeof err);
 
   if (rc != 0)
     test__fail(__FILE__, __LINE__, "open: %s", err);
@@ -322,13 +322,13 @@ static void test_regular_file_is_an_open_error(void) {
 
   setup(&fx);
   test_write_file(fx.path, "x\n", 2);
-  ASSERT_EQ(UV_EEXIST, fx.type->open(&fx.loop, fx.path, fx.conf, "t", &s, err,
-                                     sizeof err));
+  ASSERT_EQ(UV_EEXIST, fx.type->open(&fx.loop, fx.path, fx.conf, NULL, "t", &s,
+                                     err, sizeof err));
   ASSERT_CONTAINS(err, "/events.pipe exists and is not a FIFO");
   ASSERT(s == NULL);
   snprintf(fx.path, sizeof fx.path, "%s/missing/events.pipe", fx.dir);
-  ASSERT_EQ(UV_ENOENT, fx.type->open(&fx.loop, fx.path, fx.conf, "t", &s, err,
-                                     sizeof err));
+  ASSERT_EQ(UV_ENOENT, fx.type->open(&fx.loop, fx.path, fx.conf, NULL, "t", &s,
+                                     err, sizeof err));
   ASSERT_CONTAINS(err, "/missing/events.pipe: No such file or directory");
   teardown(&fx);
 }

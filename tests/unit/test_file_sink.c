@@ -69,8 +69,8 @@ static void setup(fixture *f) {
 
 static void open_sink(fixture *f) {
   char err[512];
-  int rc =
-      f->type->open(&f->loop, f->path, f->conf, "test", &f->s, err, sizeof err);
+  int rc = f->type->open(&f->loop, f->path, f->conf, NULL, "test", &f->s, err,
+                         sizeof err);
 
   if (rc != 0)
     test__fail(__FILE__, __LINE__, "open: %s", err);
@@ -290,8 +290,8 @@ static void test_open_error_names_path(void) {
 
   setup(&f);
   snprintf(f.path, sizeof f.path, "%s/missing/out.ndjson", f.dir);
-  ASSERT_EQ(-ENOENT,
-            f.type->open(&f.loop, f.path, f.conf, "t", &s, err, sizeof err));
+  ASSERT_EQ(-ENOENT, f.type->open(&f.loop, f.path, f.conf, NULL, "t", &s, err,
+                                  sizeof err));
   ASSERT_CONTAINS(err, "cannot open ");
   ASSERT_CONTAINS(err, "/missing/out.ndjson: No such file or directory");
   ASSERT(s == NULL);
@@ -346,7 +346,8 @@ static void test_stdout_into_file(void) {
   ASSERT(fd >= 0);
   saved = redirect_stdout(fd);
   close(fd);
-  if (f.type->open(&f.loop, NULL, NULL, "t", &f.s, err, sizeof err) != 0) {
+  if (f.type->open(&f.loop, NULL, NULL, NULL, "t", &f.s, err, sizeof err) !=
+      0) {
     restore_stdout(saved);
     test__fail(__FILE__, __LINE__, "open: %s", err);
   }
@@ -371,7 +372,8 @@ static void test_stdout_closed_reader_is_fatal(void) {
   close(p[0]);
   saved = redirect_stdout(p[1]);
   close(p[1]);
-  ASSERT_EQ(0, f.type->open(&f.loop, NULL, NULL, "t", &f.s, err, sizeof err));
+  ASSERT_EQ(
+      0, f.type->open(&f.loop, NULL, NULL, NULL, "t", &f.s, err, sizeof err));
   write_batch(&f, "{\"a\":1}\n", &r);
   restore_stdout(saved);
   ASSERT_EQ(SINK_FATAL, r.status);

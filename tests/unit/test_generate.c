@@ -62,7 +62,7 @@ static void on_closed(consumer *c, void *data) {
 /* Runs the consumer from resume_seq until the source is done and every
  * event is delivered, within a bounded number of loop turns. */
 static void run(fixture *f, uint64_t resume_seq) {
-  consumer_hooks hooks = { NULL, NULL, NULL, on_closed, f };
+  consumer_hooks hooks = { NULL, NULL, NULL, on_closed, NULL, f };
   char pos[32], err[256];
   source_resume r;
   int turns;
