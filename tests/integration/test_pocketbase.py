@@ -813,7 +813,7 @@ def test_offset_mirror_is_written_beside_a_held_poll(tether, tmp_path, pb,
     wait_for(held, 20, "the poll after the full page held by the server", t)
 
     def mirrored():
-        row = t.cursor("orders", "orders")
+        row = t.cursor("orders", "pocketbase")
         rows = mirror_rows(s, token)
         return (row is not None and row["last_sequence"] == 10
                 and len(rows) == 1 and rows[0]["offset"] == row["position"])
