@@ -264,7 +264,12 @@ static int generate_start(consumer *c, const void *conf,
   g->base.consumer = c;
   g->conf = gc;
   g->fixed_len = 7 + 12 + 2;
-  g->next = resume->seq + 1;
+  /* The position is the generator's own counter. It is the seq too until a
+   * reset moves the seq above every seq used before; from then on the
+   * counter goes on from the position it was reset to. */
+  g->next = resume->position[0] != '\0'
+                ? strtoull(resume->position, NULL, 10) + 1
+                : 1;
   buf_init(&g->data, 0);
   uv_timer_init(loop, &g->timer);
   uv_idle_init(loop, &g->idle);

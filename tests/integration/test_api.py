@@ -115,8 +115,18 @@ def test_every_error_status(tether, sockdir):
         ("POST", "/v1/cursors/reset", {"bogus": 1}, 400, "invalid_cursor"),
         ("POST", "/v1/cursors/reset",
          {"key": {"consumer_id": "gen", "stream_name": "generate",
-                  "subject_id": ""}, "last_sequence": 1, "reason": "x"},
+                  "subject_id": ""}, "position": "1", "reason": "x"},
          409, "consumer_not_paused"),
+        # Where to go on is named: a position, or from_start.
+        ("POST", "/v1/cursors/reset",
+         {"key": {"consumer_id": "gen", "stream_name": "generate",
+                  "subject_id": ""}, "last_sequence": 1, "reason": "x"},
+         400, "position_required"),
+        ("POST", "/v1/cursors/reset",
+         {"key": {"consumer_id": "gen", "stream_name": "generate",
+                  "subject_id": ""}, "position": "1", "from_start": True,
+          "reason": "x"},
+         400, "position_required"),
     ]
     for method, target, body, want, code in cases:
         status, hdrs, got = request(sock, method, target, body)
@@ -195,23 +205,30 @@ def test_cursors_list_get_reset(tether, sockdir):
                               {"key": key, "last_sequence": 5,
                                "position": "5"})
     assert status == 400 and error_code(body) == "reset_reason_required"
+    out = os.path.join(t.dir, "out.ndjson")
+    seen = read_lines(out)[0]
     status, _, body = request(sock, "POST", "/v1/cursors/reset",
                               {"key": key, "last_sequence": 5,
                                "position": "5", "reason": "replay a test"})
     assert status == 200, body
-    assert body["cursor"]["last_sequence"] == 5
-    t.wait_log(r"cursor reset consumer=gen stream=generate seq=5 "
-               r"reason=\"?replay a test\"? by_uid=\d+")
-    assert committed_seq(t.state, "gen") == 5
-    before = len(read_lines(os.path.join(t.dir, "out.ndjson"))[0])
+    # seq never goes backward: the cursor's seq is the highest ever handed
+    # out (the lease), whatever floor the request named.
+    floor = body["cursor"]["last_sequence"]
+    assert floor >= max(r["seq"] for r in seen)
+    assert body["cursor"]["position"] == "5"
+    t.wait_log(r"cursor reset consumer=gen stream=generate seq=%d "
+               r"reason=\"?replay a test\"? by_uid=\d+" % floor)
+    assert committed_seq(t.state, "gen") == floor
+    before = len(seen)
     assert request(sock, "POST", "/v1/consumers/gen/resume")[0] == 200
-    # It goes on from the new cursor: seq 6 is delivered again.
-    out = os.path.join(t.dir, "out.ndjson")
+    # It goes on from the new position (event 6 comes again) with new
+    # seqs above every one used before.
     wait_for(lambda: len(read_lines(out, running=True)[0]) > before + 2, 20,
              "events after the reset", t)
     again = read_lines(out, running=True)[0][before:]
-    assert again[0]["seq"] == 6
-    assert [r["seq"] for r in again] == list(range(6, 6 + len(again)))
+    assert again[0]["cursor"] == "6" and again[0]["data"]["seq"] == 6
+    assert [r["seq"] for r in again] == list(
+        range(floor + 1, floor + 1 + len(again)))
 
 
 def test_ready_is_503_while_draining(tether, sockdir):

@@ -51,9 +51,9 @@ def test_status_table_json_and_exit_codes(tether, sockdir):
     lines = p.stdout.splitlines()
     assert lines[0] == "tether is ready"
     header = lines[2].split()
-    assert header[:3] == ["CONSUMER", "STATE", "CURSOR"]
+    assert header[:4] == ["CONSUMER", "STATE", "SINK", "CURSOR"]
     row = lines[3].split()
-    assert row[0] == "gen" and row[1] == "connected" and int(row[2]) >= 3
+    assert row[:3] == ["gen", "connected", "ok"] and int(row[3]) >= 3
 
     p = cli("status", "--json", sock=sock)
     assert p.returncode == 0
@@ -133,17 +133,25 @@ def test_cursors_list_get_reset(tether, sockdir):
     assert p.returncode == 1 and "pause consumer gen" in p.stderr
     assert cli("consumers", "pause", "gen", sock=sock).returncode == 0
     wait_for(lambda: consumer(sock, "gen")["in_flight"] == 0, 20, "drain", t)
+    # Where to go on is named.
+    p = cli("cursors", "reset", "gen", "generate", "--reason", "replay",
+            sock=sock)
+    assert p.returncode == 2 and "--position P or --from-start" in p.stderr
     p = cli("cursors", "reset", "gen", "generate", "--seq", "2",
             "--position", "2", "--reason", "replay", sock=sock)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.splitlines()[1].split()[3] == "2"
-    assert committed_seq(t.state, "gen") == 2
+    # --seq is only a floor: seq never goes backward.
+    seq = int(p.stdout.splitlines()[1].split()[3])
     out = os.path.join(t.dir, "out.ndjson")
-    before = len(read_lines(out)[0])
+    seen = read_lines(out)[0]
+    assert seq >= max(r["seq"] for r in seen)
+    assert committed_seq(t.state, "gen") == seq
+    before = len(seen)
     assert cli("consumers", "resume", "gen", sock=sock).returncode == 0
     wait_for(lambda: len(read_lines(out, running=True)[0]) > before, 20,
              "events after the reset", t)
-    assert read_lines(out, running=True)[0][before]["seq"] == 3
+    first = read_lines(out, running=True)[0][before]
+    assert first["cursor"] == "3" and first["seq"] == seq + 1
 
 
 def test_tail_acks_and_no_ack_peeks(tether, sockdir):
