@@ -2242,9 +2242,13 @@ static int fill_outbox(store *s, sqlite3_stmt *st, void *elem, char *err,
   return time_column(s, st, 2, &e->created_at, err, errlen);
 }
 
-int store_load_journal(store *s, const char *consumer_id,
-                       store_journal_entry **out, size_t *n, char *err,
-                       size_t errlen) {
+/* The rows of one consumer's journal or outbox (stmt), each size bytes,
+ * filled by fill; what names the call in errors, free_fn frees a partial
+ * result. */
+static int load_entries(store *s, int stmt, const char *consumer_id,
+                        size_t size, load_row_fn fill, const char *what,
+                        void (*free_fn)(void *, size_t), void **out, size_t *n,
+                        char *err, size_t errlen) {
   void *v;
   size_t count;
   int rc;
@@ -2256,10 +2260,10 @@ int store_load_journal(store *s, const char *consumer_id,
     *n = 0;
   if (s == NULL || out == NULL || n == NULL)
     return set_err(err, errlen, UV_EINVAL, "store, out and n are required");
-  rc = load_rows(s, ST_JOURNAL_LOAD, consumer_id, sizeof(store_journal_entry),
-                 fill_journal, "load journal", &v, &count, err, errlen);
+  rc = load_rows(s, stmt, consumer_id, size, fill, what, &v, &count, err,
+                 errlen);
   if (rc != 0 || count == 0) {
-    store_journal_free(v, count);
+    free_fn(v, count);
     return rc;
   }
   *out = v;
@@ -2267,29 +2271,28 @@ int store_load_journal(store *s, const char *consumer_id,
   return 0;
 }
 
+static void journal_free_any(void *v, size_t n) {
+  store_journal_free(v, n);
+}
+
+static void outbox_free_any(void *v, size_t n) {
+  store_outbox_free(v, n);
+}
+
+int store_load_journal(store *s, const char *consumer_id,
+                       store_journal_entry **out, size_t *n, char *err,
+                       size_t errlen) {
+  return load_entries(s, ST_JOURNAL_LOAD, consumer_id,
+                      sizeof(store_journal_entry), fill_journal, "load journal",
+                      journal_free_any, (void **)out, n, err, errlen);
+}
+
 int store_load_outbox(store *s, const char *consumer_id,
                       store_outbox_entry **out, size_t *n, char *err,
                       size_t errlen) {
-  void *v;
-  size_t count;
-  int rc;
-
-  clear_err(err, errlen);
-  if (out != NULL)
-    *out = NULL;
-  if (n != NULL)
-    *n = 0;
-  if (s == NULL || out == NULL || n == NULL)
-    return set_err(err, errlen, UV_EINVAL, "store, out and n are required");
-  rc = load_rows(s, ST_OUTBOX_LOAD, consumer_id, sizeof(store_outbox_entry),
-                 fill_outbox, "load outbox", &v, &count, err, errlen);
-  if (rc != 0 || count == 0) {
-    store_outbox_free(v, count);
-    return rc;
-  }
-  *out = v;
-  *n = count;
-  return 0;
+  return load_entries(s, ST_OUTBOX_LOAD, consumer_id,
+                      sizeof(store_outbox_entry), fill_outbox, "load outbox",
+                      outbox_free_any, (void **)out, n, err, errlen);
 }
 
 /* ---- Removal and re-keying ---------------------------------------------- */
