@@ -646,7 +646,9 @@ static void settle(exec_sink *x, ev *e, bool gave_up) {
   uint64_t seq = e->seq;
   char why[256];
 
-  snprintf(why, sizeof why, "%s", e->error != NULL ? e->error : "");
+  /* The reason outlives e only for a give-up: the hot path copies none. */
+  if (gave_up)
+    snprintf(why, sizeof why, "%s", e->error != NULL ? e->error : "");
   remove_ev(x, e);
   /* Once closing, the consumer has committed its last cursor; reporting
    * now would poke a flusher that is closing too. What is answered now
